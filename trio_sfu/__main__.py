@@ -1,0 +1,3 @@
+from trio_sfu.cli import main
+
+raise SystemExit(main())

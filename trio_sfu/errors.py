@@ -1,0 +1,63 @@
+"""The error types every layer of trio-sfu raises.
+
+Two families:
+
+* :class:`BadPacket` is the one error that any function reading untrusted network
+  bytes may raise (RTP, RTCP, STUN, DTLS records, SRTP, payload descriptors). Those
+  functions end in ``_untrusted`` or say so in their docstring. A receive loop catches
+  ``BadPacket``, counts it and carries on: one bad packet never ends a loop.
+
+* :class:`SfuError` and its subclasses are refusals of a request. Each carries the
+  signaling error ``code`` from PROTOCOL.md, so that the signaling layer can answer
+  with ``rtc:error`` without a translation table.
+
+This module imports nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class BadPacket(Exception):
+    """Malformed or unacceptable bytes from the network."""
+
+
+class SfuError(Exception):
+    """A request that cannot be carried out; ``code`` is PROTOCOL.md's error code."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidMessageError(SfuError):
+    """The message or one of its fields fails the schema; the message names the field."""
+
+    code = "invalid_message"
+
+
+class UnsupportedError(SfuError):
+    """Codecs or parameters the router cannot handle."""
+
+    code = "unsupported"
+
+
+class InvalidStateError(SfuError):
+    """The object is not in a state that allows the request (closed, connected twice...)."""
+
+    code = "invalid_state"
+
+
+class NotFoundError(SfuError):
+    """No such id, or the id belongs to another peer or meeting."""
+
+    code = "not_found"
+
+
+class LimitExceededError(SfuError):
+    """A configured limit (peers per meeting, transports per peer, ...) is reached."""
+
+    code = "limit_exceeded"
