@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
-from cattrs.strategies import configure_union_passthrough
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.strategies import configure_union_passthrough
 
 from trio_sfu.errors import InvalidMessageError
 
@@ -40,13 +40,13 @@ converter = cattrs.Converter(forbid_extra_keys=True)
 
 
 def _structure_factory(cls: type[Any]) -> Any:
-    overrides = {a.name: override(rename=wire_name(a)) for a in attrs.fields(cls)}
+    overrides: dict[str, Any] = {a.name: override(rename=wire_name(a)) for a in attrs.fields(cls)}
     return make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True, **overrides)
 
 
 def _unstructure_factory(cls: type[Any]) -> Any:
     fields = attrs.fields(cls)
-    overrides = {a.name: override(rename=wire_name(a)) for a in fields}
+    overrides: dict[str, Any] = {a.name: override(rename=wire_name(a)) for a in fields}
     base = make_dict_unstructure_fn(cls, converter, **overrides)
     optional = {wire_name(a) for a in fields if a.default is None}
 
