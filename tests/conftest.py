@@ -1,0 +1,35 @@
+"""Shared fixtures. Every test is checked for leaked sockets.
+
+pytest-trio runs each test in its own ``trio.run``: a task that outlives its test makes that
+run fail, so tasks cannot leak silently. Sockets can (a socket closed by nobody stays open
+after the run), so an autouse fixture compares the process's open sockets before and after
+each test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+def open_sockets() -> set[str]:
+    """Inode names (``socket:[1234]``) of the sockets this process holds open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sockets() -> Iterator[None]:
+    before = open_sockets()
+    yield
+    leaked = open_sockets() - before
+    assert not leaked, f"test left {len(leaked)} socket(s) open"
