@@ -1,0 +1,1 @@
+"""The media engine: Worker, Router, WebRtcTransport, Producer, Consumer (trio)."""
