@@ -1,0 +1,494 @@
+"""Sockets for WebRTC transports: UDP and TCP listening, RFC 4571 framing, RFC 7983 demux.
+
+This module owns the I/O that sits *under* a transport and knows nothing of ICE, DTLS or
+SRTP. Each listener reads datagrams (UDP) or frames (TCP) and hands every one to a
+``handler(data, address)`` callback; whoever owns the listener decides what the bytes are.
+Today a :class:`~trio_sfu.engine.webrtc_transport.WebRtcTransport` owns one UDP listener
+and one TCP listener; a shared UDP port for many transports only needs a small demuxer
+(by STUN USERNAME, then by validated remote address) calling each transport's
+``handle_datagram`` instead.
+
+Sending never blocks the caller: :meth:`UdpListener.sendto_nowait` and
+:meth:`TcpConnection.send_nowait` return ``False`` (and count a drop) when the kernel or
+the connection's bounded queue is full.
+
+``close()`` on every object here is synchronous and idempotent: it closes the OS sockets at
+once (tasks blocked on them wake with :class:`trio.ClosedResourceError`), so an owner whose
+scope is cancelled never leaves a socket open behind it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import random
+import socket as stdlib_socket
+import struct
+from collections.abc import Callable
+from typing import Final, final
+
+import trio
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+"""A remote transport address: (ip, port). IPv6 addresses are cut to these two fields."""
+
+DatagramHandler = Callable[[bytes, Address], None]
+
+# ---- RFC 7983 demultiplexing ------------------------------------------------------------
+
+KIND_STUN: Final = 0
+KIND_DTLS: Final = 1
+KIND_RTP: Final = 2
+KIND_RTCP: Final = 3
+KIND_OTHER: Final = 4
+
+
+def classify_untrusted(data: bytes) -> int:
+    """Classify one datagram or frame by its first byte (RFC 7983 §7, RFC 5761 §4).
+
+    0-3 STUN, 20-63 DTLS, 128-191 RTP or RTCP (RTCP when the second byte, the RTCP
+    packet type, is 192-223). Anything else, and packets too short to tell, are
+    ``KIND_OTHER``. Never raises.
+    """
+    if not data:
+        return KIND_OTHER
+    first = data[0]
+    if first <= 3:
+        return KIND_STUN
+    if 20 <= first <= 63:
+        return KIND_DTLS
+    if 128 <= first <= 191:
+        if len(data) < 2:
+            return KIND_OTHER
+        return KIND_RTCP if 192 <= data[1] <= 223 else KIND_RTP
+    return KIND_OTHER
+
+
+# ---- RFC 4571 framing (RFC 6544 ICE-TCP) ------------------------------------------------
+
+_LENGTH = struct.Struct("!H")
+MAX_FRAME: Final = 0xFFFF
+
+
+def frame(data: bytes) -> bytes:
+    """Prefix ``data`` with its 16-bit big-endian length (RFC 4571 §2)."""
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    return _LENGTH.pack(len(data)) + data
+
+
+@final
+class FrameDecoder:
+    """Reassemble RFC 4571 frames from a TCP byte stream (sans-IO).
+
+    Buffered bytes never exceed one incomplete frame (at most 65,536 bytes) plus the last
+    chunk fed. Zero-length frames are legal and skipped.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed_untrusted(self, data: bytes) -> list[bytes]:
+        """Add bytes read from the stream; return the frames now complete. Never raises."""
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes] = []
+        start = 0
+        end = len(buffer)
+        while end - start >= 2:
+            length = (buffer[start] << 8) | buffer[start + 1]
+            if end - start - 2 < length:
+                break
+            if length:
+                frames.append(bytes(buffer[start + 2 : start + 2 + length]))
+            start += 2 + length
+        if start:
+            del buffer[:start]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered towards the next frame."""
+        return len(self._buffer)
+
+
+# ---- binding ---------------------------------------------------------------------------
+
+
+def address_family(ip: str) -> int:
+    """``AF_INET`` or ``AF_INET6`` for a literal IP; ``ValueError`` for anything else."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(f"listen_ip {ip!r} is not an IP address") from None
+    return stdlib_socket.AF_INET6 if parsed.version == 6 else stdlib_socket.AF_INET
+
+
+def is_unspecified(ip: str) -> bool:
+    """True for 0.0.0.0 and :: (listening on every interface)."""
+    return ipaddress.ip_address(ip).is_unspecified
+
+
+def _candidate_ports(port_range: tuple[int, int], rng: random.Random, attempts: int) -> list[int]:
+    low, high = port_range
+    if not (0 < low <= high <= 0xFFFF):
+        raise ValueError(f"invalid port range {port_range!r}")
+    size = high - low + 1
+    if size <= attempts:
+        ports = list(range(low, high + 1))
+        rng.shuffle(ports)
+        return ports
+    return rng.sample(range(low, high + 1), attempts)
+
+
+def bind_in_range(
+    ip: str,
+    kind: int,
+    port_range: tuple[int, int],
+    *,
+    preferred_port: int | None = None,
+    attempts: int = 64,
+    rng: random.Random | None = None,
+) -> stdlib_socket.socket:
+    """A non-blocking socket of ``kind`` (SOCK_DGRAM/SOCK_STREAM) bound to ``ip`` on a port
+    of ``port_range``: ``preferred_port`` first if given, then random ports, retrying on
+    EADDRINUSE. Raises ``OSError`` when no port was free after ``attempts`` tries.
+    """
+    family = address_family(ip)
+    ports = _candidate_ports(port_range, rng or random.Random(), attempts)
+    if preferred_port is not None and port_range[0] <= preferred_port <= port_range[1]:
+        ports.insert(0, preferred_port)
+    for port in ports:
+        sock = stdlib_socket.socket(family, kind)
+        try:
+            if family == stdlib_socket.AF_INET6:
+                sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+            if kind == stdlib_socket.SOCK_STREAM:
+                # Rebinding a port whose old connections sit in TIME_WAIT is safe for a listener.
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((ip, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise
+        return sock
+    raise OSError(errno.EADDRINUSE, f"no free port in {port_range[0]}-{port_range[1]} on {ip}")
+
+
+def _grow_buffers(sock: stdlib_socket.socket, size: int) -> None:
+    # Best effort: the kernel caps the value at net.core.[rw]mem_max.
+    for option in (stdlib_socket.SO_RCVBUF, stdlib_socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
+        except OSError:
+            logger.debug("could not set socket buffer option %s to %d", option, size)
+
+
+# ---- UDP -------------------------------------------------------------------------------
+
+
+@final
+class UdpListener:
+    """One bound UDP socket: a receive loop calling ``handler`` per datagram, and
+    non-blocking sends.
+
+    The receive loop reads with non-blocking ``recvfrom`` until the socket is empty, then
+    waits for readability, yielding to other tasks every ``batch`` datagrams.
+    """
+
+    def __init__(
+        self,
+        sock: stdlib_socket.socket,
+        *,
+        buffer_size: int = 1 << 20,
+        batch: int = 64,
+    ) -> None:
+        if sock.type != stdlib_socket.SOCK_DGRAM:
+            raise ValueError("UdpListener needs a datagram socket")
+        sock.setblocking(False)
+        _grow_buffers(sock, buffer_size)
+        self._sock = sock
+        self._v6 = sock.family == stdlib_socket.AF_INET6
+        self._batch = batch
+        self.closed = False
+        self.local_address: Address = sock.getsockname()[:2]
+        self.send_would_block = 0
+        self.send_errors = 0
+        self.receive_errors = 0
+
+    @classmethod
+    def bind(
+        cls, ip: str, port_range: tuple[int, int], *, rng: random.Random | None = None
+    ) -> UdpListener:
+        return cls(bind_in_range(ip, stdlib_socket.SOCK_DGRAM, port_range, rng=rng))
+
+    def sendto_nowait(self, data: bytes, address: Address) -> bool:
+        """Send one datagram if the kernel takes it now; ``False`` (counted) otherwise."""
+        try:
+            self._sock.sendto(data, address)
+        except BlockingIOError:
+            self.send_would_block += 1
+            return False
+        except OSError:
+            if self.closed:
+                return False
+            self.send_errors += 1
+            return False
+        return True
+
+    async def sendto(self, data: bytes, address: Address) -> bool:
+        """Send one datagram, waiting for the socket to become writable if needed.
+
+        Returns ``False`` (counted) when the kernel refuses the datagram (e.g. no route).
+        Cancellation: a cancelled call sent nothing.
+        """
+        sock = self._sock
+        while True:
+            try:
+                sock.sendto(data, address)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError:
+                if self.closed:
+                    raise trio.ClosedResourceError("socket closed") from None
+                self.send_errors += 1
+                return False
+            return True
+
+    async def serve(
+        self,
+        handler: DatagramHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``handler(data, address)`` for every datagram until closed or cancelled.
+
+        ``handler`` runs synchronously in this task and must not block; exceptions from it
+        propagate (and end the loop): it is expected to turn bad input into counters.
+        """
+        sock = self._sock
+        recvfrom = sock.recvfrom
+        wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        batch = self._batch
+        v6 = self._v6
+        task_status.started()
+        count = 0
+        while True:
+            try:
+                data, address = recvfrom(65535)
+            except BlockingIOError:
+                count = 0
+                try:
+                    await wait_readable(sock)
+                except (trio.ClosedResourceError, OSError):
+                    if self.closed:
+                        return
+                    raise
+                continue
+            except (ConnectionRefusedError, ConnectionResetError):
+                # An ICMP error for an earlier send: not about this socket's health.
+                self.receive_errors += 1
+                continue
+            except OSError:
+                if self.closed:
+                    return
+                raise
+            handler(data, address[:2] if v6 else address)
+            count += 1
+            if count >= batch:
+                count = 0
+                await checkpoint()
+
+    def close(self) -> None:
+        """Close the socket now (idempotent); a task waiting in :meth:`serve` wakes up."""
+        if self.closed:
+            return
+        self.closed = True
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+
+
+# ---- TCP (RFC 6544 passive candidates) -------------------------------------------------
+
+
+@final
+class TcpConnection:
+    """One accepted ICE-TCP connection: RFC 4571 frames in and out.
+
+    Outgoing frames go through a bounded queue drained by a writer task, so
+    :meth:`send_nowait` never blocks (a full queue drops and counts).
+    """
+
+    def __init__(self, stream: trio.SocketStream, address: Address, queue_size: int) -> None:
+        self.stream = stream
+        self.address = address
+        self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](queue_size)
+        self.closed = False
+        self.frames_dropped = 0
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Frame ``data`` and queue it; ``False`` (counted) when the queue is full or closed."""
+        if len(data) > MAX_FRAME:
+            self.frames_dropped += 1
+            return False
+        try:
+            self._send_channel.send_nowait(_LENGTH.pack(len(data)) + data)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.frames_dropped += 1
+            return False
+        return True
+
+    async def _write_loop(self) -> None:
+        receive_nowait = self._receive_channel.receive_nowait
+        send_all = self.stream.send_all
+        try:
+            async for first in self._receive_channel:
+                chunks = [first]
+                # Batch whatever else is queued into one write.
+                while len(chunks) < 256:
+                    try:
+                        chunks.append(receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await send_all(b"".join(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # A reset, or our own close(): the connection is over; wake the reader too.
+            self.close()
+
+    async def _read_loop(self, handler: DatagramHandler) -> None:
+        decoder = FrameDecoder()
+        address = self.address
+        receive_some = self.stream.receive_some
+        try:
+            while True:
+                data = await receive_some(65536)
+                if not data:
+                    return
+                for item in decoder.feed_untrusted(data):
+                    handler(item, address)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    async def run(self, handler: DatagramHandler) -> None:
+        """Read frames into ``handler`` and write queued frames until EOF, error or close."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                await self._read_loop(handler)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the socket now (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._send_channel.close()
+        self.stream.socket.close()
+
+
+@final
+class TcpListener:
+    """A listening TCP socket accepting ICE-TCP connections (tcptype passive).
+
+    Each connection gets a task under :meth:`serve`; frames are handed to ``handler`` with
+    the connection's remote address. At most ``max_connections`` are open at once: further
+    connections are closed at once (counted).
+    """
+
+    def __init__(
+        self,
+        sock: stdlib_socket.socket,
+        *,
+        max_connections: int = 16,
+        queue_size: int = 512,
+        backlog: int = 16,
+    ) -> None:
+        if sock.type != stdlib_socket.SOCK_STREAM:
+            raise ValueError("TcpListener needs a stream socket")
+        sock.setblocking(False)
+        sock.listen(backlog)
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        self.local_address: Address = sock.getsockname()[:2]
+        self._max_connections = max_connections
+        self._queue_size = queue_size
+        self.connections: dict[Address, TcpConnection] = {}
+        self.closed = False
+        self.connections_refused = 0
+        self.on_connection_closed: Callable[[Address], None] | None = None
+
+    @classmethod
+    def bind(
+        cls,
+        ip: str,
+        port_range: tuple[int, int],
+        *,
+        preferred_port: int | None = None,
+        rng: random.Random | None = None,
+    ) -> TcpListener:
+        return cls(
+            bind_in_range(
+                ip, stdlib_socket.SOCK_STREAM, port_range, preferred_port=preferred_port, rng=rng
+            )
+        )
+
+    def send_nowait(self, data: bytes, address: Address) -> bool:
+        """Queue one frame to the connection from ``address``; ``False`` if none or full."""
+        connection = self.connections.get(address)
+        if connection is None:
+            return False
+        return connection.send_nowait(data)
+
+    async def serve(
+        self,
+        handler: DatagramHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until closed or cancelled; each one runs in a child task."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    sock, remote = await self._sock.accept()
+                except (trio.ClosedResourceError, OSError):
+                    if self.closed:
+                        return
+                    raise
+                address: Address = remote[:2]
+                if len(self.connections) >= self._max_connections or address in self.connections:
+                    self.connections_refused += 1
+                    sock.close()
+                    continue
+                sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+                connection = TcpConnection(trio.SocketStream(sock), address, self._queue_size)
+                self.connections[address] = connection
+                nursery.start_soon(self._run_connection, connection, handler)
+
+    async def _run_connection(self, connection: TcpConnection, handler: DatagramHandler) -> None:
+        try:
+            await connection.run(handler)
+        finally:
+            if self.connections.get(connection.address) is connection:
+                del self.connections[connection.address]
+            if self.on_connection_closed is not None and not self.closed:
+                self.on_connection_closed(connection.address)
+
+    def close(self) -> None:
+        """Close the listening socket and every connection now (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._sock.close()
+        for connection in list(self.connections.values()):
+            connection.close()
