@@ -287,9 +287,16 @@ def test_binding_request_round_trip_with_nomination() -> None:
 
 
 def test_two_requests_draw_different_transaction_ids() -> None:
-    kwargs = dict(username="a:b", password="p", priority=1, use_candidate=True)
-    _, first = build_binding_request(ice_controlling_tiebreaker=1, **kwargs)  # type: ignore[arg-type]
-    _, second = build_binding_request(ice_controlling_tiebreaker=1, **kwargs)  # type: ignore[arg-type]
+    first, second = (
+        build_binding_request(
+            username="a:b",
+            password="p",
+            priority=1,
+            ice_controlling_tiebreaker=1,
+            use_candidate=True,
+        )[1]
+        for _ in range(2)
+    )
     assert len(first) == 12
     assert first != second
 
@@ -433,8 +440,20 @@ def test_arbitrary_bytes_raise_only_bad_packet(data: bytes) -> None:
         parse_stun_untrusted(data, integrity_key=b"k")
 
 
-ATTRIBUTE_TYPES = [0x0001, 0x0006, 0x0008, 0x0009, 0x0012, 0x0020, 0x0024, 0x0025, 0x8028,
-                   0x802A, 0xC001, 0x7777]  # fmt: skip
+ATTRIBUTE_TYPES = [
+    0x0001,
+    0x0006,
+    0x0008,
+    0x0009,
+    0x0012,
+    0x0020,
+    0x0024,
+    0x0025,
+    0x8028,
+    0x802A,
+    0xC001,
+    0x7777,
+]
 
 
 @st.composite
