@@ -81,41 +81,55 @@ class Vp8Info(NamedTuple):
 
 def summarize_untrusted(payload: Buffer) -> Vp8Info:
     """Parse the payload descriptor of an RTP payload (untrusted: raises only BadPacket)."""
+    # Hot path: bit masks are written as literals (a global lookup each costs more than the
+    # test); they are the _X, _I, _M, _L, _T, _K, _Y, _S and _PID constants above.
+    picture_id: int | None
+    tl0picidx: int | None
+    tid: int | None
     try:
         b0 = payload[0]
-        pos = 1
-        picture_id: int | None = None
-        picture_id_bits = 0
-        tl0picidx: int | None = None
-        tid: int | None = None
-        layer_sync = False
-        if b0 & _X:
+        if b0 & 0x80:  # X
             x = payload[1]
-            pos = 2
-            if x & _I:
+            if x & 0x80:  # I
                 p = payload[2]
-                if p & _M:
-                    picture_id = ((p & 0x7F) << 8) | payload[3]
+                if p & 0x80:  # M: 15-bit PictureID
+                    picture_id = (p & 0x7F) << 8 | payload[3]
                     picture_id_bits = 15
                     pos = 4
                 else:
                     picture_id = p
                     picture_id_bits = 7
                     pos = 3
-            if x & _L:
+            else:
+                picture_id = None
+                picture_id_bits = 0
+                pos = 2
+            if x & 0x40:  # L
                 tl0picidx = payload[pos]
                 pos += 1
-            if x & (_T | _K):
-                tk = payload[pos]
-                pos += 1
-                if x & _T:
+            else:
+                tl0picidx = None
+            if x & 0x30:  # T or K: the TID/Y/KEYIDX octet
+                if x & 0x20:  # T
+                    tk = payload[pos]
                     tid = tk >> 6
-                    layer_sync = bool(tk & _Y)
+                    layer_sync = tk & 0x20 != 0  # Y
+                else:
+                    tid = None
+                    layer_sync = False
+                pos += 1
+            else:
+                tid = None
+                layer_sync = False
+        else:
+            picture_id = tl0picidx = tid = None
+            picture_id_bits = 0
+            layer_sync = False
+            pos = 1
         first_payload_octet = payload[pos]
     except IndexError:
         raise BadPacket("VP8 payload descriptor truncated") from None
-    start_of_frame = b0 & (_S | _PID) == _S
-    keyframe = start_of_frame and not first_payload_octet & 0x01
+    start_of_frame = b0 & 0x17 == 0x10  # S=1, PID=0
     return _new_tuple(
         Vp8Info,
         (
@@ -124,7 +138,7 @@ def summarize_untrusted(payload: Buffer) -> Vp8Info:
             tl0picidx,
             tid,
             layer_sync,
-            keyframe,
+            start_of_frame and not first_payload_octet & 0x01,  # P=0: key frame
             start_of_frame,
             pos,
         ),
