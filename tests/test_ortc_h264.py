@@ -110,6 +110,8 @@ def test_parameters_defaults_and_numbers() -> None:
     assert h264_packetization_mode({"packetization-mode": "1"}) == 1
     assert h264_packetization_mode({"packetization-mode": 3}) is None
     assert h264_packetization_mode({"packetization-mode": True}) is None
+    assert h264_packetization_mode({"packetization-mode": 1.0}) is None
+    assert h264_packetization_mode({"packetization-mode": "\u0661"}) is None  # Arabic-Indic 1
 
 
 CB31 = {"packetization-mode": 1, "profile-level-id": "42e01f", "level-asymmetry-allowed": 1}

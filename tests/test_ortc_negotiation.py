@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_ortc_types import load, needs_fixtures
 from trio_sfu.errors import InvalidMessageError, UnsupportedError
@@ -734,3 +736,76 @@ def test_feedback_must_be_supported_by_both_sides() -> None:
     )
     consumer = get_consumer_rtp_parameters(consumable, endpoint)
     assert consumer.codecs[0].rtcp_feedback == [RtcpFeedback("nack")]
+
+
+# --------------------------------------------------------------------------------------
+# Untrusted input: whatever JSON a client sends, only our two refusals come out.
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _paths(item, (*prefix, index))
+    return out
+
+
+def _replace(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replace(value[path[0]], path[1:], new)
+    return copy
+
+
+def _produce_untrusted(data: Any, caps: RtpCapabilities) -> None:
+    try:
+        params = structure_untrusted(data, RtpParameters)
+        get_producer_rtp_mapping(params, caps)
+    except (InvalidMessageError, UnsupportedError):
+        pass
+
+
+@needs_fixtures
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_mutated_produce_parameters_raise_only_refusals(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from([p for p, _ in PAIRS]))
+    original = load(name)["rtpParameters"]
+    path = data.draw(st.sampled_from(_paths(original)))
+    mutated = _replace(original, path, data.draw(json_values))
+    _produce_untrusted(mutated, router_caps())
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=json_values)
+def test_arbitrary_json_raises_only_refusals(value: Any) -> None:
+    _produce_untrusted(value, router_caps())
+    try:
+        caps = structure_untrusted(value, RtpCapabilities)
+        params = audio_params()
+        consumable = get_consumable_rtp_parameters(
+            "audio", params, router_caps(), get_producer_rtp_mapping(params, router_caps())
+        )
+        if can_consume(consumable, caps):
+            get_consumer_rtp_parameters(consumable, caps)
+    except (InvalidMessageError, UnsupportedError):
+        pass

@@ -197,12 +197,11 @@ def h264_profile_level_id(parameters: Mapping[str, object]) -> ProfileLevelId | 
 def h264_packetization_mode(parameters: Mapping[str, object]) -> int | None:
     """``packetization-mode`` (default 0); None if it is not 0, 1 or 2."""
     value = parameters.get("packetization-mode", 0)
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or value not in (0, 1, 2):
-        return None
-    assert isinstance(value, int)
-    return value
+    if isinstance(value, str) and value in ("0", "1", "2"):
+        return int(value)
+    if type(value) is int and value in (0, 1, 2):
+        return value
+    return None
 
 
 def _level_asymmetry_allowed(parameters: Mapping[str, object]) -> bool:

@@ -323,7 +323,7 @@ def _check_mime(mime_type: str, field: str) -> MediaKind:
 
 def _apt(parameters: dict[str, str | int | float], field: str) -> int:
     apt = parameters.get("apt")
-    if isinstance(apt, str) and apt.isdigit():
+    if isinstance(apt, str) and apt.isascii() and apt.isdigit():
         apt = int(apt)
     if not isinstance(apt, int) or isinstance(apt, bool) or not 0 <= apt <= 127:
         raise _bad(f"{field}.parameters.apt", "an RTX codec needs apt, a payload type 0-127")
