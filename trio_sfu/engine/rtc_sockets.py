@@ -357,7 +357,7 @@ class TcpConnection:
                 while len(chunks) < 256:
                     try:
                         chunks.append(receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await send_all(b"".join(chunks))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

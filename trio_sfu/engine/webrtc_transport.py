@@ -1,0 +1,751 @@
+"""WebRtcTransport: ICE-lite, DTLS-SRTP and RTP/RTCP over one UDP port and one TCP port.
+
+One transport per direction per peer, owned by a Router (mediasoup's model). The protocol
+state lives in the sans-IO objects (:class:`~trio_sfu.ice.IceLiteServer`,
+:class:`~trio_sfu.dtls.DtlsEndpoint`, :class:`~trio_sfu.srtp.SrtpSession`); this module is
+the Trio side: sockets, tasks, timers and the egress queue.
+
+Life cycle::
+
+    transport = WebRtcTransport(transport_id="t1", certificate=certificate)
+    await nursery.start(transport.run)      # binds the sockets; candidates are known now
+    transport.connect(remote_dtls_parameters)
+    ...
+    transport.close()                       # or cancel the owner's scope
+
+All of the transport's tasks live under :meth:`run`. :meth:`close` (synchronous and
+idempotent) closes the sockets at once and cancels :meth:`run`'s scope; cancelling the
+owner's scope does the same. ``on_closed(reason)`` is called exactly once either way.
+
+Packets in (:meth:`handle_datagram`, one call per UDP datagram or RFC 4571 frame) are
+demultiplexed per RFC 7983: STUN to ICE, DTLS to the DTLS endpoint, SRTP/SRTCP to the SRTP
+session and then to ``on_rtp`` / ``on_rtcp``. Bad bytes of any kind, and DTLS or media from
+addresses ICE has not validated, are dropped and counted (see :meth:`stats`); they never end
+the transport. A DTLS failure (e.g. a certificate that matches no fingerprint given to
+:meth:`connect`) closes it with the reason ``"dtls_failed: ..."``; an ICE consent timeout
+closes it with ``"consent_timeout"``.
+
+Packets out (:meth:`send_rtp_nowait`, :meth:`send_rtcp_nowait`) go into a bounded memory
+channel; an egress task protects them and sends them to the tuple ICE selected. A full
+channel drops and counts: the sender (a Router fanning out) is never blocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, Final, Literal, cast, final
+
+import trio
+
+from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, DtlsError, Fingerprint
+from trio_sfu.engine.rtc_sockets import (
+    Address,
+    TcpListener,
+    UdpListener,
+    address_family,
+    is_unspecified,
+)
+from trio_sfu.errors import BadPacket, InvalidStateError, UnsupportedError
+from trio_sfu.ice import (
+    HOST_TYPE_PREFERENCE,
+    IceLiteServer,
+    IceState,
+    IceStateChanged,
+    candidate_priority,
+    host_candidate_priority,
+)
+from trio_sfu.ortc.types import (
+    DtlsFingerprint,
+    DtlsParameters,
+    FingerprintAlgorithm,
+    IceCandidate,
+    IceParameters,
+)
+from trio_sfu.srtp import SrtpSession
+
+logger = logging.getLogger(__name__)
+
+SERVER_FINGERPRINT_ALGORITHMS: Final = ("sha-256", "sha-384", "sha-512")
+FINGERPRINT_ALGORITHMS: Final = frozenset({"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"})
+MAX_EARLY_DTLS: Final = 8
+EGRESS_BATCH: Final = 64
+
+_RTP: Final = False
+_RTCP: Final = True
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False
+
+
+def _ignore_packet(packet: bytes) -> None:
+    return None
+
+
+def _ignore_state(layer: str, state: str) -> None:
+    return None
+
+
+def _ignore_closed(reason: str) -> None:
+    return None
+
+
+@final
+class WebRtcTransport:
+    """A server-side WebRTC transport (ICE-lite + DTLS-SRTP), mediasoup's WebRtcTransport.
+
+    Construction validates the configuration and creates the ICE credentials and DTLS
+    parameters; :meth:`run` binds the sockets. ``listen_ip`` 0.0.0.0 / :: needs an
+    ``announced_ip`` (the address clients can reach), else ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport_id: str,
+        certificate: DtlsCertificate,
+        listen_ip: str = "127.0.0.1",
+        announced_ip: str | None = None,
+        port_range: tuple[int, int] = (40000, 49999),
+        enable_udp: bool = True,
+        enable_tcp: bool = True,
+        prefer_udp: bool = True,
+        egress_queue_size: int = 512,
+        app_data: dict[str, Any] | None = None,
+        consent_timeout: float = 30.0,
+        close_timeout: float = 40.0,
+    ) -> None:
+        address_family(listen_ip)  # ValueError for anything but an IP literal
+        if is_unspecified(listen_ip) and not announced_ip:
+            raise ValueError(
+                f"listen_ip {listen_ip} listens on every interface: set announced_ip to the "
+                "address clients can reach, or listen on a specific IP"
+            )
+        if announced_ip is not None:
+            address_family(announced_ip)
+        if not (enable_udp or enable_tcp):
+            raise ValueError("a WebRtcTransport needs UDP, TCP or both enabled")
+        low, high = port_range
+        if not (0 < low <= high <= 0xFFFF):
+            raise ValueError(f"invalid port range {port_range!r}")
+        if egress_queue_size < 1:
+            raise ValueError("egress_queue_size must be at least 1")
+
+        self.id = transport_id
+        self.app_data: dict[str, Any] = app_data if app_data is not None else {}
+        self._certificate = certificate
+        self._listen_ip = listen_ip
+        self._announced_ip = announced_ip
+        self._port_range = port_range
+        self._enable_udp = enable_udp
+        self._enable_tcp = enable_tcp
+        self._prefer_udp = prefer_udp
+
+        self._ice = IceLiteServer(consent_timeout=consent_timeout, close_timeout=close_timeout)
+        self.ice_parameters = IceParameters(
+            username_fragment=self._ice.ufrag, password=self._ice.password, ice_lite=True
+        )
+        self.ice_candidates: list[IceCandidate] = []
+        self.dtls_parameters = DtlsParameters(
+            fingerprints=[
+                DtlsFingerprint(algorithm=cast(FingerprintAlgorithm, fp.algorithm), value=fp.value)
+                for fp in certificate.fingerprints()
+                if fp.algorithm in SERVER_FINGERPRINT_ALGORITHMS
+            ],
+            role="auto",
+        )
+
+        self.on_rtp: Callable[[bytes], None] = _ignore_packet
+        self.on_rtcp: Callable[[bytes], None] = _ignore_packet
+        self.on_state: Callable[[str, str], None] = _ignore_state
+        self.on_closed: Callable[[str], None] = _ignore_closed
+
+        self.closed = False
+        self.close_reason: str | None = None
+        self._started = False
+        self._scope = trio.CancelScope()
+        self._timer_scope: trio.CancelScope | None = None
+        self._udp: UdpListener | None = None
+        self._tcp: TcpListener | None = None
+        self._egress_send, self._egress_receive = trio.open_memory_channel[tuple[bytes, bool]](
+            egress_queue_size
+        )
+
+        self._dtls: DtlsEndpoint | None = None
+        self._dtls_role: Literal["client", "server"] | None = None
+        self._dtls_started = False
+        self._dtls_address: Address | None = None
+        self._dtls_state = "new"
+        self._early_dtls: list[tuple[bytes, Address]] = []
+        self._srtp: SrtpSession | None = None
+        self._last_timer = -math.inf
+
+        # Counters (plain attributes: the receive path increments them per packet).
+        self.bytes_in = 0
+        self.packets_in = 0
+        self.bytes_out = 0
+        self.packets_out = 0
+        self.rtp_packets_in = 0
+        self.rtcp_packets_in = 0
+        self.rtp_packets_out = 0
+        self.rtcp_packets_out = 0
+        self.stun_in = 0
+        self.dtls_in = 0
+        self.dropped_not_validated = 0
+        self.dropped_srtp_not_ready = 0
+        self.dropped_srtp_auth = 0
+        self.dropped_dtls_noise = 0
+        self.dropped_dtls_early = 0
+        self.dropped_unknown = 0
+        self.dropped_egress_full = 0
+        self.dropped_egress_not_ready = 0
+        self.dropped_egress_protect = 0
+        self.dropped_send = 0
+
+    # ---- public state ------------------------------------------------------------------
+
+    @property
+    def ice_state(self) -> str:
+        """ "new", "connected", "completed", "disconnected" or "closed"."""
+        return str(self._ice.state.value)
+
+    @property
+    def dtls_state(self) -> str:
+        """ "new", "connecting", "connected", "failed" or "closed"."""
+        return self._dtls_state
+
+    @property
+    def ice_selected_tuple(self) -> tuple[str, Address] | None:
+        """("udp"|"tcp", remote address) of the tuple media goes to, if any."""
+        address = self._ice.selected_address
+        if address is None:
+            return None
+        return (self._protocol_of(address), address)
+
+    @property
+    def selected_srtp_profile(self) -> str | None:
+        return self._dtls.selected_srtp_profile if self._dtls is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and states, for getStats and leak checks (a fresh dict each call)."""
+        udp, tcp = self._udp, self._tcp
+        return {
+            "transport_id": self.id,
+            "ice_state": self.ice_state,
+            "dtls_state": self._dtls_state,
+            "ice_selected_tuple": self.ice_selected_tuple,
+            "srtp_profile": self.selected_srtp_profile,
+            "bytes_in": self.bytes_in,
+            "packets_in": self.packets_in,
+            "bytes_out": self.bytes_out,
+            "packets_out": self.packets_out,
+            "rtp_packets_in": self.rtp_packets_in,
+            "rtcp_packets_in": self.rtcp_packets_in,
+            "rtp_packets_out": self.rtp_packets_out,
+            "rtcp_packets_out": self.rtcp_packets_out,
+            "stun_in": self.stun_in,
+            "stun_answered": self._ice.stun_answered,
+            "stun_dropped": self._ice.stun_dropped,
+            "dtls_in": self.dtls_in,
+            "dropped": {
+                "not_validated": self.dropped_not_validated,
+                "srtp_not_ready": self.dropped_srtp_not_ready,
+                "srtp_auth": self.dropped_srtp_auth,
+                "bad_stun": self._ice.stun_dropped,
+                "dtls_noise": self.dropped_dtls_noise,
+                "dtls_early": self.dropped_dtls_early,
+                "unknown": self.dropped_unknown,
+                "egress_full": self.dropped_egress_full,
+                "egress_not_ready": self.dropped_egress_not_ready,
+                "egress_protect": self.dropped_egress_protect,
+                "send": self.dropped_send
+                + (udp.send_would_block + udp.send_errors if udp is not None else 0)
+                + (
+                    sum(c.frames_dropped for c in tcp.connections.values())
+                    if tcp is not None
+                    else 0
+                ),
+            },
+            "tcp_connections": len(tcp.connections) if tcp is not None else 0,
+        }
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the sockets, report started, then serve until closed or cancelled.
+
+        Use with ``await nursery.start(transport.run)``: when that returns,
+        :attr:`ice_candidates` holds the bound ports. Raises ``OSError`` when no port of the
+        range is free. However it ends, the sockets are closed and ``on_closed`` was called.
+        """
+        if self._started or self.closed:
+            raise InvalidStateError(f"transport {self.id} was already run or closed")
+        self._started = True
+        started = False
+        try:
+            with self._scope:
+                self._bind()
+                async with trio.open_nursery() as nursery:
+                    if self._udp is not None:
+                        await nursery.start(self._udp.serve, self.handle_datagram)
+                    if self._tcp is not None:
+                        self._tcp.on_connection_closed = self._tcp_connection_closed
+                        await nursery.start(self._tcp.serve, self.handle_datagram)
+                    nursery.start_soon(self._timer_loop)
+                    nursery.start_soon(self._egress_loop)
+                    task_status.started()
+                    started = True
+        except BaseException as exc:
+            if _only_cancelled(exc):
+                self._close_now("cancelled")
+                raise
+            if not started:
+                raise  # a start-up error (e.g. no free port) belongs to the caller
+            # A bug in a transport must not take its Router down: log it, close, tell the owner.
+            logger.exception("transport %s crashed", self.id)
+            self._close_now("internal_error")
+        finally:
+            self._close_now("closed")
+            self._egress_send.close()
+            self._egress_receive.close()
+        if not started:
+            raise InvalidStateError(f"transport {self.id} closed before it started")
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the transport now: DTLS close_notify (best effort), sockets closed, tasks
+        cancelled, ``on_closed(reason)``. Synchronous and idempotent."""
+        self._close_now(reason)
+
+    def _close_now(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        dtls = self._dtls
+        if dtls is not None:
+            records = dtls.close()  # close_notify if it was connected, else nothing
+            address = self._dtls_address or self._ice.selected_address
+            if address is not None:
+                for record in records:
+                    self._send(record, address)
+        if self._dtls_state not in ("failed", "closed"):
+            self._dtls_state = "closed"
+        self._srtp = None
+        self._ice.close()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        self._scope.cancel()
+        self._egress_send.close()
+        if reason not in ("closed", "cancelled"):
+            logger.info("transport %s closed: %s", self.id, reason)
+        self.on_closed(reason)
+
+    def _bind(self) -> None:
+        ip = self._listen_ip
+        announced = self._announced_ip or ip
+        candidates: list[IceCandidate] = []
+        udp_port: int | None = None
+        if self._prefer_udp:
+            udp_priority = host_candidate_priority("udp")
+            tcp_priority = host_candidate_priority("tcp")
+        else:
+            # The same two local preferences, the other way round.
+            udp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0x7FFF)
+            tcp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0xFFFF)
+        if self._enable_udp:
+            self._udp = UdpListener.bind(ip, self._port_range)
+            udp_port = self._udp.local_address[1]
+            candidates.append(
+                IceCandidate(
+                    foundation="udpcandidate",
+                    priority=udp_priority,
+                    address=announced,
+                    ip=announced,
+                    port=udp_port,
+                    type="host",
+                    protocol="udp",
+                )
+            )
+        if self._enable_tcp:
+            self._tcp = TcpListener.bind(ip, self._port_range, preferred_port=udp_port)
+            candidates.append(
+                IceCandidate(
+                    foundation="tcpcandidate",
+                    priority=tcp_priority,
+                    address=announced,
+                    ip=announced,
+                    port=self._tcp.local_address[1],
+                    type="host",
+                    protocol="tcp",
+                    tcp_type="passive",
+                )
+            )
+        self.ice_candidates = candidates
+
+    # ---- signaling-driven --------------------------------------------------------------
+
+    def connect(self, dtls_parameters: DtlsParameters) -> None:
+        """Give the remote DTLS role and fingerprints (``rtc:connectTransport``).
+
+        Remote role ``client`` or ``auto`` makes us the DTLS server (we wait for its
+        ClientHello); ``server`` makes us the client (we start once ICE selected a tuple).
+        Raises InvalidStateError when called twice or after close, UnsupportedError when no
+        fingerprint uses an algorithm we can check.
+        """
+        if self.closed:
+            raise InvalidStateError(f"transport {self.id} is closed")
+        if self._dtls is not None:
+            raise InvalidStateError(f"transport {self.id} is already connected")
+        role: Literal["client", "server"] = (
+            "client" if dtls_parameters.role == "server" else "server"
+        )
+        fingerprints = [Fingerprint(fp.algorithm, fp.value) for fp in dtls_parameters.fingerprints]
+        if not any(fp.algorithm.lower() in FINGERPRINT_ALGORITHMS for fp in fingerprints):
+            raise UnsupportedError("no DTLS fingerprint with a supported hash algorithm")
+        dtls = DtlsEndpoint(certificate=self._certificate, role=role)
+        dtls.set_remote_fingerprints(fingerprints)
+        self._dtls = dtls
+        self._dtls_role = role
+        self._set_dtls_state("connecting")
+        if role == "client":
+            self._maybe_start_dtls_client()
+        else:
+            early, self._early_dtls = self._early_dtls, []
+            for data, address in early:
+                if self.closed:
+                    break
+                self._handle_dtls(data, address)
+        self._reschedule()
+
+    def restart_ice(self) -> IceParameters:
+        """New ICE credentials; media keeps flowing on the old tuple until a check with the
+        new ones validates a tuple."""
+        if self.closed:
+            raise InvalidStateError(f"transport {self.id} is closed")
+        ufrag, password = self._ice.restart()
+        self.ice_parameters = IceParameters(
+            username_fragment=ufrag, password=password, ice_lite=True
+        )
+        self._after_ice_event()
+        return self.ice_parameters
+
+    # ---- egress ------------------------------------------------------------------------
+
+    def send_rtp_nowait(self, packet: bytes) -> bool:
+        """Queue one RTP packet for protection and sending. Never blocks; ``False`` (and a
+        counted drop) when the queue is full or SRTP is not ready yet."""
+        if self._srtp is None:
+            self.dropped_egress_not_ready += 1
+            return False
+        try:
+            self._egress_send.send_nowait((packet, _RTP))
+        except trio.WouldBlock:
+            self.dropped_egress_full += 1
+            return False
+        except trio.ClosedResourceError:
+            self.dropped_egress_not_ready += 1
+            return False
+        return True
+
+    def send_rtcp_nowait(self, packet: bytes) -> bool:
+        """Queue one RTCP compound packet; as :meth:`send_rtp_nowait`."""
+        if self._srtp is None:
+            self.dropped_egress_not_ready += 1
+            return False
+        try:
+            self._egress_send.send_nowait((packet, _RTCP))
+        except trio.WouldBlock:
+            self.dropped_egress_full += 1
+            return False
+        except trio.ClosedResourceError:
+            self.dropped_egress_not_ready += 1
+            return False
+        return True
+
+    async def _egress_loop(self) -> None:
+        receive = self._egress_receive.receive
+        receive_nowait = self._egress_receive.receive_nowait
+        ice = self._ice
+        while True:
+            try:
+                batch = [await receive()]
+            except trio.EndOfChannel:
+                return  # closed
+            while len(batch) < EGRESS_BATCH:
+                try:
+                    batch.append(receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            srtp = self._srtp
+            address = ice.selected_address
+            if srtp is None or address is None or not ice.is_connected:
+                self.dropped_egress_not_ready += len(batch)
+                continue
+            tcp = self._tcp
+            connection = tcp.connections.get(address) if tcp is not None else None
+            udp = self._udp
+            protect_rtp = srtp.protect_rtp
+            protect_rtcp = srtp.protect_rtcp
+            sent_bytes = 0
+            sent = 0
+            for packet, is_rtcp in batch:
+                try:
+                    data = protect_rtcp(packet) if is_rtcp else protect_rtp(packet)
+                except BadPacket:
+                    self.dropped_egress_protect += 1
+                    continue
+                if connection is not None:
+                    if not connection.send_nowait(data):
+                        continue
+                elif udp is not None:
+                    if not await udp.sendto(data, address):
+                        continue
+                else:
+                    self.dropped_send += 1
+                    continue
+                sent += 1
+                sent_bytes += len(data)
+                if is_rtcp:
+                    self.rtcp_packets_out += 1
+                else:
+                    self.rtp_packets_out += 1
+            self.packets_out += sent
+            self.bytes_out += sent_bytes
+
+    # ---- ingress -----------------------------------------------------------------------
+
+    def handle_datagram(self, data: bytes, address: Address) -> None:
+        """Demultiplex one UDP datagram or TCP frame from ``address`` (RFC 7983).
+
+        Reads untrusted bytes: never raises for bad input, it counts it. Runs in the
+        socket's receive task; ``on_rtp`` / ``on_rtcp`` are called synchronously from here.
+        """
+        self.packets_in += 1
+        self.bytes_in += len(data)
+        if not data:
+            self.dropped_unknown += 1
+            return
+        first = data[0]
+        if first >= 128:
+            if first > 191 or len(data) < 2:
+                self.dropped_unknown += 1
+                return
+            if not self._ice.is_validated(address):
+                self.dropped_not_validated += 1
+                return
+            srtp = self._srtp
+            if srtp is None:
+                self.dropped_srtp_not_ready += 1
+                return
+            if 192 <= data[1] <= 223:
+                try:
+                    packet = srtp.unprotect_rtcp_untrusted(data)
+                except BadPacket:
+                    self.dropped_srtp_auth += 1
+                    return
+                self.rtcp_packets_in += 1
+                self.on_rtcp(packet)
+            else:
+                try:
+                    packet = srtp.unprotect_rtp_untrusted(data)
+                except BadPacket:
+                    self.dropped_srtp_auth += 1
+                    return
+                self.rtp_packets_in += 1
+                self.on_rtp(packet)
+        elif first <= 3:
+            self._handle_stun(data, address)
+        elif 20 <= first <= 63:
+            self._handle_dtls(data, address)
+        else:
+            self.dropped_unknown += 1
+
+    def _handle_stun(self, data: bytes, address: Address) -> None:
+        self.stun_in += 1
+        # Never raises: IceLiteServer counts what it drops (stun_dropped).
+        response = self._ice.receive_stun_untrusted(data, address, trio.current_time())
+        if response is not None:
+            self._send(response, address)
+        self._after_ice_event()
+
+    def _handle_dtls(self, data: bytes, address: Address) -> None:
+        self.dtls_in += 1
+        if not self._ice.is_validated(address):
+            self.dropped_not_validated += 1
+            return
+        dtls = self._dtls
+        if dtls is None:
+            # A ClientHello that beat rtc:connectTransport: keep a few for connect().
+            if len(self._early_dtls) < MAX_EARLY_DTLS:
+                self._early_dtls.append((data, address))
+            else:
+                self.dropped_dtls_early += 1
+            return
+        if self._dtls_state not in ("connecting", "connected"):
+            self.dropped_dtls_noise += 1
+            return
+        if self._dtls_role == "client" and not self._dtls_started:
+            self.dropped_dtls_early += 1
+            return
+        if self._dtls_role == "server":
+            self._dtls_started = True
+        try:
+            records = dtls.receive_untrusted(data, trio.current_time())
+        except BadPacket:
+            self.dropped_dtls_noise += 1
+            return
+        except DtlsError as exc:
+            self._dtls_failed(exc, address)
+            return
+        self._dtls_address = address
+        for record in records:
+            self._send(record, address)
+        self._after_dtls_event()
+
+    def _dtls_failed(self, exc: DtlsError, address: Address | None) -> None:
+        # Send what OpenSSL wrote on the way out (a fatal alert), as a courtesy.
+        if address is not None:
+            for datagram in exc.datagrams:
+                self._send(datagram, address)
+        self._set_dtls_state("failed")
+        self.close(f"dtls_failed: {exc.reason}")
+
+    def _after_dtls_event(self) -> None:
+        dtls = self._dtls
+        if dtls is None or self.closed:
+            return
+        state = dtls.state
+        if state == "connected" and self._srtp is None:
+            try:
+                if dtls.srtp_keys is None:
+                    raise ValueError("connected without keys")
+                self._srtp = SrtpSession(dtls.srtp_keys)
+            except ValueError as exc:
+                self._set_dtls_state("failed")
+                self.close(f"dtls_failed: no SRTP keys ({exc})")
+                return
+        if state != self._dtls_state:
+            self._set_dtls_state(state)
+            if state == "failed":
+                self.close("dtls_failed")
+                return
+            if state == "closed":
+                self.close("dtls_closed")
+                return
+        self._reschedule()
+
+    def _set_dtls_state(self, state: str) -> None:
+        if state != self._dtls_state:
+            self._dtls_state = state
+            self.on_state("dtls", state)
+
+    def _after_ice_event(self) -> None:
+        if self.closed:
+            return
+        for event in self._ice.drain_events():
+            if isinstance(event, IceStateChanged):
+                self.on_state("ice", event.state.value)
+                if event.state is IceState.CLOSED:
+                    self.close("consent_timeout")
+                    return
+        self._maybe_start_dtls_client()
+        self._reschedule()
+
+    def _maybe_start_dtls_client(self) -> None:
+        dtls = self._dtls
+        if dtls is None or self._dtls_role != "client" or self._dtls_started:
+            return
+        address = self._ice.selected_address
+        if address is None:
+            return
+        self._dtls_started = True
+        self._dtls_address = address
+        try:
+            records = dtls.start(trio.current_time())
+        except DtlsError as exc:
+            self._dtls_failed(exc, address)
+            return
+        for record in records:
+            self._send(record, address)
+
+    def _protocol_of(self, address: Address) -> str:
+        tcp = self._tcp
+        return "tcp" if tcp is not None and address in tcp.connections else "udp"
+
+    def _send(self, data: bytes, address: Address) -> None:
+        """Send a STUN/DTLS message to ``address`` on the path it came from; never blocks."""
+        tcp = self._tcp
+        if tcp is not None:
+            connection = tcp.connections.get(address)
+            if connection is not None:
+                if connection.send_nowait(data):
+                    self.packets_out += 1
+                    self.bytes_out += len(data)
+                return
+        udp = self._udp
+        if udp is not None and udp.sendto_nowait(data, address):
+            self.packets_out += 1
+            self.bytes_out += len(data)
+
+    def _tcp_connection_closed(self, address: Address) -> None:
+        # The tuple is gone: ICE keeps its own state; nothing can be sent there any more.
+        if self._dtls_address == address:
+            self._dtls_address = None
+
+    # ---- timers ------------------------------------------------------------------------
+
+    def _next_deadline(self) -> float:
+        deadline = self._ice.next_deadline()
+        result = math.inf if deadline is None else deadline
+        dtls = self._dtls
+        if dtls is not None and self._dtls_started and self._dtls_state == "connecting":
+            dtls_deadline = dtls.next_deadline(trio.current_time())
+            if dtls_deadline is not None and dtls_deadline < result:
+                result = dtls_deadline
+        # Never spin: a deadline that did not move after firing waits a millisecond.
+        return max(result, self._last_timer + 0.001)
+
+    def _reschedule(self) -> None:
+        scope = self._timer_scope
+        if scope is not None:
+            scope.deadline = self._next_deadline()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._next_deadline()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            self._last_timer = now
+            self._on_timer(now)
+
+    def _on_timer(self, now: float) -> None:
+        self._ice.poll(now)
+        self._after_ice_event()
+        if self.closed:
+            return
+        dtls = self._dtls
+        if dtls is None or not self._dtls_started or self._dtls_state != "connecting":
+            return
+        deadline = dtls.next_deadline(now)
+        if deadline is None or deadline > now:
+            return
+        address = self._dtls_address or self._ice.selected_address
+        try:
+            records = dtls.handle_timeout(now)
+        except DtlsError as exc:
+            self._dtls_failed(exc, address)
+            return
+        if address is not None:
+            for record in records:
+                self._send(record, address)
+        self._after_dtls_event()
