@@ -1,0 +1,139 @@
+"""The media engine end to end, without signaling: a Worker, real client transports over
+127.0.0.1 (UDP, DTLS, SRTP), synthetic publishers and subscribers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trio_sfu.client.synthetic import SyntheticPublisher, audio_rtp_parameters
+from trio_sfu.client.transport import ClientTransport, open_client_transport
+from trio_sfu.engine.api import ConsumerClosed, EngineEvent
+from trio_sfu.engine.worker import Worker, WorkerSettings, open_worker
+from trio_sfu.ortc.types import RtpCapabilities, RtpParameters
+from trio_sfu.rtcp import GenericNack, Pli, build_rtcp, parse_rtcp_untrusted
+from trio_sfu.rtp import vp8
+from trio_sfu.rtp.packet import RtpPacket
+from trio_sfu.wire import structure_untrusted
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mediasoup-client"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def device_caps() -> RtpCapabilities:
+    return structure_untrusted(fixture("device-rtp-capabilities.chromium.json"), RtpCapabilities)
+
+
+def vp8_simulcast() -> RtpParameters:
+    data = fixture("produce-video-vp8-simulcast.json")["rtpParameters"]
+    return structure_untrusted(data, RtpParameters)
+
+
+@asynccontextmanager
+async def connected_client(
+    worker: Worker, router_id: str
+) -> AsyncIterator[tuple[str, ClientTransport]]:
+    info = await worker.create_webrtc_transport(router_id)
+    async with open_client_transport(
+        info.ice_parameters, info.ice_candidates, info.dtls_parameters
+    ) as client:
+        await worker.connect_transport(info.transport_id, client.dtls_parameters)
+        await client.wait_connected()
+        yield info.transport_id, client
+
+
+async def test_simulcast_and_audio_forwarding() -> None:
+    events: list[EngineEvent] = []
+    with trio.fail_after(20):
+        async with open_worker(WorkerSettings()) as worker:
+            router_id = await worker.create_router(events.append)
+            async with (
+                connected_client(worker, router_id) as (pub_id, pub),
+                connected_client(worker, router_id) as (sub_id, sub),
+            ):
+                video_params = vp8_simulcast()
+                video_id = await worker.produce(pub_id, "video", video_params)
+                audio_params = audio_rtp_parameters(ssrc=1111, mid="0")
+                audio_id = await worker.produce(pub_id, "audio", audio_params)
+                video = await worker.consume(sub_id, video_id, device_caps(), paused=False)
+                audio = await worker.consume(sub_id, audio_id, device_caps(), paused=False)
+                assert video.type == "simulcast" and audio.type == "simple"
+                v_ssrc = video.rtp_parameters.encodings[0].ssrc
+                a_ssrc = audio.rtp_parameters.encodings[0].ssrc
+                v_pt = video.rtp_parameters.codecs[0].payload_type
+                assert v_pt == 101  # the router's VP8 payload type, not Chromium's 96
+
+                publisher = SyntheticPublisher(video_params)
+                audio_pub = SyntheticPublisher(audio_params).streams[0]
+                now = trio.current_time()
+                # All three layers send a keyframe, then 20 delta frames each.
+                sent_r2 = []
+                for frame in range(21):
+                    for index, stream in enumerate(publisher.streams):
+                        for packet in stream.vp8_frame(keyframe=frame == 0, size=300, now=now):
+                            pub.send_rtp(packet)
+                            if index == 2:
+                                sent_r2.append(packet)
+                    pub.send_rtp(audio_pub.opus_frame(now=now))
+                    await trio.sleep(0.005)
+
+                r2_payloads = [RtpPacket.parse_untrusted(p).payload for p in sent_r2]
+                got_video: list[RtpPacket] = []
+                got_audio: list[RtpPacket] = []
+                while len(got_audio) < 21 or [p.payload for p in got_video[-21:]] != r2_payloads:
+                    packet = RtpPacket.parse_untrusted(await sub.receive_rtp())
+                    assert packet.ssrc in (v_ssrc, a_ssrc)
+                    (got_video if packet.ssrc == v_ssrc else got_audio).append(packet)
+                # The highest layer (r2) is forwarded, from its keyframe on. Lower layers'
+                # keyframes may go first while r2 is not active yet; only keyframes do.
+                assert len(got_video) <= 23
+                assert all(vp8.is_keyframe(p.payload) for p in got_video[: len(got_video) - 20])
+                assert all(p.payload_type == v_pt for p in got_video)
+                assert vp8.is_keyframe(got_video[0].payload)
+                seqs = [p.sequence_number for p in got_video]
+                assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
+
+                # A NACK from the subscriber is answered with an RTX retransmission.
+                rtx = video.rtp_parameters.encodings[0].rtx
+                assert rtx is not None
+                lost = got_video[5].sequence_number
+                sub.send_rtcp(build_rtcp([GenericNack.from_seqs(1, v_ssrc, [lost])]))
+                with trio.fail_after(2):
+                    while True:
+                        repaired = RtpPacket.parse_untrusted(await sub.receive_rtp())
+                        if repaired.ssrc == rtx.ssrc:
+                            break
+                assert repaired.payload[:2] == lost.to_bytes(2, "big")
+                assert repaired.payload[2:] == got_video[5].payload
+
+                # A PLI from the subscriber reaches the publisher as a PLI on r2's SSRC.
+                sub.send_rtcp(build_rtcp([Pli(1, v_ssrc)]))
+                with trio.fail_after(2):
+                    while True:
+                        feedback = parse_rtcp_untrusted(await pub.receive_rtcp())
+                        plis = [p for p in feedback if isinstance(p, Pli)]
+                        if plis:
+                            break
+                assert plis[0].media_ssrc == publisher.streams[2].ssrc
+
+                # Closing the producer closes the consumer, with an event.
+                await worker.close_producer(video_id)
+                closed = [e for e in events if isinstance(e, ConsumerClosed)]
+                assert [(e.consumer_id, e.reason) for e in closed] == [
+                    (video.consumer_id, "producer_closed")
+                ]
+            await worker.close_transport(pub_id)
+            await worker.close_transport(sub_id)
+            dump = worker.dump()["routers"][0]
+            assert dump["transportIds"] == [] and dump["producerIds"] == []
+            assert dump["consumerIds"] == []
+            await worker.close_router(router_id)
+            assert worker.dump() == {"routers": []}

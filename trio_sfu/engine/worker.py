@@ -1,0 +1,231 @@
+"""Worker: the in-process media engine, owner of Routers.
+
+:class:`Worker` implements :class:`~trio_sfu.engine.api.MediaEngine`, the async, id-based
+API that signaling uses. Today the worker runs in the signaling process; the API is shaped
+so that it can move into a process of its own behind a channel later.
+
+Run it with ``await nursery.start(worker.run)`` (or ``async with open_worker(...)``):
+routers are tasks in the worker's nursery, transports tasks in their router's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, final
+
+import attrs
+import trio
+
+from trio_sfu.dtls import DtlsCertificate
+from trio_sfu.engine.api import ConsumerInfo, EventCallback, Kind, TransportInfo
+from trio_sfu.engine.router import Router, new_id
+from trio_sfu.errors import InvalidStateError, NotFoundError
+from trio_sfu.ortc import negotiation
+from trio_sfu.ortc.types import (
+    DtlsParameters,
+    IceParameters,
+    RtpCapabilities,
+    RtpCodecCapability,
+    RtpParameters,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class WorkerSettings:
+    """What the media engine needs to know; the server's configuration maps onto it."""
+
+    listen_ip: str = "127.0.0.1"
+    announced_ip: str | None = None
+    rtc_min_port: int = 40000
+    rtc_max_port: int = 49999
+    enable_udp: bool = True
+    enable_tcp: bool = True
+    egress_queue_size: int = 512
+    media_codecs: Sequence[RtpCodecCapability] | None = None
+
+
+@final
+class Worker:
+    """The media engine: routers by id, and the index of every entity to its router."""
+
+    def __init__(self, settings: WorkerSettings | None = None) -> None:
+        self.settings = settings or WorkerSettings()
+        self.certificate = DtlsCertificate.generate()
+        codecs = self.settings.media_codecs
+        self.rtp_capabilities = negotiation.generate_router_rtp_capabilities(
+            list(codecs) if codecs is not None else list(negotiation.DEFAULT_MEDIA_CODECS)
+        )
+        self._routers: dict[str, Router] = {}
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the routers until cancelled; every router is closed on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close every router. Idempotent."""
+        self._closed = True
+        for router in list(self._routers.values()):
+            router.close()
+        self._routers.clear()
+
+    # ---- lookups -----------------------------------------------------------------------
+
+    def _router(self, router_id: str) -> Router:
+        router = self._routers.get(router_id)
+        if router is None:
+            raise NotFoundError(f"router {router_id!r} not found")
+        return router
+
+    def _router_of(self, entity_id: str, table: str, what: str) -> Router:
+        for router in self._routers.values():
+            if entity_id in getattr(router, table):
+                return router
+        raise NotFoundError(f"{what} {entity_id!r} not found")
+
+    # ---- MediaEngine -------------------------------------------------------------------
+
+    async def create_router(self, on_event: EventCallback) -> str:
+        if self._closed or self._nursery is None:
+            raise InvalidStateError("the worker is not running")
+        router = Router(
+            router_id=new_id(),
+            rtp_capabilities=self.rtp_capabilities,
+            certificate=self.certificate,
+            on_event=on_event,
+            transport_options={
+                "listen_ip": self.settings.listen_ip,
+                "announced_ip": self.settings.announced_ip,
+                "port_range": (self.settings.rtc_min_port, self.settings.rtc_max_port),
+                "enable_udp": self.settings.enable_udp,
+                "enable_tcp": self.settings.enable_tcp,
+                "egress_queue_size": self.settings.egress_queue_size,
+            },
+        )
+        self._routers[router.id] = router
+        await self._nursery.start(self._run_router, router)
+        return router.id
+
+    async def _run_router(self, router: Router, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await router.run(task_status=task_status)
+        finally:
+            self._routers.pop(router.id, None)
+
+    async def close_router(self, router_id: str) -> None:
+        router = self._routers.pop(router_id, None)
+        if router is not None:
+            router.close()
+
+    def router_rtp_capabilities(self, router_id: str) -> RtpCapabilities:
+        return self._router(router_id).rtp_capabilities
+
+    async def create_webrtc_transport(
+        self, router_id: str, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
+    ) -> TransportInfo:
+        return await self._router(router_id).create_webrtc_transport(
+            force_tcp=force_tcp, app_data=app_data
+        )
+
+    async def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
+        router = self._router_of(transport_id, "transports", "transport")
+        router.connect_transport(transport_id, dtls_parameters)
+
+    async def restart_ice(self, transport_id: str) -> IceParameters:
+        return self._router_of(transport_id, "transports", "transport").restart_ice(transport_id)
+
+    async def close_transport(self, transport_id: str) -> None:
+        for router in self._routers.values():
+            router.close_transport(transport_id)
+
+    async def produce(
+        self,
+        transport_id: str,
+        kind: Kind,
+        rtp_parameters: RtpParameters,
+        *,
+        paused: bool = False,
+    ) -> str:
+        router = self._router_of(transport_id, "transports", "transport")
+        return router.produce(transport_id, kind, rtp_parameters, paused=paused)
+
+    async def close_producer(self, producer_id: str) -> None:
+        for router in self._routers.values():
+            router.close_producer(producer_id)
+
+    async def pause_producer(self, producer_id: str) -> None:
+        self._router_of(producer_id, "producers", "producer").pause_producer(producer_id)
+
+    async def resume_producer(self, producer_id: str) -> None:
+        self._router_of(producer_id, "producers", "producer").resume_producer(producer_id)
+
+    def can_consume(
+        self, router_id: str, producer_id: str, rtp_capabilities: RtpCapabilities
+    ) -> bool:
+        return self._router(router_id).can_consume(producer_id, rtp_capabilities)
+
+    async def consume(
+        self,
+        transport_id: str,
+        producer_id: str,
+        rtp_capabilities: RtpCapabilities,
+        *,
+        paused: bool = True,
+    ) -> ConsumerInfo:
+        router = self._router_of(transport_id, "transports", "transport")
+        return router.consume(transport_id, producer_id, rtp_capabilities, paused=paused)
+
+    async def close_consumer(self, consumer_id: str) -> None:
+        for router in self._routers.values():
+            router.close_consumer(consumer_id)
+
+    async def pause_consumer(self, consumer_id: str) -> None:
+        self._router_of(consumer_id, "consumers", "consumer").pause_consumer(consumer_id)
+
+    async def resume_consumer(self, consumer_id: str) -> None:
+        self._router_of(consumer_id, "consumers", "consumer").resume_consumer(consumer_id)
+
+    async def set_consumer_preferred_layers(
+        self, consumer_id: str, spatial_layer: int, temporal_layer: int | None
+    ) -> tuple[int, int]:
+        router = self._router_of(consumer_id, "consumers", "consumer")
+        return router.set_consumer_preferred_layers(consumer_id, spatial_layer, temporal_layer)
+
+    async def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
+        for router in self._routers.values():
+            if (
+                entity_id in router.transports
+                or entity_id in router.producers
+                or entity_id in router.consumers
+            ):
+                return router.get_stats(entity_id)
+        raise NotFoundError(f"{entity_id!r} not found")
+
+    def dump(self) -> dict[str, Any]:
+        return {"routers": [router.dump() for router in self._routers.values()]}
+
+
+@asynccontextmanager
+async def open_worker(settings: WorkerSettings | None = None) -> AsyncIterator[Worker]:
+    """A running worker for the duration of the block; closed (with all routers) after."""
+    worker = Worker(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.close()
+            nursery.cancel_scope.cancel()
