@@ -1,0 +1,254 @@
+"""Server configuration: one frozen :class:`ServerConfig`, from the environment and the CLI.
+
+Every setting has a ``TRIO_SFU_*`` environment variable (see :data:`ENV_VARS`); the
+command line overrides the environment. :meth:`ServerConfig.check` lists what stops the
+server from starting (no JWT key outside dev mode, a bad port range, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final, final
+
+import attrs
+
+__all__ = [
+    "ENV_VARS",
+    "ConfigError",
+    "IceServerConfig",
+    "Limits",
+    "ServerConfig",
+    "TurnConfig",
+]
+
+JWT_ALGORITHMS: Final = ("HS256", "RS256", "ES256")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+@final
+@attrs.frozen
+class Limits:
+    """Per-server limits; a request past one is refused with ``limit_exceeded`` or
+    ``rate_limited``."""
+
+    peers_per_meeting: int = 100
+    transports_per_peer: int = 8
+    producers_per_peer: int = 32
+    consumers_per_peer: int = 500
+    #: Largest accepted text frame in bytes (PROTOCOL.md: 256 KiB).
+    max_frame_bytes: int = 256 * 1024
+    #: Token bucket per connection: sustained requests per second, and the burst size.
+    requests_per_second: float = 100.0
+    request_burst: int = 200
+    #: Outgoing messages queued per connection; a peer this far behind is disconnected.
+    outgoing_queue: int = 1024
+    #: Consecutive bad frames (binary, oversize, not JSON, not an object) before 1008.
+    max_bad_frames: int = 10
+
+
+@final
+@attrs.frozen
+class IceServerConfig:
+    """A static ``RTCIceServer`` handed to every peer in ``rtc:joined``."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@final
+@attrs.frozen
+class TurnConfig:
+    """TURN with coturn's ``use-auth-secret``: credentials minted per join.
+
+    With ``secret`` set, ``rtc:joined`` carries an ICE server with ``urls``, username
+    ``"<expiry>:<userId>"`` and credential ``base64(HMAC-SHA1(secret, username))``.
+    """
+
+    urls: tuple[str, ...] = ()
+    secret: str | None = None
+    ttl: int = 24 * 3600
+
+
+@final
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Where RTC (UDP/TCP) sockets bind, and the address announced in ICE candidates.
+    listen_ip: str = "127.0.0.1"
+    announced_ip: str | None = None
+    rtc_min_port: int = 40000
+    rtc_max_port: int = 49999
+    log_level: str = "info"
+    #: Development mode: no token checks at all. Never in production.
+    dev: bool = False
+    jwt_secret: str | None = None
+    #: PEM public key for RS256/ES256 tokens (instead of the HS256 secret).
+    jwt_public_key: str | None = None
+    jwt_algorithm: str = "HS256"
+    #: Bearer token of the admin HTTP API; without it the admin API answers 403.
+    admin_token: str | None = None
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    turn: TurnConfig = TurnConfig()
+    limits: Limits = Limits()
+    #: Bound on each peer's cleanup (closing its transports through the engine).
+    cleanup_timeout: float = 5.0
+    #: Bound on a graceful shutdown, after which everything left is cancelled.
+    shutdown_timeout: float = 10.0
+
+    def check(self) -> list[str]:
+        """Everything that keeps this configuration from running (empty: all good)."""
+        problems: list[str] = []
+        for name in ("port", "rtc_min_port", "rtc_max_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                problems.append(f"{name} {value} is not a port number")
+        if self.rtc_min_port > self.rtc_max_port:
+            problems.append(
+                f"rtc_min_port {self.rtc_min_port} is above rtc_max_port {self.rtc_max_port}"
+            )
+        if self.log_level.lower() not in LOG_LEVELS:
+            problems.append(f"log_level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.jwt_algorithm not in JWT_ALGORITHMS:
+            problems.append(
+                f"jwt_algorithm {self.jwt_algorithm!r} is not one of {', '.join(JWT_ALGORITHMS)}"
+            )
+        elif not self.dev:
+            if self.jwt_algorithm == "HS256" and not self.jwt_secret:
+                problems.append(
+                    "no JWT secret: set TRIO_SFU_JWT_SECRET or --jwt-secret "
+                    "(or run with --dev, which disables authentication)"
+                )
+            if self.jwt_algorithm != "HS256" and not self.jwt_public_key:
+                problems.append(
+                    f"{self.jwt_algorithm} needs a public key (TRIO_SFU_JWT_PUBLIC_KEY)"
+                )
+        if self.turn.secret and not self.turn.urls:
+            problems.append("TRIO_SFU_TURN_SECRET is set but TRIO_SFU_TURN_URLS is empty")
+        if self.turn.ttl <= 0:
+            problems.append("the TURN credential ttl must be positive")
+        limits = attrs.asdict(self.limits)
+        problems.extend(f"limit {k} must be positive" for k, v in limits.items() if v <= 0)
+        return problems
+
+
+#: Environment variable -> ServerConfig attribute (``limits.x`` and ``turn.x`` nest).
+ENV_VARS: Final[dict[str, str]] = {
+    "TRIO_SFU_HOST": "host",
+    "TRIO_SFU_PORT": "port",
+    "TRIO_SFU_LISTEN_IP": "listen_ip",
+    "TRIO_SFU_ANNOUNCED_IP": "announced_ip",
+    "TRIO_SFU_RTC_MIN_PORT": "rtc_min_port",
+    "TRIO_SFU_RTC_MAX_PORT": "rtc_max_port",
+    "TRIO_SFU_LOG_LEVEL": "log_level",
+    "TRIO_SFU_DEV": "dev",
+    "TRIO_SFU_JWT_SECRET": "jwt_secret",
+    "TRIO_SFU_JWT_PUBLIC_KEY": "jwt_public_key",
+    "TRIO_SFU_JWT_ALGORITHM": "jwt_algorithm",
+    "TRIO_SFU_ADMIN_TOKEN": "admin_token",
+    "TRIO_SFU_ICE_SERVERS": "ice_servers",
+    "TRIO_SFU_TURN_URLS": "turn.urls",
+    "TRIO_SFU_TURN_SECRET": "turn.secret",
+    "TRIO_SFU_TURN_TTL": "turn.ttl",
+    "TRIO_SFU_MAX_PEERS_PER_MEETING": "limits.peers_per_meeting",
+    "TRIO_SFU_MAX_TRANSPORTS_PER_PEER": "limits.transports_per_peer",
+    "TRIO_SFU_MAX_PRODUCERS_PER_PEER": "limits.producers_per_peer",
+    "TRIO_SFU_MAX_CONSUMERS_PER_PEER": "limits.consumers_per_peer",
+    "TRIO_SFU_MAX_FRAME_BYTES": "limits.max_frame_bytes",
+    "TRIO_SFU_REQUESTS_PER_SECOND": "limits.requests_per_second",
+    "TRIO_SFU_REQUEST_BURST": "limits.request_burst",
+    "TRIO_SFU_OUTGOING_QUEUE": "limits.outgoing_queue",
+}
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{text!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def parse_ice_servers(text: str) -> tuple[IceServerConfig, ...]:
+    """``TRIO_SFU_ICE_SERVERS``: a JSON list of RTCIceServer objects, or comma-separated
+    URLs (``stun:stun.example.org:3478,turn:...``)."""
+    text = text.strip()
+    if not text:
+        return ()
+    if not text.startswith("["):
+        return (IceServerConfig(urls=tuple(u.strip() for u in text.split(",") if u.strip())),)
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"TRIO_SFU_ICE_SERVERS is not JSON: {exc}") from None
+    servers = []
+    for entry in raw if isinstance(raw, list) else [None]:
+        if not isinstance(entry, dict) or "urls" not in entry:
+            raise ConfigError("TRIO_SFU_ICE_SERVERS entries must be objects with 'urls'")
+        urls = entry["urls"]
+        urls = [urls] if isinstance(urls, str) else urls
+        if not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
+            raise ConfigError("TRIO_SFU_ICE_SERVERS 'urls' must be a string or strings")
+        username, credential = entry.get("username"), entry.get("credential")
+        if not all(v is None or isinstance(v, str) for v in (username, credential)):
+            raise ConfigError("TRIO_SFU_ICE_SERVERS username/credential must be strings")
+        servers.append(IceServerConfig(tuple(urls), username, credential))
+    return tuple(servers)
+
+
+def _convert(target: Any, name: str, text: str) -> Any:
+    """Turn the text of an environment variable into the type of ``target.<name>``."""
+    current = getattr(target, name)
+    field_type = str(attrs.fields_dict(type(target))[name].type)
+    if isinstance(current, bool):
+        return parse_bool(text)
+    try:
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a number") from None
+    if name == "ice_servers":
+        return parse_ice_servers(text)
+    if name == "urls":
+        return tuple(u.strip() for u in text.split(",") if u.strip())
+    if "None" in field_type and not text:
+        return None
+    return text
+
+
+def config_from_env(environ: Mapping[str, str], base: ServerConfig | None = None) -> ServerConfig:
+    """A config with every ``TRIO_SFU_*`` variable in ``environ`` applied to ``base``.
+
+    Raises :class:`ConfigError` for a value of the wrong type.
+    """
+    config = base if base is not None else ServerConfig()
+    for var, path in ENV_VARS.items():
+        if var not in environ:
+            continue
+        config = with_setting(config, path, environ[var], source=var)
+    return config
+
+
+def with_setting(config: ServerConfig, path: str, text: str, *, source: str) -> ServerConfig:
+    """``config`` with the setting at ``path`` (``port``, ``limits.x``) parsed from text."""
+    try:
+        if "." in path:
+            group_name, name = path.split(".", 1)
+            group = getattr(config, group_name)
+            group = attrs.evolve(group, **{name: _convert(group, name, text)})
+            return attrs.evolve(config, **{group_name: group})
+        return attrs.evolve(config, **{path: _convert(config, path, text)})
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -1,0 +1,99 @@
+"""The admin HTTP API, behind ``Authorization: Bearer <TRIO_SFU_ADMIN_TOKEN>``.
+
+    GET    /v1/rooms                          open rooms with their counts
+    GET    /v1/rooms/{meetingId}              one room: peers, transports, producers, consumers
+    POST   /v1/rooms/{meetingId}/close        peers get rtc:roomClosed, then their sockets close
+                                              (optional JSON body {"reason": "..."})
+    DELETE /v1/rooms/{meetingId}/peers/{peerId}   kick a peer (its socket closes with 4001)
+
+Answers are JSON. 401 without the right token, 403 when no admin token is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from trio_sfu.signaling.room import CLOSE_KICKED, CLOSE_ROOM_CLOSED
+
+if TYPE_CHECKING:
+    from trio_sfu.signaling.app import SignalingApp
+
+__all__ = ["handle_admin"]
+
+#: rtc:roomClosed reason of an admin close without its own reason.
+ADMIN_CLOSE_REASON: Final = "closed_by_admin"
+KICK_REASON: Final = "kicked"
+
+Answer = tuple[int, dict[str, Any]]
+
+
+def _authorized(app: SignalingApp, headers: dict[bytes, bytes]) -> Answer | None:
+    expected = app.config.admin_token
+    if not expected:
+        return 403, {"error": "the admin API is disabled: set TRIO_SFU_ADMIN_TOKEN"}
+    value = headers.get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        return 401, {"error": "a valid 'Authorization: Bearer <admin token>' header is required"}
+    return None
+
+
+async def handle_admin(
+    app: SignalingApp, method: str, segments: list[str], headers: dict[bytes, bytes], body: bytes
+) -> Answer:
+    """Answer an admin request; ``segments`` is the path after ``/v1`` split on ``/``."""
+    refused = _authorized(app, headers)
+    if refused is not None:
+        return refused
+    rooms = app.rooms.rooms
+    match segments:
+        case ["rooms"]:
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            return 200, {"rooms": [r.describe(with_peers=False) for r in rooms.values()]}
+        case ["rooms", meeting_id]:
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            room = rooms.get(meeting_id)
+            if room is None:
+                return 404, {"error": f"no open meeting {meeting_id!r}"}
+            return 200, room.describe(with_peers=True)
+        case ["rooms", meeting_id, "close"]:
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            reason = ADMIN_CLOSE_REASON
+            if body.strip():
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    return 400, {"error": "the body must be JSON"}
+                if not isinstance(parsed, dict) or not isinstance(
+                    parsed.get("reason", reason), str
+                ):
+                    return 400, {"error": 'the body must be {"reason": string}'}
+                reason = parsed.get("reason", reason)
+            room = rooms.get(meeting_id)
+            if room is None:
+                return 404, {"error": f"no open meeting {meeting_id!r}"}
+            room.close(reason, code=CLOSE_ROOM_CLOSED)
+            with trio.move_on_after(2 * app.config.cleanup_timeout):
+                await room.finished.wait()
+            return 200, {"meetingId": meeting_id, "closed": True, "reason": reason}
+        case ["rooms", meeting_id, "peers", peer_id]:
+            if method != "DELETE":
+                return 405, {"error": "use DELETE"}
+            room = rooms.get(meeting_id)
+            peer = room.peers.get(peer_id) if room is not None else None
+            if peer is None:
+                return 404, {"error": f"no peer {peer_id!r} in meeting {meeting_id!r}"}
+            peer.end(KICK_REASON, close=(CLOSE_KICKED, KICK_REASON))
+            with trio.move_on_after(2 * app.config.cleanup_timeout):
+                await peer.finished.wait()
+            return 200, {"meetingId": meeting_id, "peerId": peer_id, "kicked": True}
+    return 404, {"error": "no such admin endpoint"}

@@ -1,0 +1,115 @@
+"""Prometheus metrics, one registry per server (never prometheus-client's global one).
+
+Gauges of the signaling side's books (rooms, peers, transports, producers, consumers) are
+read at scrape time. Media counters (packets and bytes in/out, drops) come from the
+engine: ``engine.dump()["counters"]`` with keys ``packets_in``, ``packets_out``,
+``bytes_in``, ``bytes_out``, ``drops`` when the engine provides them, zero until then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final, final
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from trio_sfu.signaling.messages import REQUESTS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Counts", "SfuMetrics"]
+
+
+@final
+@attrs.frozen
+class Counts:
+    rooms: int = 0
+    peers: int = 0
+    transports: int = 0
+    producers: int = 0
+    consumers: int = 0
+
+
+_MEDIA_COUNTERS: Final = (
+    ("packets_in", "RTP/RTCP packets received from peers"),
+    ("packets_out", "RTP/RTCP packets sent to peers"),
+    ("bytes_in", "bytes received from peers on RTC transports"),
+    ("bytes_out", "bytes sent to peers on RTC transports"),
+    ("drops", "packets dropped because a receiving transport's queue was full"),
+)
+
+
+@final
+class _LiveCollector:
+    def __init__(
+        self, counts: Callable[[], Counts], engine_dump: Callable[[], Mapping[str, Any]]
+    ) -> None:
+        self._counts = counts
+        self._engine_dump = engine_dump
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        for name, help_text in (
+            ("rooms", "open rooms (meetings with a router)"),
+            ("peers", "peers joined to a meeting"),
+            ("transports", "WebRTC transports"),
+            ("producers", "producers"),
+            ("consumers", "consumers"),
+        ):
+            yield GaugeMetricFamily(f"trio_sfu_{name}", help_text, value=getattr(counts, name))
+        media: Mapping[str, Any] = {}
+        try:
+            found = self._engine_dump().get("counters")
+            if isinstance(found, Mapping):
+                media = found
+        except Exception:
+            logger.exception("engine.dump() failed while collecting metrics")
+        for key, help_text in _MEDIA_COUNTERS:
+            value = media.get(key, 0)
+            yield CounterMetricFamily(
+                f"trio_sfu_{key}", help_text, value=value if isinstance(value, int | float) else 0
+            )
+
+
+@final
+class SfuMetrics:
+    """The server's metrics; :meth:`render` is the ``/metrics`` body."""
+
+    def __init__(
+        self, counts: Callable[[], Counts], engine_dump: Callable[[], Mapping[str, Any]]
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "trio_sfu_signaling_requests",
+            "signaling requests received, by type",
+            ["type"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "trio_sfu_signaling_errors",
+            "rtc:error answers sent, by code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.connections = Gauge(
+            "trio_sfu_connections", "open signaling WebSockets", registry=self.registry
+        )
+        self.slow_disconnects = Counter(
+            "trio_sfu_slow_connections_closed",
+            "connections closed because their outgoing queue was full",
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(counts, engine_dump))
+
+    def count_request(self, rtype: str) -> None:
+        self.requests.labels(rtype if rtype in REQUESTS else "unknown").inc()
+
+    def count_error(self, code: str) -> None:
+        self.errors.labels(code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,909 @@
+"""Rooms and peers: meeting membership, who owns which id, notifications.
+
+Ownership (ARCHITECTURE.md)::
+
+    server nursery
+      └─ Room.run            one per meeting: a router through the engine, and a nursery
+           └─ Peer.run       one per joined connection: a cancel scope in the room's nursery
+
+A room opens on the first join and closes when its last peer has gone, or when it is closed
+(admin API, shutdown): peers then get ``rtc:roomClosed`` before their sockets close. A peer
+ends on ``rtc:leave``, a closed WebSocket, a transport closed by ICE consent timeout, an
+admin kick or a room close: each cancels its scope, and its ``finally`` closes its
+transports through the engine (bounded, shielded), after which the others hear
+``rtc:producerClosed`` and ``rtc:peerLeft``. Cleanup never waits for a client.
+
+A peer's requests run inside its own task, one at a time in arrival order, so a kick or a
+room close also cancels the request in flight. Each answer is queued on the connection in
+the same step that updates the books, so no notification about an object can overtake the
+answer that created it.
+
+Ids map to peers only here, on the room; a peer acts only on ids in its own maps, and any
+other id (another peer's, another meeting's) is ``not_found`` before the engine is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
+
+import attrs
+import trio
+
+from trio_sfu.config import ServerConfig
+from trio_sfu.engine.api import (
+    ActiveSpeaker,
+    ConsumerClosed,
+    ConsumerLayersChanged,
+    EngineEvent,
+    MediaEngine,
+    NetworkQuality,
+    TransportClosed,
+)
+from trio_sfu.errors import (
+    InvalidStateError,
+    LimitExceededError,
+    NotFoundError,
+    SfuError,
+    UnsupportedError,
+)
+from trio_sfu.signaling.auth import Grant, ice_servers_for
+from trio_sfu.signaling.errors import ForbiddenError, NotJoinedError
+from trio_sfu.signaling.messages import (
+    ActiveSpeakerNotice,
+    ConnectTransportRequest,
+    ConsumedAnswer,
+    ConsumerClosedNotice,
+    ConsumeRequest,
+    ConsumerIdAnswer,
+    ConsumerLayersChangedNotice,
+    ConsumerRequest,
+    CreateTransportRequest,
+    Direction,
+    GetStatsRequest,
+    IceRestartedAnswer,
+    JoinedAnswer,
+    Kind,
+    LeftAnswer,
+    NetworkQualityNotice,
+    NewProducerNotice,
+    PeerInfo,
+    PeerLeftNotice,
+    PreferredLayers,
+    PreferredLayersSetAnswer,
+    ProduceRequest,
+    ProducerIdAnswer,
+    ProducerInfo,
+    ProducerNotice,
+    ProducerRequest,
+    Request,
+    RoomClosedNotice,
+    RouterRtpCapabilitiesAnswer,
+    SetPreferredLayersRequest,
+    StatsAnswer,
+    TransportCreatedAnswer,
+    TransportIdAnswer,
+    TransportRequest,
+    answer_message,
+    error_message,
+    notification_message,
+)
+from trio_sfu.signaling.metrics import Counts
+
+if TYPE_CHECKING:
+    from trio_sfu.ortc.types import RtpCapabilities
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Job", "Peer", "PeerLink", "Room", "RoomManager"]
+
+# WebSocket close codes used when the server ends a peer.
+CLOSE_ROOM_CLOSED: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_KICKED: Final = 4001
+CLOSE_TRANSPORT_CLOSED: Final = 4002
+
+
+class ContextLogger(logging.LoggerAdapter[logging.Logger]):
+    """Puts the meeting and peer ids in front of every line."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        parts = [f"{k}={v}" for k, v in extra.items() if v is not None]
+        return (f"[{' '.join(parts)}] {msg}" if parts else msg), kwargs
+
+
+class PeerLink(Protocol):
+    """What a peer needs from its connection (the session)."""
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` without blocking. A connection that cannot keep up closes
+        itself (and so ends its peer); it never blocks the caller."""
+
+    def close_connection(self, code: int, reason: str) -> None:
+        """Close the connection once the messages queued so far are sent."""
+
+
+@final
+@attrs.define(eq=False)
+class Job:
+    """One request handed from a session to its peer's task."""
+
+    type: str
+    request_id: str | None
+    request: Request
+    done: trio.Event = attrs.field(factory=trio.Event)
+    answered: bool = False
+
+
+@final
+@attrs.define(eq=False)
+class _Transport:
+    transport_id: str
+    direction: Direction
+    connected: bool = False
+
+
+@final
+@attrs.define(eq=False)
+class _Producer:
+    producer_id: str
+    transport_id: str
+    kind: Kind
+    app_data: dict[str, Any]
+    paused: bool
+
+
+@final
+@attrs.define(eq=False)
+class _Consumer:
+    consumer_id: str
+    producer_id: str
+    transport_id: str
+    kind: Kind
+    paused: bool
+
+
+@final
+class Peer:
+    """A connection's membership in one meeting: its ids, its task, its cancel scope."""
+
+    def __init__(self, room: Room, grant: Grant, display_name: str | None, link: PeerLink) -> None:
+        self.room = room
+        self.peer_id = secrets.token_hex(8)
+        self.grant = grant
+        self.display_name = display_name or grant.name or grant.user_id
+        self.link = link
+        self.transports: dict[str, _Transport] = {}
+        self.producers: dict[str, _Producer] = {}
+        self.consumers: dict[str, _Consumer] = {}
+        self.cancel_scope = trio.CancelScope()
+        self.finished = trio.Event()
+        self.ending = False
+        self.end_reason = "left"
+        self._close: tuple[int, str] | None = None
+        self._jobs_tx, self._jobs_rx = trio.open_memory_channel[Job](0)
+        self._current: Job | None = None
+        self.log = ContextLogger(logger, {"meeting": room.meeting_id, "peer": self.peer_id})
+
+    # ---- seen by others -----------------------------------------------------------------
+
+    def info(self) -> PeerInfo:
+        return PeerInfo(
+            peer_id=self.peer_id,
+            user_id=self.grant.user_id,
+            display_name=self.display_name,
+            producers=[
+                ProducerInfo(p.producer_id, p.kind, p.app_data, p.paused)
+                for p in self.producers.values()
+            ],
+        )
+
+    def notify(self, ntype: str, data: Any) -> None:
+        self.link.send_message(notification_message(ntype, data))
+
+    def describe(self) -> dict[str, Any]:
+        """The admin API's view of this peer."""
+        return {
+            "peerId": self.peer_id,
+            "userId": self.grant.user_id,
+            "displayName": self.display_name,
+            "canPublish": self.grant.can_publish,
+            "canSubscribe": self.grant.can_subscribe,
+            "transports": [
+                {"transportId": t.transport_id, "direction": t.direction, "connected": t.connected}
+                for t in self.transports.values()
+            ],
+            "producers": [
+                {
+                    "producerId": p.producer_id,
+                    "transportId": p.transport_id,
+                    "kind": p.kind,
+                    "paused": p.paused,
+                    "appData": p.app_data,
+                }
+                for p in self.producers.values()
+            ],
+            "consumers": [
+                {
+                    "consumerId": c.consumer_id,
+                    "producerId": c.producer_id,
+                    "transportId": c.transport_id,
+                    "kind": c.kind,
+                    "paused": c.paused,
+                }
+                for c in self.consumers.values()
+            ],
+        }
+
+    # ---- life cycle -----------------------------------------------------------------------
+
+    def end(
+        self,
+        reason: str,
+        *,
+        close: tuple[int, str] | None = None,
+        notice: dict[str, Any] | None = None,
+    ) -> None:
+        """End this peer: cancel its scope. ``notice`` is queued to it first; ``close``
+        closes its connection once cleanup is done. Idempotent; never blocks."""
+        if self.ending:
+            return
+        self.ending = True
+        self.end_reason = reason
+        self._close = close
+        if notice is not None:
+            self.link.send_message(notice)
+        self.cancel_scope.cancel()
+
+    async def submit(self, job: Job) -> None:
+        """Run ``job`` in this peer's task and wait until it is answered.
+
+        Raises :class:`NotJoinedError` if the peer has already ended (nothing was answered).
+        Cancelling the caller does not cancel the job.
+        """
+        try:
+            await self._jobs_tx.send(job)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise NotJoinedError("not in a meeting (this peer has left)") from None
+        await job.done.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The peer's task, in the room's nursery: serve requests until the peer ends."""
+        try:
+            with self.cancel_scope:
+                task_status.started()
+                async for job in self._jobs_rx:
+                    self._current = job
+                    await self._handle(job)
+                    if job.type == "rtc:leave" and not job.answered:
+                        self.ending = True
+                        break
+                    job.done.set()
+                    self._current = None
+        except Exception:
+            self.log.exception("peer task failed; the peer is removed")
+        finally:
+            self._jobs_rx.close()
+            await self._cleanup()
+            current, self._current = self._current, None
+            if current is not None:
+                if current.answered:
+                    pass
+                elif current.type == "rtc:leave":
+                    self._answer(current, _LEFT)
+                else:
+                    self._answer_error(
+                        current, NotJoinedError(f"the peer left the meeting ({self.end_reason})")
+                    )
+                current.done.set()
+            if self._close is not None:
+                self.link.close_connection(*self._close)
+            self.finished.set()
+
+    async def _cleanup(self) -> None:
+        room = self.room
+        room.detach(self)
+        timeout = room.manager.config.cleanup_timeout
+        with trio.move_on_after(timeout, shield=True) as scope:
+            for transport_id in list(self.transports):
+                try:
+                    await room.engine.close_transport(transport_id)
+                except SfuError as exc:
+                    self.log.debug("close_transport %s: %s", transport_id, exc)
+                except Exception:
+                    self.log.exception("close_transport %s failed", transport_id)
+        if scope.cancelled_caught:
+            self.log.warning("cleanup took longer than %.1fs; gave up waiting", timeout)
+        if not room.closing:
+            for producer in self.producers.values():
+                room.broadcast(
+                    "rtc:producerClosed", ProducerNotice(producer.producer_id, self.peer_id)
+                )
+            room.broadcast("rtc:peerLeft", PeerLeftNotice(self.peer_id))
+        self.transports.clear()
+        self.producers.clear()
+        self.consumers.clear()
+        self.log.info("left the meeting (%s)", self.end_reason)
+        room.peer_finished(self)
+
+    # ---- engine events for this peer ------------------------------------------------------
+
+    def transport_closed(self, transport_id: str, reason: str) -> None:
+        """The engine closed one of our transports by itself."""
+        if self.transports.pop(transport_id, None) is None:
+            return
+        self.room.transport_owner.pop(transport_id, None)
+        self.log.info("transport %s closed by the engine: %s", transport_id, reason)
+        if "consent" in reason:
+            self.end("ice_consent_timeout", close=(CLOSE_TRANSPORT_CLOSED, reason))
+            return
+        for producer in [p for p in self.producers.values() if p.transport_id == transport_id]:
+            self._forget_producer(producer.producer_id)
+            self.room.broadcast(
+                "rtc:producerClosed", ProducerNotice(producer.producer_id, self.peer_id), self
+            )
+        for consumer in [c for c in self.consumers.values() if c.transport_id == transport_id]:
+            self._forget_consumer(consumer.consumer_id)
+            self.notify(
+                "rtc:consumerClosed",
+                ConsumerClosedNotice(
+                    consumer.consumer_id, consumer.producer_id, "transport_closed"
+                ),
+            )
+
+    def consumer_closed(self, consumer_id: str, producer_id: str, reason: str) -> None:
+        if consumer_id in self.consumers:
+            self._forget_consumer(consumer_id)
+            self.notify(
+                "rtc:consumerClosed", ConsumerClosedNotice(consumer_id, producer_id, reason)
+            )
+
+    def _forget_producer(self, producer_id: str) -> _Producer | None:
+        self.room.producer_owner.pop(producer_id, None)
+        return self.producers.pop(producer_id, None)
+
+    def _forget_consumer(self, consumer_id: str) -> _Consumer | None:
+        self.room.consumer_owner.pop(consumer_id, None)
+        return self.consumers.pop(consumer_id, None)
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def _answer(self, job: Job, data: Any) -> None:
+        job.answered = True
+        self.link.send_message(answer_message(job.type, job.request_id, data))
+
+    def _answer_error(self, job: Job, exc: SfuError) -> None:
+        job.answered = True
+        self.room.manager.count_error(exc.code)
+        self.link.send_message(
+            error_message(exc.code, exc.message, request_id=job.request_id, request=job.type)
+        )
+
+    async def _handle(self, job: Job) -> None:
+        handler = _HANDLERS.get(job.type)
+        try:
+            if handler is None:  # the session only submits known, non-join types
+                raise NotJoinedError(f"{job.type} is not a request for a joined peer")
+            answer = await handler(self, job.request)
+        except SfuError as exc:
+            self._answer_error(job, exc)
+        except Exception:
+            self.log.exception("internal error in %s", job.type)
+            self._answer_error(job, _InternalError("internal server error (logged)"))
+        else:
+            if answer is not None:
+                self._answer(job, answer)
+
+    def _transport(self, transport_id: str) -> _Transport:
+        transport = self.transports.get(transport_id)
+        if transport is None:
+            raise NotFoundError(f"transport {transport_id!r} not found")
+        return transport
+
+    def _producer(self, producer_id: str) -> _Producer:
+        producer = self.producers.get(producer_id)
+        if producer is None:
+            raise NotFoundError(f"producer {producer_id!r} not found")
+        return producer
+
+    def _consumer(self, consumer_id: str) -> _Consumer:
+        consumer = self.consumers.get(consumer_id)
+        if consumer is None:
+            raise NotFoundError(f"consumer {consumer_id!r} not found")
+        return consumer
+
+    async def _get_router_rtp_capabilities(self, req: Request) -> Any:
+        return RouterRtpCapabilitiesAnswer(self.room.engine.router_rtp_capabilities(self.room.rid))
+
+    async def _create_transport(self, req: Request) -> Any:
+        assert isinstance(req, CreateTransportRequest)
+        limit = self.room.manager.config.limits.transports_per_peer
+        if len(self.transports) >= limit:
+            raise LimitExceededError(f"at most {limit} transports per peer")
+        info = await self.room.engine.create_webrtc_transport(
+            self.room.rid,
+            force_tcp=bool(req.force_tcp),
+            app_data={"peerId": self.peer_id, "direction": req.direction},
+        )
+        tid = info.transport_id
+        self.transports[tid] = _Transport(tid, req.direction)
+        self.room.transport_owner[tid] = self
+        return TransportCreatedAnswer(
+            transport_id=tid,
+            direction=req.direction,
+            ice_parameters=info.ice_parameters,
+            ice_candidates=info.ice_candidates,
+            dtls_parameters=info.dtls_parameters,
+        )
+
+    async def _connect_transport(self, req: Request) -> Any:
+        assert isinstance(req, ConnectTransportRequest)
+        transport = self._transport(req.transport_id)
+        await self.room.engine.connect_transport(req.transport_id, req.dtls_parameters)
+        transport.connected = True
+        return TransportIdAnswer(req.transport_id)
+
+    async def _restart_ice(self, req: Request) -> Any:
+        assert isinstance(req, TransportRequest)
+        self._transport(req.transport_id)
+        ice = await self.room.engine.restart_ice(req.transport_id)
+        return IceRestartedAnswer(req.transport_id, ice)
+
+    async def _produce(self, req: Request) -> Any:
+        assert isinstance(req, ProduceRequest)
+        if not self.grant.can_publish:
+            raise ForbiddenError("the token does not allow publishing (canPublish is false)")
+        transport = self._transport(req.transport_id)
+        if transport.direction != "send":
+            raise InvalidStateError(f"transport {req.transport_id!r} is not a send transport")
+        limit = self.room.manager.config.limits.producers_per_peer
+        if len(self.producers) >= limit:
+            raise LimitExceededError(f"at most {limit} producers per peer")
+        engine = self.room.engine
+        paused = bool(req.paused)
+        pid = await engine.produce(req.transport_id, req.kind, req.rtp_parameters, paused=paused)
+        if req.transport_id not in self.transports:  # closed while we waited
+            await _close_quietly(engine.close_producer, pid)
+            raise InvalidStateError(f"transport {req.transport_id!r} closed")
+        app_data = dict(req.app_data or {})
+        self.producers[pid] = _Producer(pid, req.transport_id, req.kind, app_data, paused)
+        self.room.producer_owner[pid] = self
+        self.room.broadcast(
+            "rtc:newProducer", NewProducerNotice(pid, self.peer_id, req.kind, app_data), self
+        )
+        if paused:
+            self.room.broadcast("rtc:producerPaused", ProducerNotice(pid, self.peer_id), self)
+        return ProducerIdAnswer(pid)
+
+    async def _close_producer(self, req: Request) -> Any:
+        assert isinstance(req, ProducerRequest)
+        self._producer(req.producer_id)
+        self._forget_producer(req.producer_id)
+        await self.room.engine.close_producer(req.producer_id)
+        self.room.broadcast(
+            "rtc:producerClosed", ProducerNotice(req.producer_id, self.peer_id), self
+        )
+        return ProducerIdAnswer(req.producer_id)
+
+    async def _pause_producer(self, req: Request) -> Any:
+        return await self._set_producer_paused(req, True)
+
+    async def _resume_producer(self, req: Request) -> Any:
+        return await self._set_producer_paused(req, False)
+
+    async def _set_producer_paused(self, req: Request, paused: bool) -> Any:
+        assert isinstance(req, ProducerRequest)
+        producer = self._producer(req.producer_id)
+        engine = self.room.engine
+        if paused:
+            await engine.pause_producer(req.producer_id)
+        else:
+            await engine.resume_producer(req.producer_id)
+        if producer.paused != paused and req.producer_id in self.producers:
+            producer.paused = paused
+            ntype = "rtc:producerPaused" if paused else "rtc:producerResumed"
+            self.room.broadcast(ntype, ProducerNotice(req.producer_id, self.peer_id), self)
+        return ProducerIdAnswer(req.producer_id)
+
+    async def _consume(self, req: Request) -> Any:
+        assert isinstance(req, ConsumeRequest)
+        if not self.grant.can_subscribe:
+            raise ForbiddenError("the token does not allow subscribing (canSubscribe is false)")
+        room = self.room
+        if req.producer_id not in room.producer_owner:
+            raise NotFoundError(f"producer {req.producer_id!r} not found")
+        if req.transport_id is not None:
+            transport = self._transport(req.transport_id)
+            if transport.direction != "recv":
+                raise InvalidStateError(f"transport {req.transport_id!r} is not a recv transport")
+        else:
+            found = next((t for t in self.transports.values() if t.direction == "recv"), None)
+            if found is None:
+                raise InvalidStateError("no recv transport: create one before consuming")
+            transport = found
+        limit = room.manager.config.limits.consumers_per_peer
+        if len(self.consumers) >= limit:
+            raise LimitExceededError(f"at most {limit} consumers per peer")
+        caps: RtpCapabilities = req.rtp_capabilities
+        if not room.engine.can_consume(room.rid, req.producer_id, caps):
+            raise UnsupportedError(f"cannot consume producer {req.producer_id!r}: no common codec")
+        paused = True if req.paused is None else req.paused
+        info = await room.engine.consume(
+            transport.transport_id, req.producer_id, caps, paused=paused
+        )
+        cid = info.consumer_id
+        if req.producer_id not in room.producer_owner:  # closed while we waited
+            await _close_quietly(room.engine.close_consumer, cid)
+            raise NotFoundError(f"producer {req.producer_id!r} closed")
+        if transport.transport_id not in self.transports:
+            await _close_quietly(room.engine.close_consumer, cid)
+            raise InvalidStateError(f"transport {transport.transport_id!r} closed")
+        self.consumers[cid] = _Consumer(
+            cid, req.producer_id, transport.transport_id, info.kind, paused
+        )
+        room.consumer_owner[cid] = self
+        return ConsumedAnswer(
+            consumer_id=cid,
+            producer_id=info.producer_id,
+            kind=info.kind,
+            rtp_parameters=info.rtp_parameters,
+            type=info.type,
+            producer_paused=info.producer_paused,
+        )
+
+    async def _resume_consumer(self, req: Request) -> Any:
+        assert isinstance(req, ConsumerRequest)
+        consumer = self._consumer(req.consumer_id)
+        await self.room.engine.resume_consumer(req.consumer_id)
+        consumer.paused = False
+        return ConsumerIdAnswer(req.consumer_id)
+
+    async def _pause_consumer(self, req: Request) -> Any:
+        assert isinstance(req, ConsumerRequest)
+        consumer = self._consumer(req.consumer_id)
+        await self.room.engine.pause_consumer(req.consumer_id)
+        consumer.paused = True
+        return ConsumerIdAnswer(req.consumer_id)
+
+    async def _close_consumer(self, req: Request) -> Any:
+        assert isinstance(req, ConsumerRequest)
+        self._consumer(req.consumer_id)
+        self._forget_consumer(req.consumer_id)  # first: no rtc:consumerClosed for this close
+        await self.room.engine.close_consumer(req.consumer_id)
+        return ConsumerIdAnswer(req.consumer_id)
+
+    async def _set_preferred_layers(self, req: Request) -> Any:
+        assert isinstance(req, SetPreferredLayersRequest)
+        self._consumer(req.consumer_id)
+        spatial, temporal = await self.room.engine.set_consumer_preferred_layers(
+            req.consumer_id, req.spatial_layer, req.temporal_layer
+        )
+        return PreferredLayersSetAnswer(req.consumer_id, PreferredLayers(spatial, temporal))
+
+    async def _get_stats(self, req: Request) -> Any:
+        assert isinstance(req, GetStatsRequest)
+        if not (req.id in self.transports or req.id in self.producers or req.id in self.consumers):
+            raise NotFoundError(f"no transport, producer or consumer {req.id!r}")
+        return StatsAnswer(req.id, await self.room.engine.get_stats(req.id))
+
+    async def _leave(self, req: Request) -> Any:
+        self.end_reason = "left"
+        return None  # answered by run() once the cleanup is done
+
+
+class _InternalError(SfuError):
+    code = "internal"
+
+
+_LEFT: Final = LeftAnswer()
+
+_HANDLERS: Final[dict[str, Callable[[Peer, Request], Any]]] = {
+    "rtc:getRouterRtpCapabilities": Peer._get_router_rtp_capabilities,
+    "rtc:createTransport": Peer._create_transport,
+    "rtc:connectTransport": Peer._connect_transport,
+    "rtc:restartIce": Peer._restart_ice,
+    "rtc:produce": Peer._produce,
+    "rtc:closeProducer": Peer._close_producer,
+    "rtc:pauseProducer": Peer._pause_producer,
+    "rtc:resumeProducer": Peer._resume_producer,
+    "rtc:consume": Peer._consume,
+    "rtc:resumeConsumer": Peer._resume_consumer,
+    "rtc:pauseConsumer": Peer._pause_consumer,
+    "rtc:closeConsumer": Peer._close_consumer,
+    "rtc:setPreferredLayers": Peer._set_preferred_layers,
+    "rtc:getStats": Peer._get_stats,
+    "rtc:leave": Peer._leave,
+}
+
+
+async def _close_quietly(close: Callable[[str], Any], entity_id: str) -> None:
+    try:
+        await close(entity_id)
+    except Exception:
+        logger.exception("closing %s after a race failed", entity_id)
+
+
+@final
+class Room:
+    """One meeting: a router, its peers, and the owner of every id in it."""
+
+    def __init__(self, manager: RoomManager, meeting_id: str) -> None:
+        self.manager = manager
+        self.engine = manager.engine
+        self.meeting_id = meeting_id
+        self.router_id: str | None = None
+        self.created_at = time.time()
+        self.peers: dict[str, Peer] = {}
+        self.transport_owner: dict[str, Peer] = {}
+        self.producer_owner: dict[str, Peer] = {}
+        self.consumer_owner: dict[str, Peer] = {}
+        self.closing = False
+        self.close_reason: str | None = None
+        self.ready = trio.Event()
+        self.finished = trio.Event()
+        self._pending = 0
+        self._close_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.log = ContextLogger(logger, {"meeting": meeting_id})
+
+    @property
+    def rid(self) -> str:
+        assert self.router_id is not None
+        return self.router_id
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The room's task, in the server's nursery."""
+        started = False
+        try:
+            self.router_id = await self.engine.create_router(self._on_event)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.ready.set()
+                    self.log.info("room opened (router %s)", self.router_id)
+                    task_status.started()
+                    started = True
+                    await self._close_requested.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._mark_closing(self.close_reason or "empty")
+                timeout = self.manager.config.cleanup_timeout
+                with trio.move_on_after(timeout, shield=True):
+                    await self.engine.close_router(self.router_id)
+                self.log.info("room closed (%s)", self.close_reason)
+        except Exception:
+            if not started:
+                raise
+            self.log.exception("room task failed")
+        finally:
+            self._mark_closing(self.close_reason or "failed")
+            self.ready.set()
+            self.finished.set()
+            self.manager.room_finished(self)
+
+    def _mark_closing(self, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.close_reason = reason
+            self.manager.forget(self)
+
+    def close(self, reason: str, *, code: int = CLOSE_ROOM_CLOSED) -> None:
+        """Close the meeting: every peer gets ``rtc:roomClosed`` then its socket closes.
+        Never blocks; wait on :attr:`finished` for the end."""
+        if self.closing:
+            return
+        self._mark_closing(reason)
+        notice = notification_message("rtc:roomClosed", RoomClosedNotice(self.meeting_id, reason))
+        for peer in list(self.peers.values()):
+            peer.end(reason, close=(code, reason), notice=notice)
+        self._close_requested.set()
+
+    async def start_peer(self, grant: Grant, display_name: str | None, link: PeerLink) -> Peer:
+        """Start a peer's task in this room (not yet visible to others: see :meth:`admit`)."""
+        limit = self.manager.config.limits.peers_per_meeting
+        if len(self.peers) + self._pending >= limit:
+            raise LimitExceededError(f"meeting {self.meeting_id!r} is full ({limit} peers)")
+        assert self._nursery is not None
+        peer = Peer(self, grant, display_name, link)
+        self._pending += 1
+        try:
+            await self._nursery.start(peer.run)
+        except BaseException:
+            self._pending -= 1
+            self._close_if_empty()
+            raise
+        return peer
+
+    def admit(self, peer: Peer) -> JoinedAnswer:
+        """Make a started peer a member: the others hear ``rtc:peerJoined``. Synchronous,
+        so that the caller queues the ``rtc:joined`` answer before any notification."""
+        self._pending -= 1
+        if self.closing or peer.ending:
+            peer.end("join_failed")
+            raise InvalidStateError(f"meeting {self.meeting_id!r} is closing; join again")
+        others = [p.info() for p in self.peers.values()]
+        self.peers[peer.peer_id] = peer
+        self.broadcast("rtc:peerJoined", peer.info(), peer)
+        peer.log.info("joined as user %s", peer.grant.user_id)
+        return JoinedAnswer(
+            peer_id=peer.peer_id,
+            user_id=peer.grant.user_id,
+            peers=others,
+            ice_servers=ice_servers_for(self.manager.config, peer.grant.user_id, now=time.time()),
+        )
+
+    def detach(self, peer: Peer) -> None:
+        """Remove a peer from the books (first step of its cleanup)."""
+        if self.peers.get(peer.peer_id) is peer:
+            del self.peers[peer.peer_id]
+        for index, ids in (
+            (self.transport_owner, peer.transports),
+            (self.producer_owner, peer.producers),
+            (self.consumer_owner, peer.consumers),
+        ):
+            for entity_id in ids:
+                if index.get(entity_id) is peer:
+                    del index[entity_id]
+
+    def peer_finished(self, peer: Peer) -> None:
+        self._close_if_empty()
+
+    def _close_if_empty(self) -> None:
+        if not self.peers and self._pending == 0 and not self.closing:
+            self._mark_closing("empty")
+            self._close_requested.set()
+
+    def broadcast(self, ntype: str, data: Any, exclude: Peer | None = None) -> None:
+        message = notification_message(ntype, data)
+        for peer in list(self.peers.values()):
+            if peer is not exclude:
+                peer.link.send_message(message)
+
+    def _on_event(self, event: EngineEvent) -> None:
+        """The engine's event callback: never blocks, never raises."""
+        try:
+            if event.router_id == self.router_id:
+                self._dispatch(event)
+        except Exception:
+            self.log.exception("handling engine event %r failed", event)
+
+    def _dispatch(self, event: EngineEvent) -> None:
+        if isinstance(event, ConsumerClosed):
+            owner = self.consumer_owner.get(event.consumer_id)
+            if owner is not None:
+                owner.consumer_closed(event.consumer_id, event.producer_id, event.reason)
+        elif isinstance(event, TransportClosed):
+            owner = self.transport_owner.get(event.transport_id)
+            if owner is not None:
+                owner.transport_closed(event.transport_id, event.reason)
+        elif isinstance(event, ConsumerLayersChanged):
+            owner = self.consumer_owner.get(event.consumer_id)
+            if owner is not None:
+                owner.notify(
+                    "rtc:consumerLayersChanged",
+                    ConsumerLayersChangedNotice(
+                        event.consumer_id, event.spatial_layer, event.temporal_layer
+                    ),
+                )
+        elif isinstance(event, NetworkQuality):
+            owner = self.transport_owner.get(event.transport_id)
+            if owner is not None:
+                owner.notify(
+                    "rtc:networkQuality",
+                    NetworkQualityNotice(
+                        event.transport_id, event.packet_loss, event.rtt_ms, event.quality
+                    ),
+                )
+        elif isinstance(event, ActiveSpeaker):
+            owner = self.producer_owner.get(event.producer_id)
+            if owner is not None:
+                self.broadcast(
+                    "rtc:activeSpeaker",
+                    ActiveSpeakerNotice(owner.peer_id, event.producer_id, event.volume),
+                )
+        # ConsumerProducerPaused: the other peers already heard rtc:producerPaused/Resumed.
+
+    def describe(self, *, with_peers: bool) -> dict[str, Any]:
+        """The admin API's view of this room."""
+        out: dict[str, Any] = {
+            "meetingId": self.meeting_id,
+            "routerId": self.router_id,
+            "createdAt": self.created_at,
+            "peerCount": len(self.peers),
+            "transportCount": len(self.transport_owner),
+            "producerCount": len(self.producer_owner),
+            "consumerCount": len(self.consumer_owner),
+        }
+        if with_peers:
+            out["peers"] = [p.describe() for p in self.peers.values()]
+        return out
+
+
+@final
+class RoomManager:
+    """The open rooms of one server, keyed by meeting id; room tasks live in ``nursery``."""
+
+    def __init__(
+        self,
+        engine: MediaEngine,
+        config: ServerConfig,
+        nursery: trio.Nursery,
+        *,
+        count_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.rooms: dict[str, Room] = {}
+        self.accepting = True
+        self._nursery = nursery
+        self._live: set[Room] = set()
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+        self.count_error = count_error or (lambda code: None)
+
+    async def join(
+        self, grant: Grant, display_name: str | None, link: PeerLink
+    ) -> tuple[Peer, JoinedAnswer]:
+        """Join ``grant.meeting_id``, opening its room if needed. Returns the running peer
+        and the ``rtc:joined`` answer, which the caller must queue before its next
+        checkpoint."""
+        for _ in range(3):
+            if not self.accepting:
+                raise InvalidStateError("the server is shutting down")
+            room = await self._open_room(grant.meeting_id)
+            if room.closing:
+                continue
+            peer = await room.start_peer(grant, display_name, link)
+            try:
+                return peer, room.admit(peer)
+            except InvalidStateError:
+                continue
+        raise InvalidStateError(f"meeting {grant.meeting_id!r} is closing; join again")
+
+    async def _open_room(self, meeting_id: str) -> Room:
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            await room.ready.wait()
+            if room.router_id is None:
+                raise InvalidStateError(f"meeting {meeting_id!r} failed to open")
+            return room
+        room = Room(self, meeting_id)
+        self.rooms[meeting_id] = room
+        self._live.add(room)
+        self._all_closed = trio.Event()
+        await self._nursery.start(room.run)
+        return room
+
+    def forget(self, room: Room) -> None:
+        """Stop routing joins to ``room`` (it is closing)."""
+        if self.rooms.get(room.meeting_id) is room:
+            del self.rooms[room.meeting_id]
+
+    def room_finished(self, room: Room) -> None:
+        self.forget(room)
+        self._live.discard(room)
+        if not self._live:
+            self._all_closed.set()
+
+    def close_all(self, reason: str, *, code: int = CLOSE_GOING_AWAY) -> None:
+        """Stop accepting joins and close every room (peers get ``rtc:roomClosed``)."""
+        self.accepting = False
+        for room in list(self._live):
+            room.close(reason, code=code)
+
+    async def wait_all_closed(self) -> None:
+        await self._all_closed.wait()
+
+    def counts(self) -> Counts:
+        rooms = list(self._live)
+        return Counts(
+            rooms=len(rooms),
+            peers=sum(len(r.peers) for r in rooms),
+            transports=sum(len(r.transport_owner) for r in rooms),
+            producers=sum(len(r.producer_owner) for r in rooms),
+            consumers=sum(len(r.consumer_owner) for r in rooms),
+        )

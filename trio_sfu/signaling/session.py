@@ -1,0 +1,276 @@
+"""One signaling WebSocket (ASGI): frames in, answers and notifications out.
+
+A session runs in the connection's task (hypercorn's), with two tasks of its own in a
+per-connection nursery:
+
+* the reader takes one frame at a time, checks it (size, text, JSON, envelope, schema, rate)
+  and answers it, handing requests of a joined peer to the peer's task and waiting until
+  they are answered, so answers leave in arrival order, exactly one per request;
+* the writer drains the bounded outgoing channel onto the socket.
+
+Everything queued for the client goes through :meth:`Session.send_message`, which never
+blocks: a client too slow to drain its queue is disconnected (1008) and its peer ends.
+Closing the socket ends the peer (same as ``rtc:leave``); the peer's cleanup runs in the
+room, not here, and never waits for the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, final
+from urllib.parse import parse_qs
+
+import attrs
+import trio
+
+from trio_sfu.errors import InvalidMessageError, SfuError
+from trio_sfu.signaling.errors import AlreadyJoinedError, NotJoinedError, RateLimitedError
+from trio_sfu.signaling.limits import TokenBucket
+from trio_sfu.signaling.messages import (
+    Envelope,
+    JoinRequest,
+    Request,
+    answer_message,
+    decode_frame_untrusted,
+    encode_message,
+    error_message,
+    frame_context,
+    parse_envelope_untrusted,
+    parse_request_untrusted,
+)
+from trio_sfu.signaling.room import ContextLogger, Job, Peer
+
+if TYPE_CHECKING:
+    from trio_sfu.signaling.app import SignalingApp
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Session"]
+
+CLOSE_POLICY_VIOLATION: Final = 1008
+#: Bound on sending the close frame and on the final flush.
+CLOSE_TIMEOUT: Final = 2.0
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@final
+@attrs.frozen
+class _Close:
+    code: int
+    reason: str
+
+
+class _InternalError(SfuError):
+    code = "internal"
+
+
+@final
+class Session:
+    """A WebSocket connection of the signaling protocol; the :class:`PeerLink` of its
+    peer while it is in a meeting."""
+
+    def __init__(self, app: SignalingApp, scope: dict[str, Any], receive: Receive, send: Send):
+        self.app = app
+        self._receive = receive
+        self._send = send
+        limits = app.config.limits
+        self._limits = limits
+        self._out_tx, self._out_rx = trio.open_memory_channel[dict[str, Any] | _Close](
+            limits.outgoing_queue
+        )
+        self._bucket = TokenBucket(limits.requests_per_second, limits.request_burst, 0.0)
+        self._bad_frames = 0
+        self._closing = False
+        self._abort: _Close | None = None
+        self._nursery: trio.Nursery | None = None
+        self.peer: Peer | None = None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        tokens = query.get("token")
+        self._query_token = tokens[0] if tokens else None
+        client = scope.get("client")
+        self.remote = f"{client[0]}:{client[1]}" if client else "?"
+        self.log = ContextLogger(logger, {"remote": self.remote})
+
+    # ---- PeerLink -------------------------------------------------------------------------
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client without blocking (see the module docstring)."""
+        if self._closing:
+            return
+        try:
+            self._out_tx.send_nowait(message)
+        except trio.WouldBlock:
+            self._overflow()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def close_connection(self, code: int, reason: str) -> None:
+        """Close the socket after the messages queued so far."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._out_tx.send_nowait(_Close(code, reason))
+        except trio.WouldBlock:
+            self._overflow()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _overflow(self) -> None:
+        self.log.warning("outgoing queue full: closing the connection of a client too slow")
+        self.app.metrics.slow_disconnects.inc()
+        self._closing = True
+        self._abort = _Close(CLOSE_POLICY_VIOLATION, "outgoing queue full")
+        if self.peer is not None:
+            self.peer.end("too_slow")
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ---- tasks --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it."""
+        first = await self._receive()
+        if first.get("type") != "websocket.connect":
+            return
+        await self._send({"type": "websocket.accept"})
+        self._bucket = TokenBucket(
+            self._limits.requests_per_second, self._limits.request_burst, trio.current_time()
+        )
+        self.app.sessions.add(self)
+        self.app.metrics.connections.inc()
+        self.log.debug("connected")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.app.sessions.discard(self)
+            self.app.metrics.connections.dec()
+            self._closing = True
+            self._out_tx.close()
+            if self.peer is not None:
+                self.peer.end("connection_closed")
+                self.peer = None
+            if self._abort is not None:
+                with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                    try:
+                        await self._send(
+                            {
+                                "type": "websocket.close",
+                                "code": self._abort.code,
+                                "reason": self._abort.reason,
+                            }
+                        )
+                    except Exception:
+                        self.log.debug("close after abort failed", exc_info=True)
+            self.log.debug("disconnected")
+
+    async def _writer(self) -> None:
+        try:
+            async for item in self._out_rx:
+                if isinstance(item, _Close):
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await self._send(
+                            {"type": "websocket.close", "code": item.code, "reason": item.reason}
+                        )
+                    break
+                await self._send({"type": "websocket.send", "text": encode_message(item)})
+        except Exception:
+            self.log.debug("sending failed; closing", exc_info=True)
+        # The socket is closed (or broken): stop reading too.
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _reader(self) -> None:
+        while True:
+            message = await self._receive()
+            kind = message.get("type")
+            if kind == "websocket.disconnect":
+                return
+            if kind == "websocket.receive":
+                await self._on_frame(message.get("text"), message.get("bytes"))
+
+    # ---- frames -------------------------------------------------------------------------------
+
+    async def _on_frame(self, text: str | None, data: bytes | None) -> None:
+        allowed = self._bucket.take(trio.current_time())
+        if text is None:
+            self._bad_frame(InvalidMessageError("binary frames are not accepted: send JSON text"))
+            return
+        limit = self._limits.max_frame_bytes
+        if len(text) > limit // 4:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                self._bad_frame(
+                    InvalidMessageError(f"frame of {size} bytes is over the {limit}-byte limit")
+                )
+                return
+        try:
+            obj = decode_frame_untrusted(text)
+        except SfuError as exc:
+            self._bad_frame(exc)
+            return
+        self._bad_frames = 0
+        request_id, rtype = frame_context(obj)
+        self.app.metrics.count_request(rtype or "unknown")
+        try:
+            if not allowed:
+                raise RateLimitedError(
+                    f"more than {self._limits.requests_per_second:g} requests per second"
+                )
+            envelope = parse_envelope_untrusted(obj)
+            await self._dispatch(envelope, parse_request_untrusted(envelope))
+        except SfuError as exc:
+            self._error(exc, request_id, rtype)
+        except Exception:
+            self.log.exception("internal error handling %s", rtype)
+            self._error(_InternalError("internal server error (logged)"), request_id, rtype)
+
+    def _bad_frame(self, exc: SfuError) -> None:
+        self._bad_frames += 1
+        self._error(exc, None, None)
+        if self._bad_frames > self._limits.max_bad_frames:
+            self.log.info("closing after %d invalid frames in a row", self._bad_frames)
+            self.close_connection(CLOSE_POLICY_VIOLATION, "too many invalid frames")
+
+    def _error(self, exc: SfuError, request_id: str | None, request: str | None) -> None:
+        self.app.metrics.count_error(exc.code)
+        self.send_message(
+            error_message(exc.code, exc.message, request_id=request_id, request=request)
+        )
+
+    async def _dispatch(self, envelope: Envelope, request: Request) -> None:
+        if isinstance(request, JoinRequest):
+            await self._join(envelope, request)
+            return
+        peer = self.peer
+        if peer is None or peer.ending:
+            self.peer = None
+            raise NotJoinedError("not in a meeting: send rtc:join first")
+        if request.meeting_id != peer.room.meeting_id:
+            raise NotJoinedError(f"not joined to meeting {request.meeting_id!r}")
+        try:
+            await peer.submit(Job(envelope.type, envelope.request_id, request))
+        finally:
+            if peer.ending and self.peer is peer:
+                self.peer = None
+
+    async def _join(self, envelope: Envelope, request: JoinRequest) -> None:
+        if self.peer is not None and not self.peer.ending:
+            raise AlreadyJoinedError(f"already in meeting {self.peer.room.meeting_id!r}")
+        if self._closing:
+            raise NotJoinedError("the connection is closing")
+        token = request.token or self._query_token
+        grant = self.app.verifier.verify(token, request.meeting_id)
+        peer, answer = await self.app.rooms.join(grant, request.display_name, self)
+        # No checkpoint between join() and queueing the answer: rtc:joined goes out before
+        # any notification about the meeting.
+        self.peer = peer
+        self.log = ContextLogger(logger, {"meeting": request.meeting_id, "peer": peer.peer_id})
+        self.send_message(answer_message(envelope.type, envelope.request_id, answer))
