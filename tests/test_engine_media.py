@@ -16,7 +16,14 @@ from trio_sfu.client.transport import ClientTransport, open_client_transport
 from trio_sfu.engine.api import ConsumerClosed, EngineEvent
 from trio_sfu.engine.worker import Worker, WorkerSettings, open_worker
 from trio_sfu.ortc.types import RtpCapabilities, RtpParameters
-from trio_sfu.rtcp import GenericNack, Pli, build_rtcp, parse_rtcp_untrusted
+from trio_sfu.rtcp import (
+    GenericNack,
+    Pli,
+    ReceiverReport,
+    SenderReport,
+    build_rtcp,
+    parse_rtcp_untrusted,
+)
 from trio_sfu.rtp import vp8
 from trio_sfu.rtp.packet import RtpPacket
 from trio_sfu.wire import structure_untrusted
@@ -53,7 +60,7 @@ async def connected_client(
 async def test_simulcast_and_audio_forwarding() -> None:
     events: list[EngineEvent] = []
     with trio.fail_after(20):
-        async with open_worker(WorkerSettings()) as worker:
+        async with open_worker(WorkerSettings(rtcp_interval=0.05)) as worker:
             router_id = await worker.create_router(events.append)
             async with (
                 connected_client(worker, router_id) as (pub_id, pub),
@@ -114,15 +121,34 @@ async def test_simulcast_and_audio_forwarding() -> None:
                 assert repaired.payload[:2] == lost.to_bytes(2, "big")
                 assert repaired.payload[2:] == got_video[5].payload
 
-                # A PLI from the subscriber reaches the publisher as a PLI on r2's SSRC.
-                sub.send_rtcp(build_rtcp([Pli(1, v_ssrc)]))
+                # Sender Reports reach the subscriber for each consumer stream, Receiver
+                # Reports the publisher for each of its streams.
+                sender_reports = {v_ssrc: 0, a_ssrc: 0}
                 with trio.fail_after(2):
+                    while not all(sender_reports.values()):
+                        for report in parse_rtcp_untrusted(await sub.receive_rtcp()):
+                            if isinstance(report, SenderReport):
+                                sender_reports[report.ssrc] += 1
+                                assert report.packet_count > 0
+                publisher_ssrcs = {s.ssrc for s in publisher.streams} | {audio_pub.ssrc}
+                reported: set[int] = set()
+                with trio.fail_after(2):
+                    while reported != publisher_ssrcs:
+                        for report in parse_rtcp_untrusted(await pub.receive_rtcp()):
+                            if isinstance(report, ReceiverReport):
+                                reported |= {block.ssrc for block in report.reports}
+                                assert all(b.fraction_lost == 0 for b in report.reports)
+
+                # A PLI from the subscriber reaches the publisher as a PLI on r2's SSRC,
+                # at most once a second per stream.
+                for _ in range(3):
+                    sub.send_rtcp(build_rtcp([Pli(1, v_ssrc)]))
+                plis: list[Pli] = []
+                with trio.move_on_after(0.5):
                     while True:
                         feedback = parse_rtcp_untrusted(await pub.receive_rtcp())
-                        plis = [p for p in feedback if isinstance(p, Pli)]
-                        if plis:
-                            break
-                assert plis[0].media_ssrc == publisher.streams[2].ssrc
+                        plis += [p for p in feedback if isinstance(p, Pli)]
+                assert [p.media_ssrc for p in plis] == [publisher.streams[2].ssrc]
 
                 # Closing the producer closes the consumer, with an event.
                 await worker.close_producer(video_id)

@@ -177,6 +177,7 @@ class Router:
         certificate: DtlsCertificate,
         on_event: EventCallback,
         transport_options: dict[str, Any],
+        rtcp_interval: float = RTCP_INTERVAL,
     ) -> None:
         self.id = router_id
         self.rtp_capabilities = rtp_capabilities
@@ -184,6 +185,7 @@ class Router:
         self._certificate = certificate
         self._on_event = on_event
         self._transport_options = transport_options
+        self._rtcp_interval = rtcp_interval
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.transports: dict[str, _TransportEntry] = {}
@@ -509,7 +511,7 @@ class Router:
 
     async def _rtcp_loop(self) -> None:
         while True:
-            await trio.sleep(RTCP_INTERVAL)
+            await trio.sleep(self._rtcp_interval)
             self.send_reports(trio.current_time())
 
     def send_reports(self, now: float) -> None:

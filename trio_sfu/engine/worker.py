@@ -45,6 +45,8 @@ class WorkerSettings:
     enable_udp: bool = True
     enable_tcp: bool = True
     egress_queue_size: int = 512
+    #: Seconds between Sender/Receiver Report rounds.
+    rtcp_interval: float = 1.0
     media_codecs: Sequence[RtpCodecCapability] | None = None
 
 
@@ -106,6 +108,7 @@ class Worker:
             rtp_capabilities=self.rtp_capabilities,
             certificate=self.certificate,
             on_event=on_event,
+            rtcp_interval=self.settings.rtcp_interval,
             transport_options={
                 "listen_ip": self.settings.listen_ip,
                 "announced_ip": self.settings.announced_ip,
