@@ -192,6 +192,13 @@ def _encode_chunks(symbols: list[int]) -> bytearray:
     return out
 
 
+# Status vector decoding by table: seven 1-bit symbols per 7-bit index, and three or four
+# 2-bit symbols per 6- or 8-bit index.
+_ONE_BIT_7 = [tuple((i >> shift) & 1 for shift in range(6, -1, -1)) for i in range(128)]
+_TWO_BIT_3 = [tuple((i >> shift) & 3 for shift in (4, 2, 0)) for i in range(64)]
+_TWO_BIT_4 = [tuple((i >> shift) & 3 for shift in (6, 4, 2, 0)) for i in range(256)]
+
+
 def parse_twcc_body_untrusted(data: bytes, pos: int, end: int) -> TransportCcFeedback:
     """Parse a transport-cc packet whose common header starts at ``pos - 4``.
 
@@ -204,37 +211,66 @@ def parse_twcc_body_untrusted(data: bytes, pos: int, end: int) -> TransportCcFee
         data, pos - 4
     )
     pos += 16
-    symbols: list[int] = []
+    # Pass 1, the chunks: (symbol, count) for a run, (-1, symbols) for a vector.
+    runs: list[tuple[int, int]] = []
+    vectors: list[tuple[int, ...]] = []
+    remaining = status_count
     unpack_chunk = _CHUNK.unpack_from
-    while len(symbols) < status_count:
+    while remaining > 0:
         if pos + 2 > end:
             raise BadPacket("transport-cc feedback: packet chunks truncated")
         (chunk,) = unpack_chunk(data, pos)
         pos += 2
         if not chunk & 0x8000:
-            symbols += ((chunk >> 13) & 3,) * (chunk & _MAX_RUN)
-        elif not chunk & 0x4000:
-            symbols += [(chunk >> shift) & 1 for shift in range(13, -1, -1)]
+            count = min(chunk & _MAX_RUN, remaining)
+            runs.append(((chunk >> 13) & 3, count))
         else:
-            symbols += [(chunk >> shift) & 3 for shift in range(12, -1, -2)]
-    del symbols[status_count:]
+            if chunk & 0x4000:
+                symbols = _TWO_BIT_3[(chunk >> 8) & 0x3F] + _TWO_BIT_4[chunk & 0xFF]
+            else:
+                symbols = _ONE_BIT_7[(chunk >> 7) & 0x7F] + _ONE_BIT_7[chunk & 0x7F]
+            if len(symbols) > remaining:
+                symbols = symbols[:remaining]
+            count = len(symbols)
+            runs.append((-1, len(vectors)))
+            vectors.append(symbols)
+        remaining -= count
+    # Pass 2, the deltas: runs in bulk, vectors symbol by symbol.
     deltas: list[int | None] = []
     append = deltas.append
-    for symbol in symbols:
-        if symbol == 0:
-            append(None)
-        elif symbol == 1:
-            if pos >= end:
+    for symbol, count in runs:
+        if symbol == 1:
+            stop = pos + count
+            if stop > end:
                 raise BadPacket("transport-cc feedback: receive deltas truncated")
-            append(data[pos])
-            pos += 1
+            deltas += data[pos:stop]
+            pos = stop
+        elif symbol == 0:
+            deltas += [None] * count
         elif symbol == 2:
-            if pos + 2 > end:
+            stop = pos + 2 * count
+            if stop > end:
                 raise BadPacket("transport-cc feedback: receive deltas truncated")
-            append(_LARGE.unpack_from(data, pos)[0])
-            pos += 2
-        else:
+            deltas += struct.unpack_from(f"!{count}h", data, pos)
+            pos = stop
+        elif symbol == 3:
             raise BadPacket("transport-cc feedback: reserved status symbol")
+        else:
+            for item in vectors[count]:
+                if item == 1:
+                    if pos >= end:
+                        raise BadPacket("transport-cc feedback: receive deltas truncated")
+                    append(data[pos])
+                    pos += 1
+                elif item == 0:
+                    append(None)
+                elif item == 2:
+                    if pos + 2 > end:
+                        raise BadPacket("transport-cc feedback: receive deltas truncated")
+                    append(_LARGE.unpack_from(data, pos)[0])
+                    pos += 2
+                else:
+                    raise BadPacket("transport-cc feedback: reserved status symbol")
     reference = ref_and_count >> 8
     if reference & 0x80_0000:
         reference -= 0x100_0000
