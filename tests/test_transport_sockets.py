@@ -200,6 +200,9 @@ async def test_udp_listener_receives_sends_and_closes_at_once() -> None:
                 assert await listener.sendto(b"again", peer.getsockname())
                 assert await peer.recv(100) == b"back"
                 assert await peer.recv(100) == b"again"
+                batch = [bytes([i]) * (i + 1) for i in range(10)]
+                assert await listener.sendto_many(batch, peer.getsockname()) == 10
+                assert [await peer.recv(100) for _ in batch] == batch
                 listener.close()  # wakes serve(): the nursery can exit without a cancel
             listener.close()  # idempotent
             assert not listener.sendto_nowait(b"x", peer.getsockname())

@@ -263,6 +263,29 @@ class UdpListener:
                 return False
             return True
 
+    async def sendto_many(self, datagrams: list[bytes], address: Address) -> int:
+        """Send datagrams in order, waiting for writability only when the kernel pushes
+        back (one await per batch otherwise). Returns how many were sent; refused ones are
+        counted in :attr:`send_errors`. Cancellation: a cancelled call may have sent a
+        prefix of ``datagrams``.
+        """
+        sendto = self._sock.sendto
+        sent = 0
+        for data in datagrams:
+            try:
+                sendto(data, address)
+            except BlockingIOError:
+                if not await self.sendto(data, address):
+                    continue
+            except OSError:
+                if self.closed:
+                    raise trio.ClosedResourceError("socket closed") from None
+                self.send_errors += 1
+                continue
+            sent += 1
+        await trio.lowlevel.checkpoint()
+        return sent
+
     async def serve(
         self,
         handler: DatagramHandler,

@@ -491,34 +491,34 @@ class WebRtcTransport:
                 continue
             tcp = self._tcp
             connection = tcp.connections.get(address) if tcp is not None else None
-            udp = self._udp
             protect_rtp = srtp.protect_rtp
             protect_rtcp = srtp.protect_rtcp
-            sent_bytes = 0
-            sent = 0
+            out: list[bytes] = []
+            rtcp = 0
             for packet, is_rtcp in batch:
                 try:
-                    data = protect_rtcp(packet) if is_rtcp else protect_rtp(packet)
+                    if is_rtcp:
+                        out.append(protect_rtcp(packet))
+                        rtcp += 1
+                    else:
+                        out.append(protect_rtp(packet))
                 except BadPacket:
                     self.dropped_egress_protect += 1
-                    continue
-                if connection is not None:
-                    if not connection.send_nowait(data):
-                        continue
-                elif udp is not None:
-                    if not await udp.sendto(data, address):
-                        continue
-                else:
-                    self.dropped_send += 1
-                    continue
-                sent += 1
-                sent_bytes += len(data)
-                if is_rtcp:
-                    self.rtcp_packets_out += 1
-                else:
-                    self.rtp_packets_out += 1
-            self.packets_out += sent
-            self.bytes_out += sent_bytes
+            if not out:
+                continue
+            # Packets handed to the socket / TCP queue; what the kernel or a full TCP queue
+            # refuses is counted in stats()["dropped"]["send"].
+            self.rtcp_packets_out += rtcp
+            self.rtp_packets_out += len(out) - rtcp
+            self.packets_out += len(out)
+            self.bytes_out += sum(map(len, out))
+            if connection is not None:
+                for data in out:
+                    connection.send_nowait(data)
+            elif self._udp is not None:
+                await self._udp.sendto_many(out, address)
+            else:
+                self.dropped_send += len(out)
 
     # ---- ingress -----------------------------------------------------------------------
 
