@@ -235,3 +235,22 @@ def test_clear_and_size_validation() -> None:
     for size in (0, 1000, 1 << 16):
         with pytest.raises(ValueError):
             RetransmissionBuffer(size)
+
+
+def test_backward_restart_needs_two_packets_in_a_row() -> None:
+    gen = NackGenerator(max_packets_behind=1000)
+    arrive(gen, [30000, 30002])
+    assert gen.missing == [30001]
+    gen.on_packet(100, 0.0)  # a lone stray far behind: ignored
+    assert gen.missing == [30001]
+    gen.on_packet(30003, 0.0)
+    gen.on_packet(200, 0.0)
+    gen.on_packet(201, 0.0)  # two in a row: the sender restarted at 200
+    assert gen.missing == []
+    assert gen.dropped == 1
+    gen.on_packet(203, 0.0)
+    assert gen.missing == [202]
+    # Retransmissions far behind never restart anything.
+    gen.on_packet(5, 0.0, retransmitted=True)
+    gen.on_packet(6, 0.0, retransmitted=True)
+    assert gen.missing == [202]

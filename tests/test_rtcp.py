@@ -461,3 +461,8 @@ def test_compact_ntp() -> None:
     assert compact_to_seconds(0xB705_2000) == 46853.125
     assert seconds_to_compact(5.25) == 0x0005_4000
     assert seconds_to_compact(-1.0) == 0
+
+
+def test_unknown_packet_must_match_its_length_field() -> None:
+    with pytest.raises(ValueError):
+        build_rtcp([UnknownRtcp(204, 0, bytes.fromhex("80cc0002 00000009"))])

@@ -181,3 +181,9 @@ def test_from_arrivals_wraps_the_reference_time_and_rejects_long_gaps() -> None:
 def test_malformed(hex_text: str) -> None:
     with pytest.raises(BadPacket):
         parse_rtcp_untrusted(bytes.fromhex(hex_text.replace(" ", "")))
+
+
+def test_feedback_packet_count_is_8_bits() -> None:
+    assert TransportCcFeedback.from_arrivals(1, 2, 0, 257, [0]).fb_pkt_count == 1
+    with pytest.raises(ValueError):
+        build_rtcp([TransportCcFeedback(1, 2, 0, 0, 256, ())])

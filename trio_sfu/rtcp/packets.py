@@ -355,9 +355,10 @@ class UnknownRtcp:
     raw: bytes
 
     def _to_bytes(self) -> bytes:
-        if len(self.raw) % 4:
-            raise ValueError("raw RTCP packet is not a multiple of 32 bits")
-        return self.raw
+        raw = self.raw
+        if len(raw) < 4 or len(raw) != 4 * (((raw[2] << 8) | raw[3]) + 1):
+            raise ValueError("raw RTCP packet does not match its length field")
+        return raw
 
 
 RtcpPacket: TypeAlias = (

@@ -71,6 +71,8 @@ class TransportCcFeedback:
     ) -> TransportCcFeedback:
         """Build feedback from arrival times in microseconds (``None``: not received).
 
+        ``fb_pkt_count`` may be a running counter: it is taken modulo 256.
+
         ``arrivals_us[i]`` belongs to transport sequence number ``base_seq + i``. Times may
         start anywhere (any clock, any origin); the reference time is the first received
         arrival rounded down to 64 ms and wrapped to 24 bits signed. Each arrival is rounded
@@ -96,7 +98,9 @@ class TransportCcFeedback:
             deltas.append(delta)
             previous = units
         wire_reference = ((reference + 0x80_0000) & 0xFF_FFFF) - 0x80_0000
-        return cls(sender_ssrc, media_ssrc, base_seq, wire_reference, fb_pkt_count, tuple(deltas))
+        return cls(
+            sender_ssrc, media_ssrc, base_seq, wire_reference, fb_pkt_count & 0xFF, tuple(deltas)
+        )
 
     def arrivals_us(self) -> list[tuple[int, int | None]]:
         """``(transport seq, arrival time in µs or None)`` per reported packet.
@@ -122,6 +126,8 @@ class TransportCcFeedback:
             raise ValueError("too many packets for one transport-cc feedback")
         if not -0x80_0000 <= self.reference_time <= 0x7F_FFFF:
             raise ValueError("reference time does not fit in 24 bits signed")
+        if not 0 <= self.fb_pkt_count <= 0xFF:
+            raise ValueError("feedback packet count does not fit in 8 bits")
         symbols: list[int] = []
         tail = bytearray()
         for delta in deltas:

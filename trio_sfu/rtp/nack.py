@@ -54,6 +54,7 @@ class NackGenerator:
     __slots__ = (
         "_highest",
         "_missing",
+        "_restart_seq",
         "_retry_interval",
         "dropped",
         "initial_delay",
@@ -88,6 +89,7 @@ class NackGenerator:
         self.max_missing = max_missing
         self._retry_interval = max_retry_interval
         self._highest: int | None = None
+        self._restart_seq = -1
         # Extended seq -> state, in increasing order (gaps are appended in order).
         self._missing: dict[int, _Missing] = {}
         #: Missing packets given up on (retries, age or distance exhausted, or cleared).
@@ -118,6 +120,8 @@ class NackGenerator:
         Pass the original sequence number of an RTX packet with ``retransmitted=True``: it
         fills its gap but never moves the stream forward. A packet newer than the newest
         opens a gap for everything in between; an older one fills its gap if it had one.
+        Two consecutive packets more than ``max_packets_behind`` behind restart the
+        tracking from them (the sender restarted its numbering); one alone is ignored.
         """
         highest = self._highest
         if highest is None:
@@ -128,8 +132,20 @@ class NackGenerator:
         if delta == 0:
             return False
         if delta >= 0x8000:
+            back = 0x10000 - delta
+            if back > self.max_packets_behind and not retransmitted:
+                # Far behind: a stray packet, or a stream restarted with new numbers.
+                # Two in a row mean a restart (as RFC 3550 A.1 does for big jumps).
+                if seq & 0xFFFF == self._restart_seq:
+                    self.dropped += len(self._missing)
+                    self._missing.clear()
+                    self._highest = seq & 0xFFFF
+                    self._restart_seq = -1
+                else:
+                    self._restart_seq = (seq + 1) & 0xFFFF
+                return False
             # Older than the newest: late or retransmitted.
-            if self._missing.pop(highest - (0x10000 - delta), None) is not None:
+            if self._missing.pop(highest - back, None) is not None:
                 self.recovered += 1
             return False
         if retransmitted:
