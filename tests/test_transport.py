@@ -327,6 +327,34 @@ async def test_media_from_unvalidated_addresses_is_dropped(certificate: DtlsCert
             nursery.cancel_scope.cancel()
 
 
+async def test_media_to_a_closed_tcp_tuple_is_dropped_not_sent_over_udp(
+    certificate: DtlsCertificate,
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate, protocol="tcp") as pair:
+                server, client = pair.server, pair.client
+                await exchange_media(pair, rtp=5, rtcp=1)
+                address = client.local_address
+                assert server.ice_selected_tuple == ("tcp", address)
+                client._tcp.close()  # the connection drops (no DTLS close_notify)
+                for _ in range(2000):
+                    if server.stats()["tcp_connections"] == 0:
+                        break
+                    await trio.sleep(0.001)
+                assert server.stats()["tcp_connections"] == 0
+                # A UDP socket on the TCP tuple's port: nothing may arrive there.
+                with trio.socket.socket(type=stdlib_socket.SOCK_DGRAM) as sock:
+                    await sock.bind(address)
+                    send_drops = dropped(server, "send")
+                    assert server.send_rtp_nowait(rtp_packet(1))
+                    with trio.move_on_after(0.2) as waited:
+                        await sock.recv(2048)
+                    assert waited.cancelled_caught
+                    assert dropped(server, "send") == send_drops + 1
+            nursery.cancel_scope.cancel()
+
+
 # ---- timers (MockClock) ---------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from trio_sfu.errors import BadPacket, InvalidStateError, UnsupportedError
 from trio_sfu.ice import (
     HOST_TYPE_PREFERENCE,
     IceLiteServer,
+    IceSelectedAddressChanged,
     IceState,
     IceStateChanged,
     candidate_priority,
@@ -184,6 +185,7 @@ class WebRtcTransport:
         self._dtls_state = "new"
         self._early_dtls: list[tuple[bytes, Address]] = []
         self._srtp: SrtpSession | None = None
+        self._selected_is_tcp = False
         self._last_timer = -math.inf
 
         # Counters (plain attributes: the receive path increments them per packet).
@@ -226,7 +228,7 @@ class WebRtcTransport:
         address = self._ice.selected_address
         if address is None:
             return None
-        return (self._protocol_of(address), address)
+        return ("tcp" if self._selected_is_tcp else "udp", address)
 
     @property
     def selected_srtp_profile(self) -> str | None:
@@ -489,8 +491,13 @@ class WebRtcTransport:
             if srtp is None or address is None or not ice.is_connected:
                 self.dropped_egress_not_ready += len(batch)
                 continue
-            tcp = self._tcp
-            connection = tcp.connections.get(address) if tcp is not None else None
+            connection = None
+            if self._selected_is_tcp:
+                tcp = self._tcp
+                connection = tcp.connections.get(address) if tcp is not None else None
+                if connection is None:  # the selected TCP connection is gone
+                    self.dropped_send += len(batch)
+                    continue
             protect_rtp = srtp.protect_rtp
             protect_rtcp = srtp.protect_rtcp
             out: list[bytes] = []
@@ -651,7 +658,13 @@ class WebRtcTransport:
         if self.closed:
             return
         for event in self._ice.drain_events():
-            if isinstance(event, IceStateChanged):
+            if isinstance(event, IceSelectedAddressChanged):
+                # Called while handling the nominating request, so a TCP tuple's
+                # connection is open now; if it closes later, media to it is dropped
+                # rather than sent over UDP to a TCP port.
+                tcp = self._tcp
+                self._selected_is_tcp = tcp is not None and event.address in tcp.connections
+            elif isinstance(event, IceStateChanged):
                 self.on_state("ice", event.state.value)
                 if event.state is IceState.CLOSED:
                     self.close("consent_timeout")
@@ -675,10 +688,6 @@ class WebRtcTransport:
             return
         for record in records:
             self._send(record, address)
-
-    def _protocol_of(self, address: Address) -> str:
-        tcp = self._tcp
-        return "tcp" if tcp is not None and address in tcp.connections else "udp"
 
     def _send(self, data: bytes, address: Address) -> None:
         """Send a STUN/DTLS message to ``address`` on the path it came from; never blocks."""
