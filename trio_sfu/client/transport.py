@@ -118,7 +118,9 @@ class ClientTransport:
         self._rtcp_send, self._rtcp_receive = trio.open_memory_channel[bytes](receive_queue_size)
 
         self.consent_refresh = True
-        """Set to False to stop sending consent checks (tests of the server's timeout)."""
+        """Set to False to stop sending consent checks (tests of the server's timeout). The
+        unanswered check then fails this client too (RFC 7675): it closes itself with
+        ``failure == "ice_failed"`` about 8 s later, without a DTLS close_notify."""
         self.closed = False
         self.failure: str | None = None
         self._scope = trio.CancelScope()
@@ -553,6 +555,8 @@ async def open_client_transport(
     Returns as soon as the socket is open (for TCP: connected) and the first Binding request
     is out; send :attr:`ClientTransport.dtls_parameters` to the server, then
     ``await client.wait_connected()``. Leaving the block closes the transport and its socket.
+    Raises ValueError when the server offers no candidate for ``protocol``, OSError when the
+    TCP connection is refused.
     """
     client = ClientTransport(
         ice_parameters,

@@ -448,6 +448,7 @@ class TcpListener:
         self.connections: dict[Address, TcpConnection] = {}
         self.closed = False
         self.connections_refused = 0
+        self._frames_dropped_closed = 0
         self.on_connection_closed: Callable[[Address], None] | None = None
 
     @classmethod
@@ -464,6 +465,12 @@ class TcpListener:
                 ip, stdlib_socket.SOCK_STREAM, port_range, preferred_port=preferred_port, rng=rng
             )
         )
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames dropped by full queues, over every connection so far."""
+        live = sum(connection.frames_dropped for connection in self.connections.values())
+        return self._frames_dropped_closed + live
 
     def send_nowait(self, data: bytes, address: Address) -> bool:
         """Queue one frame to the connection from ``address``; ``False`` if none or full."""
@@ -502,6 +509,7 @@ class TcpListener:
         try:
             await connection.run(handler)
         finally:
+            self._frames_dropped_closed += connection.frames_dropped
             if self.connections.get(connection.address) is connection:
                 del self.connections[connection.address]
             if self.on_connection_closed is not None and not self.closed:

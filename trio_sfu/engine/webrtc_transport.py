@@ -214,12 +214,12 @@ class WebRtcTransport:
 
     @property
     def ice_state(self) -> str:
-        """ "new", "connected", "completed", "disconnected" or "closed"."""
+        """The ICE state: "new", "connected", "disconnected" or "closed" (mediasoup's values)."""
         return str(self._ice.state.value)
 
     @property
     def dtls_state(self) -> str:
-        """ "new", "connecting", "connected", "failed" or "closed"."""
+        """The DTLS state: "new", "connecting", "connected", "failed" or "closed"."""
         return self._dtls_state
 
     @property
@@ -268,11 +268,7 @@ class WebRtcTransport:
                 "egress_protect": self.dropped_egress_protect,
                 "send": self.dropped_send
                 + (udp.send_would_block + udp.send_errors if udp is not None else 0)
-                + (
-                    sum(c.frames_dropped for c in tcp.connections.values())
-                    if tcp is not None
-                    else 0
-                ),
+                + (tcp.frames_dropped if tcp is not None else 0),
             },
             "tcp_connections": len(tcp.connections) if tcp is not None else 0,
         }
@@ -307,7 +303,7 @@ class WebRtcTransport:
             if _only_cancelled(exc):
                 self._close_now("cancelled")
                 raise
-            if not started:
+            if not started or not isinstance(exc, Exception):
                 raise  # a start-up error (e.g. no free port) belongs to the caller
             # A bug in a transport must not take its Router down: log it, close, tell the owner.
             logger.exception("transport %s crashed", self.id)
