@@ -23,11 +23,12 @@ from tests.transport_helpers import (
     rtp_packet,
     task_names,
 )
-from trio_sfu.dtls import DtlsCertificate
+from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, Fingerprint
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
 from trio_sfu.errors import InvalidStateError
-from trio_sfu.ice import host_candidate_priority
+from trio_sfu.ice import IceControllingClient, host_candidate_priority
 from trio_sfu.ortc.types import DtlsFingerprint, DtlsParameters
+from trio_sfu.srtp import SrtpSession
 from trio_sfu.stun import build_binding_request
 
 GCM = "SRTP_AEAD_AES_128_GCM"
@@ -353,6 +354,124 @@ async def test_media_to_a_closed_tcp_tuple_is_dropped_not_sent_over_udp(
                     assert waited.cancelled_caught
                     assert dropped(server, "send") == send_drops + 1
             nursery.cancel_scope.cancel()
+
+
+async def test_selected_tuple_follows_the_latest_nomination(certificate: DtlsCertificate) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate) as pair:
+                server, client = pair.server, pair.client
+                udp = server.ice_candidates[0]
+                with trio.socket.socket(type=stdlib_socket.SOCK_DGRAM) as other:
+                    await other.bind(("127.0.0.1", 0))
+                    # A valid nominating check from another address (a NAT rebinding, say).
+                    request, _ = build_binding_request(
+                        username=f"{server.ice_parameters.username_fragment}:peer",
+                        password=server.ice_parameters.password,
+                        priority=host_candidate_priority("udp"),
+                        ice_controlling_tiebreaker=1,
+                        use_candidate=True,
+                    )
+                    await other.sendto(request, (udp.ip, udp.port))
+                    answer = await other.recv(2048)
+                    assert answer[:2] == b"\x01\x01"  # Binding success
+                    assert server.ice_selected_tuple == ("udp", other.getsockname())
+                    # Media now goes there (SRTP: V=2 first byte, 1200 + 16-byte GCM tag).
+                    assert server.send_rtp_nowait(rtp_packet(1))
+                    media = await other.recv(2048)
+                    assert media[0] == 0x80 and len(media) == 1200 + 16
+                    # The client's next check nominates its own address again.
+                    client.restart_ice(server.ice_parameters)  # same credentials: a new check
+                    for _ in range(2000):
+                        if server.ice_selected_tuple == ("udp", client.local_address):
+                            break
+                        await trio.sleep(0.001)
+                    assert server.ice_selected_tuple == ("udp", client.local_address)
+                    await exchange_media(pair, rtp=10, rtcp=2)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_a_callback_closes_only_the_transport(certificate: DtlsCertificate) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate) as pair:
+                server, client, received = pair.server, pair.client, pair.server_received
+
+                def broken(packet: bytes) -> None:
+                    raise RuntimeError("bug in the owner's callback")
+
+                server.on_rtp = broken
+                client.send_rtp(rtp_packet(1))
+                await received.wait_for(lambda: received.closed)
+                assert received.closed == ["internal_error"]
+                assert server.closed
+            # The owner's nursery did not crash: we got here.
+            nursery.cancel_scope.cancel()
+
+
+async def test_ipv6(certificate: DtlsCertificate) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate, listen_ip="::1") as pair:
+                assert pair.server.ice_candidates[0].ip == "::1"
+                assert pair.server.ice_selected_tuple == ("udp", pair.client.local_address)
+                await exchange_media(pair, rtp=20, rtcp=2)
+            nursery.cancel_scope.cancel()
+
+
+async def test_we_are_the_dtls_client_when_the_peer_is_the_server(
+    certificate: DtlsCertificate,
+) -> None:
+    # A peer that answers with role "server" (e.g. a browser answering with
+    # a=setup:passive): our transport starts the handshake once ICE selected its tuple.
+    with trio.fail_after(20):
+        server = WebRtcTransport(transport_id="t1", certificate=certificate, enable_tcp=False)
+        received = attach(server)
+        peer_certificate = DtlsCertificate.generate()
+        peer_dtls = DtlsEndpoint(certificate=peer_certificate, role="server")
+        peer_dtls.set_remote_fingerprints(
+            [Fingerprint(fp.algorithm, fp.value) for fp in server.dtls_parameters.fingerprints]
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            server.connect(
+                DtlsParameters(
+                    fingerprints=[
+                        DtlsFingerprint(algorithm="sha-256", value=fp.value)
+                        for fp in peer_certificate.fingerprints()
+                        if fp.algorithm == "sha-256"
+                    ],
+                    role="server",
+                )
+            )
+            assert server.dtls_state == "connecting"
+            udp = server.ice_candidates[0]
+            target = (udp.ip, udp.port)
+            ice = IceControllingClient(
+                remote_ufrag=server.ice_parameters.username_fragment,
+                remote_password=server.ice_parameters.password,
+            )
+            with trio.socket.socket(type=stdlib_socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                await sock.sendto(ice.start_check(trio.current_time()), target)
+                while peer_dtls.state != "connected":
+                    data = await sock.recv(4096)
+                    now = trio.current_time()
+                    if data[0] <= 3:
+                        assert ice.receive_stun_untrusted(data, now)
+                    else:
+                        assert 20 <= data[0] <= 63  # our transport sent DTLS first
+                        for datagram in peer_dtls.receive_untrusted(data, now):
+                            await sock.sendto(datagram, target)
+                await received.wait_for(lambda: server.dtls_state == "connected")
+                assert peer_dtls.srtp_keys is not None
+                peer_srtp = SrtpSession(peer_dtls.srtp_keys)
+                await sock.sendto(peer_srtp.protect_rtp(rtp_packet(5)), target)
+                await received.wait_for(lambda: received.rtp)
+                assert received.rtp == [rtp_packet(5)]
+                assert server.send_rtp_nowait(rtp_packet(6))
+                assert peer_srtp.unprotect_rtp_untrusted(await sock.recv(4096)) == rtp_packet(6)
+            server.close()
 
 
 # ---- timers (MockClock) ---------------------------------------------------------------------
