@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 import trio
@@ -358,26 +359,44 @@ async def open_signaling(
     max_notifications: int = 10_000,
     connect_timeout: float = 10.0,
     max_message_size: int = 4 * 1024 * 1024,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[SignalingClient]:
-    """Connect to a trio-sfu signaling WebSocket (``ws://host:port/ws``).
+    """Connect to a trio-sfu signaling WebSocket (``ws://host:port/ws`` or ``wss://``).
 
     ``token`` goes on the URL (``?token=``); it can instead be given to
     :meth:`SignalingClient.join`. At most ``max_notifications`` unread notifications are
-    kept (the oldest are dropped past that, and counted). Leaving the block closes the
-    socket (which the server treats as ``rtc:leave``).
+    kept (past that the oldest are dropped, and counted). Leaving the block closes the
+    socket (which the server treats as ``rtc:leave``); the TCP connection is closed even
+    when the server closed the WebSocket first.
     """
     if token is not None:
         url += ("&" if "?" in url else "?") + "token=" + quote(token, safe="")
-    async with trio_websocket.open_websocket_url(
-        url,
-        connect_timeout=connect_timeout,
-        disconnect_timeout=5.0,
-        max_message_size=max_message_size,
-    ) as ws:
-        client = SignalingClient(ws, max_notifications)
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or parts.hostname is None:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = parts.netloc.rpartition("@")[2]
+    with trio.fail_after(connect_timeout):
+        tcp = await trio.open_tcp_stream(parts.hostname, port)
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+    try:
+        if secure:
+            context = ssl_context or ssl.create_default_context()
+            stream = trio.SSLStream(tcp, context, server_hostname=parts.hostname)
         async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host_header, resource, max_message_size=max_message_size
+                )
+            client = SignalingClient(ws, max_notifications)
             nursery.start_soon(client._read)
             try:
                 yield client
             finally:
+                with trio.move_on_after(5.0, shield=True):
+                    await ws.aclose()
                 nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,218 @@
+"""Helpers of the signaling tests: a real server on 127.0.0.1 (port 0), tokens, a raw
+WebSocket (for frames the client library would never send, and abrupt closes) and a tiny
+HTTP/1.1 client (h11) for the admin API, /healthz and /metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import attrs
+import h11
+import trio
+import wsproto
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
+
+from tests.fake_engine import load_fixture
+from trio_sfu.client.signaling import SignalingClient, open_signaling
+from trio_sfu.config import Limits, ServerConfig
+from trio_sfu.engine.api import MediaEngine
+from trio_sfu.server import SfuServer, serve_sfu
+from trio_sfu.signaling.auth import issue_token
+
+SECRET = "signaling-tests-secret-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-for-tests"
+
+AUDIO = load_fixture("produce-audio-opus.json")
+VIDEO = load_fixture("produce-video-vp8-simulcast.json")
+DEVICE_CAPS = load_fixture("device-rtp-capabilities.chromium.json")
+DTLS_CLIENT = load_fixture("send-transport-connect.json")["dtlsParameters"]
+
+
+def make_config(**overrides: Any) -> ServerConfig:
+    """A test server config: port 0, short timeouts; ``limits`` fields may be given flat."""
+    limit_names = {a.name for a in attrs.fields(Limits)}
+    limits = {k: overrides.pop(k) for k in list(overrides) if k in limit_names}
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "jwt_secret": SECRET,
+        "admin_token": ADMIN_TOKEN,
+        "cleanup_timeout": 2.0,
+        "shutdown_timeout": 5.0,
+    }
+    base.update(overrides)
+    return ServerConfig(limits=Limits(**limits), **base)
+
+
+def token(meeting: str, user: str, **claims: Any) -> str:
+    return issue_token(SECRET, meeting_id=meeting, user_id=user, **claims)
+
+
+@asynccontextmanager
+async def running_server(engine: MediaEngine, config: ServerConfig) -> AsyncIterator[SfuServer]:
+    """A server for the block; shut down gracefully after it."""
+    async with trio.open_nursery() as nursery:
+        server: SfuServer = await nursery.start(serve_sfu, config, engine)
+        try:
+            yield server
+        finally:
+            server.shutdown()
+
+
+@asynccontextmanager
+async def peer(
+    server: SfuServer, meeting: str, user: str, **claims: Any
+) -> AsyncIterator[SignalingClient]:
+    """A client joined to ``meeting`` as ``user``."""
+    async with open_signaling(server.ws_url) as client:
+        await client.join(meeting, token=token(meeting, user, **claims), display_name=user)
+        yield client
+
+
+async def publish_audio(client: SignalingClient) -> tuple[str, str]:
+    """Create a send transport and produce the captured Opus track: (transport, producer)."""
+    send = await client.create_transport("send")
+    producer_id = await client.produce(
+        send["transportId"], "audio", AUDIO["rtpParameters"], app_data={"label": "mic"}
+    )
+    return send["transportId"], producer_id
+
+
+# ---- raw WebSocket ------------------------------------------------------------------------
+
+
+class RawWebSocket:
+    """A bare wsproto client over TCP: any frame, and a close without a close frame."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.close_code: int | None = None
+        self._text: list[str] = []
+        self._events: list[Any] = []
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, server: SfuServer, path: str = "/ws") -> AsyncIterator[RawWebSocket]:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        raw = cls(stream)
+        try:
+            await raw._send(raw.ws.send(Request(host="127.0.0.1", target=path)))
+            while not any(isinstance(e, AcceptConnection) for e in raw._events):
+                if not await raw._pump():
+                    raise ConnectionError("handshake refused")
+            yield raw
+        finally:
+            await stream.aclose()
+
+    async def _send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _pump(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.ws.receive_data(None)
+            return False
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self._text.append(event.data)
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+                with suppress(Exception):  # the server may be gone already
+                    await self._send(self.ws.send(event.response()))
+            elif isinstance(event, Ping):
+                await self._send(self.ws.send(event.response()))
+            self._events.append(event)
+        return True
+
+    async def send_text(self, text: str) -> None:
+        await self._send(self.ws.send(TextMessage(data=text)))
+
+    async def send_json(self, obj: Any) -> None:
+        await self.send_text(json.dumps(obj))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(self.ws.send(BytesMessage(data=data)))
+
+    async def receive_json(self) -> dict[str, Any]:
+        """The next text frame as JSON; raises ConnectionError once the server closed."""
+        while not self._text:
+            if self.close_code is not None or not await self._pump():
+                raise ConnectionError(f"closed ({self.close_code})")
+        result: dict[str, Any] = json.loads(self._text.pop(0))
+        return result
+
+    async def wait_closed(self) -> int | None:
+        """Read until the server closes; returns its close code."""
+        while self.close_code is None and await self._pump():
+            pass
+        return self.close_code
+
+    async def request(self, rtype: str, data: dict[str, Any], request_id: str = "1") -> Any:
+        await self.send_json({"type": rtype, "requestId": request_id, "data": data})
+        return await self.receive_json()
+
+    async def abort(self) -> None:
+        """Close the TCP connection without a WebSocket close frame."""
+        await self.stream.aclose()
+
+
+# ---- HTTP -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def http(
+    server: SfuServer,
+    method: str,
+    path: str,
+    *,
+    bearer: str | None = None,
+    body: bytes = b"",
+) -> HttpAnswer:
+    """One HTTP/1.1 request on a fresh connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        headers = [("host", "127.0.0.1"), ("content-length", str(len(body)))]
+        if bearer is not None:
+            headers.append(("authorization", f"Bearer {bearer}"))
+        await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=headers)))
+        await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        response: h11.Response | None = None
+        chunks: list[bytes] = []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        assert response is not None
+        return HttpAnswer(
+            status=response.status_code,
+            headers={k.decode().lower(): v.decode() for k, v in response.headers},
+            body=b"".join(chunks),
+        )
