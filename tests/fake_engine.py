@@ -7,14 +7,15 @@ events those cascades emit (``ConsumerClosed`` with reason ``producer_closed`` o
 simple: a producer is consumable when the consumer's capabilities list one of its codecs'
 MIME types.
 
-The signaling tests get their engine from :func:`make_test_engine`; swap in the real engine
-there to run the same tests against it.
+The signaling tests get their engine from :func:`make_test_engine`; set
+``TRIO_SFU_TEST_ENGINE=worker`` to run the same tests against the real engine.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -401,5 +402,13 @@ class FakeEngine:
 
 @asynccontextmanager
 async def make_test_engine() -> AsyncIterator[MediaEngine]:
-    """The engine the signaling tests run against (the fake one, for now)."""
-    yield FakeEngine()
+    """The engine the signaling tests run against: this fake, or with
+    ``TRIO_SFU_TEST_ENGINE=worker`` the real in-process engine (tests that need the fake's
+    controls construct a :class:`FakeEngine` themselves and are unaffected)."""
+    if os.environ.get("TRIO_SFU_TEST_ENGINE") == "worker":
+        from trio_sfu.engine.worker import open_worker
+
+        async with open_worker() as worker:
+            yield worker
+    else:
+        yield FakeEngine()
