@@ -67,8 +67,8 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     host = f"[{config.host}]" if ":" in config.host else config.host
     hconfig.bind = [f"{host}:{config.port}"]
     # Frames up to this size reach the app, which answers invalid_message past
-    # limits.max_frame_bytes; hypercorn itself closes (1009) beyond it.
-    hconfig.websocket_max_message_size = max(4 * config.limits.max_frame_bytes, 1 << 20)
+    # limits.max_frame_bytes (PROTOCOL.md); hypercorn itself closes (1009) beyond it.
+    hconfig.websocket_max_message_size = max(4 * config.limits.max_frame_bytes, 16 << 20)
     hconfig.graceful_timeout = max(1.0, config.shutdown_timeout / 2)
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")

@@ -287,6 +287,7 @@ class Peer:
         except Exception:
             self.log.exception("peer task failed; the peer is removed")
         finally:
+            self.ending = True
             self._jobs_rx.close()
             await self._cleanup()
             current, self._current = self._current, None
