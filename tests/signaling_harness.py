@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import h11
 import trio
+import trio.testing
 import wsproto
 from wsproto.events import (
     AcceptConnection,
@@ -86,6 +87,26 @@ async def publish_audio(client: SignalingClient) -> tuple[str, str]:
         send["transportId"], "audio", AUDIO["rtpParameters"], app_data={"label": "mic"}
     )
     return send["transportId"], producer_id
+
+
+def live_tasks(*name_parts: str) -> list[str]:
+    """Names of the running trio tasks whose name contains one of ``name_parts``."""
+    found: list[str] = []
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if any(part in task.name for part in name_parts):
+            found.append(task.name)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return found
+
+
+async def assert_no_room_tasks(server: SfuServer) -> None:
+    """Every room has closed, and no Room or Peer task is left in the task tree."""
+    await server.app.rooms.wait_all_closed()
+    await trio.testing.wait_all_tasks_blocked()
+    assert live_tasks("Room.run", "Peer.run") == []
 
 
 # ---- raw WebSocket ------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from tests.signaling_harness import (
     DTLS_CLIENT,
     VIDEO,
     RawWebSocket,
+    assert_no_room_tasks,
+    live_tasks,
     make_config,
     peer,
     publish_audio,
@@ -142,8 +144,8 @@ async def test_three_peers_join_publish_consume_and_leave(
                 assert note.data == {"producerId": producer_id, "peerId": alice}
                 note = await other.next_notification("rtc:peerLeft")
                 assert note.data == {"peerId": alice}
-        # everybody gone: the room and its router are closed
-        await server.app.rooms.wait_all_closed()
+        # everybody gone: the room, its tasks and its router are closed
+        await assert_no_room_tasks(server)
         assert routers(engine) == []
         assert server.app.rooms.counts() == Counts()
 
@@ -276,7 +278,7 @@ async def test_abrupt_socket_close_cleans_up(engine: MediaEngine, server: SfuSer
             assert send_id not in str(router)
             assert producer_id not in str(router)
         # bob's socket closed too: the room is empty and closes, the engine is empty
-        await server.app.rooms.wait_all_closed()
+        await assert_no_room_tasks(server)
         assert routers(engine) == []
         assert server.app.rooms.counts() == Counts()
 
@@ -291,6 +293,8 @@ async def test_graceful_shutdown_notifies_peers(engine: MediaEngine) -> None:
                 RawWebSocket.connect(server) as idle,
             ):
                 await publish_audio(a)
+                assert len(live_tasks("Room.run")) == 2
+                assert len(live_tasks("Peer.run")) == 2
                 server.shutdown()
                 for client, meeting in ((a, "m1"), (b, "m2")):
                     note = await client.next_notification("rtc:roomClosed")
