@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.fake_engine import FakeEngine, make_test_engine
 from tests.signaling_harness import (
@@ -506,3 +507,36 @@ async def test_internal_error_keeps_connection_and_room(caplog: pytest.LogCaptur
             await a.create_transport("recv")
             await b.next_notification("rtc:newProducer")
             assert server.app.rooms.counts().peers == 2
+
+
+class StuckEngine(FakeEngine):
+    """A fake engine whose restart_ice never returns (this test needs the fake)."""
+
+    async def restart_ice(self, transport_id: str) -> Any:
+        await trio.sleep_forever()
+
+
+async def test_a_dropped_socket_ends_the_peer_even_mid_request() -> None:
+    engine = StuckEngine()
+    with trio.fail_after(10):
+        async with (
+            running_server(engine, make_config()) as server,
+            peer(server, "m", "bob") as b,
+        ):
+            async with RawWebSocket.connect(server) as raw:
+                alice = (await joined_raw(raw, "m", "alice"))["data"]["peerId"]
+                send = await raw.request(
+                    "rtc:createTransport", {"meetingId": "m", "direction": "send"}
+                )
+                await raw.send_json(
+                    {
+                        "type": "rtc:restartIce",
+                        "requestId": "stuck",
+                        "data": {"meetingId": "m", "transportId": send["data"]["transportId"]},
+                    }
+                )
+                await trio.testing.wait_all_tasks_blocked()  # the request is in the engine
+                await raw.abort()
+            note = await b.next_notification("rtc:peerLeft")
+            assert note.data == {"peerId": alice}
+            assert engine.transports == {}  # her transport was closed all the same

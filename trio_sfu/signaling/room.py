@@ -289,21 +289,30 @@ class Peer:
         finally:
             self.ending = True
             self._jobs_rx.close()
-            await self._cleanup()
-            current, self._current = self._current, None
-            if current is not None:
-                if current.answered:
-                    pass
-                elif current.type == "rtc:leave":
-                    self._answer(current, _LEFT)
-                else:
-                    self._answer_error(
-                        current, NotJoinedError(f"the peer left the meeting ({self.end_reason})")
-                    )
-                current.done.set()
-            if self._close is not None:
-                self.link.close_connection(*self._close)
-            self.finished.set()
+            try:
+                await self._cleanup()
+            except Exception:
+                self.log.exception("peer cleanup failed")
+            finally:
+                self._finish()
+
+    def _finish(self) -> None:
+        """Answer the request in flight (``rtc:left`` for a leave), then close the
+        connection if the server ended this peer. Never raises: the session waits on it."""
+        current, self._current = self._current, None
+        if current is not None:
+            if current.answered:
+                pass
+            elif current.type == "rtc:leave":
+                self._answer(current, _LEFT)
+            else:
+                self._answer_error(
+                    current, NotJoinedError(f"the peer left the meeting ({self.end_reason})")
+                )
+            current.done.set()
+        if self._close is not None:
+            self.link.close_connection(*self._close)
+        self.finished.set()
 
     async def _cleanup(self) -> None:
         room = self.room

@@ -1,11 +1,12 @@
 """One signaling WebSocket (ASGI): frames in, answers and notifications out.
 
-A session runs in the connection's task (hypercorn's), with two tasks of its own in a
+A session runs in the connection's task (hypercorn's), with tasks of its own in a
 per-connection nursery:
 
-* the reader takes one frame at a time, checks it (size, text, JSON, envelope, schema, rate)
-  and answers it, handing requests of a joined peer to the peer's task and waiting until
-  they are answered, so answers leave in arrival order, exactly one per request;
+* the receiver reads the socket into a small frame queue and notices a disconnect at once;
+* the processor takes one frame at a time, checks it (size, text, JSON, envelope, schema,
+  rate) and answers it, handing requests of a joined peer to the peer's task and waiting
+  until they are answered, so answers leave in arrival order, exactly one per request;
 * the writer drains the bounded outgoing channel onto the socket.
 
 Everything queued for the client goes through :meth:`Session.send_message`, which never
@@ -51,6 +52,8 @@ __all__ = ["Session"]
 CLOSE_POLICY_VIOLATION: Final = 1008
 #: Bound on sending the close frame and on the final flush.
 CLOSE_TIMEOUT: Final = 2.0
+#: Frames read ahead of the one being served (then the socket is not read: backpressure).
+FRAME_QUEUE: Final = 64
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -61,6 +64,16 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class _Close:
     code: int
     reason: str
+
+
+@final
+@attrs.frozen
+class _Frame:
+    """A received frame: its text (``None`` for a binary frame) and whether the rate
+    limit allowed it when it arrived."""
+
+    text: str | None
+    allowed: bool
 
 
 class _InternalError(SfuError):
@@ -146,8 +159,10 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                frames_tx, frames_rx = trio.open_memory_channel[_Frame](FRAME_QUEUE)
                 nursery.start_soon(self._writer)
-                await self._reader()
+                nursery.start_soon(self._processor, frames_rx)
+                await self._receiver(frames_tx)
                 nursery.cancel_scope.cancel()
         finally:
             self.app.sessions.discard(self)
@@ -187,19 +202,29 @@ class Session:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
 
-    async def _reader(self) -> None:
-        while True:
-            message = await self._receive()
-            kind = message.get("type")
-            if kind == "websocket.disconnect":
-                return
-            if kind == "websocket.receive":
-                await self._on_frame(message.get("text"), message.get("bytes"))
+    async def _receiver(self, frames: trio.MemorySendChannel[_Frame]) -> None:
+        """Read the socket. A disconnect ends the peer at once, even while one of its
+        requests is still being served (that request is cancelled with it)."""
+        async with frames:
+            while True:
+                message = await self._receive()
+                kind = message.get("type")
+                if kind == "websocket.disconnect":
+                    if self.peer is not None:
+                        self.peer.end("connection_closed")
+                    return
+                if kind == "websocket.receive":
+                    allowed = self._bucket.take(trio.current_time())
+                    await frames.send(_Frame(message.get("text"), allowed))
+
+    async def _processor(self, frames: trio.MemoryReceiveChannel[_Frame]) -> None:
+        """Serve frames one at a time, in arrival order."""
+        async for frame in frames:
+            await self._on_frame(frame.text, frame.allowed)
 
     # ---- frames -------------------------------------------------------------------------------
 
-    async def _on_frame(self, text: str | None, data: bytes | None) -> None:
-        allowed = self._bucket.take(trio.current_time())
+    async def _on_frame(self, text: str | None, allowed: bool) -> None:
         if text is None:
             self._bad_frame(InvalidMessageError("binary frames are not accepted: send JSON text"))
             return
