@@ -10,7 +10,12 @@ fi
 STAMP="$VENV/.trio-sfu-installed"
 HASH="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[${EXTRAS:-dev}]"
+    LOG="$VENV/install.log"
+    if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip &&
+           "$VENV/bin/python" -m pip install --quiet -e "$ROOT[${EXTRAS:-dev}]"; } >"$LOG" 2>&1; then
+        cat "$LOG" >&2
+        echo "installing trio-sfu into $VENV failed (log above)" >&2
+        exit 1
+    fi
     echo "$HASH" > "$STAMP"
 fi

@@ -93,6 +93,7 @@ class SignalingClient:
         self.unmatched_errors: list[dict[str, Any]] = []
         #: Notifications dropped because ``max_notifications`` were unread.
         self.dropped_notifications = 0
+        self._stream: trio.abc.Stream | None = None
 
     # ---- the connection -----------------------------------------------------------------------
 
@@ -143,6 +144,11 @@ class SignalingClient:
     async def send_raw(self, message: str | bytes) -> None:
         """Send a frame as is (for tests of the server's input checks)."""
         await self._ws.send_message(message)
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without a WebSocket close (a crash, a lost network)."""
+        if self._stream is not None:
+            await trio.aclose_forcefully(self._stream)
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         await self._ws.aclose(code, reason)
@@ -391,6 +397,7 @@ async def open_signaling(
                     nursery, stream, host_header, resource, max_message_size=max_message_size
                 )
             client = SignalingClient(ws, max_notifications)
+            client._stream = stream
             nursery.start_soon(client._read)
             try:
                 yield client

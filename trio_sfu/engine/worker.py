@@ -45,6 +45,10 @@ class WorkerSettings:
     enable_udp: bool = True
     enable_tcp: bool = True
     egress_queue_size: int = 512
+    #: ICE consent freshness: disconnected after this long without a valid check, then
+    #: closed after ``ice_close_timeout`` (RFC 7675 suggests 30 s).
+    ice_consent_timeout: float = 30.0
+    ice_close_timeout: float = 40.0
     #: Seconds between Sender/Receiver Report rounds.
     rtcp_interval: float = 1.0
     media_codecs: Sequence[RtpCodecCapability] | None = None
@@ -116,6 +120,8 @@ class Worker:
                 "enable_udp": self.settings.enable_udp,
                 "enable_tcp": self.settings.enable_tcp,
                 "egress_queue_size": self.settings.egress_queue_size,
+                "consent_timeout": self.settings.ice_consent_timeout,
+                "close_timeout": self.settings.ice_close_timeout,
             },
         )
         self._routers[router.id] = router
