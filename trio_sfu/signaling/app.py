@@ -18,6 +18,7 @@ import trio
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.signaling.admin import handle_admin
+from trio_sfu.signaling.web import handle_web_request
 from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.metrics import CONTENT_TYPE_LATEST, SfuMetrics
 from trio_sfu.signaling.room import RoomManager
@@ -93,7 +94,7 @@ class SignalingApp:
                 status, payload = 500, {"error": "internal server error (logged)"}
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
             await _respond_json(send, status, payload, extra)
-        else:
+        elif not await handle_web_request(scope, receive, send, config=self.config):
             await _respond_json(send, 404, {"error": "not found"})
 
 
