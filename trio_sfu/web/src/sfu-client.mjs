@@ -450,6 +450,7 @@ export class SfuClient extends Emitter {
         break;
     }
     this.emit(type, data);
+    this.emit('notification', { type, data });
   }
 
   #closeConsumersOf(predicate, reason) {
