@@ -200,3 +200,82 @@ async def test_three_peers_publish_and_consume_each_other() -> None:
             assert repaired.payload[2:] == original.payload
 
         assert_engine_empty(worker)
+
+
+async def two_peers_in_a_call(
+    stack: AsyncExitStack, server: SfuServer
+) -> tuple[MediaPeer, MediaPeer, str, RemoteConsumer]:
+    """Ann publishes audio and simulcast video; Bob consumes both. Returns the video consumer."""
+    ann = await stack.enter_async_context(join(server, "ann"))
+    bob = await stack.enter_async_context(join(server, "bob"))
+    audio_id, _ = await ann.publish("audio", audio_rtp_parameters(ssrc=4242))
+    video_id, _ = await ann.publish("video", vp8_simulcast_rtp_parameters())
+    await bob.consume(audio_id)
+    video = await bob.consume(video_id)
+    return ann, bob, video_id, video
+
+
+async def expect_ann_gone(bob: MediaPeer, ann: MediaPeer, video: RemoteConsumer) -> None:
+    """What Bob must hear when Ann goes away, however she went."""
+    closed = []
+    for _ in range(2):
+        note = await bob.signaling.next_notification("rtc:consumerClosed")
+        closed.append((note.data["consumerId"], note.data["reason"]))
+    assert video.consumer_id in {c for c, _ in closed}
+    assert {reason for _, reason in closed} == {"producer_closed"}
+    produced = [await bob.signaling.next_notification("rtc:producerClosed") for _ in range(2)]
+    assert {n.data["peerId"] for n in produced} == {ann.peer_id}
+    left = await bob.signaling.next_notification("rtc:peerLeft")
+    assert left.data["peerId"] == ann.peer_id
+
+
+def router_of(worker: Worker) -> dict[str, Any]:
+    routers = worker.dump()["routers"]
+    assert len(routers) == 1
+    router: dict[str, Any] = routers[0]
+    return router
+
+
+async def test_leave_closes_everything_of_the_peer() -> None:
+    with trio.fail_after(20):
+        async with sfu() as (worker, server), AsyncExitStack() as stack:
+            ann, bob, _, video = await two_peers_in_a_call(stack, server)
+            await ann.signaling.leave()
+            await expect_ann_gone(bob, ann, video)
+            router = router_of(worker)
+            assert router["producerIds"] == [] and router["consumerIds"] == []
+            assert router["transportIds"] == [bob.recv_transport_id]
+            await bob.signaling.leave()
+            await server.app.rooms.wait_all_closed()
+            assert_engine_empty(worker)
+
+
+async def test_dropped_socket_is_a_leave() -> None:
+    with trio.fail_after(20):
+        async with sfu() as (worker, server):
+            async with AsyncExitStack() as stack:
+                ann, bob, _, video = await two_peers_in_a_call(stack, server)
+                await ann.signaling.abort()
+                await expect_ann_gone(bob, ann, video)
+                assert router_of(worker)["transportIds"] == [bob.recv_transport_id]
+            await server.app.rooms.wait_all_closed()
+            await trio.testing.wait_all_tasks_blocked()
+            assert_engine_empty(worker)
+
+
+async def test_consent_timeout_ends_the_peer() -> None:
+    with trio.fail_after(20):
+        async with sfu(ice_consent_timeout=0.5, ice_close_timeout=0.8) as (worker, server):
+            async with AsyncExitStack() as stack:
+                ann, bob, _, video = await two_peers_in_a_call(stack, server)
+                # Bob keeps his consent fresh; Ann's client falls silent (a lost network).
+                assert ann.send_transport is not None and bob.recv_transport is not None
+                bob.recv_transport.consent_refresh = True
+                ann.send_transport.consent_refresh = False
+                await expect_ann_gone(bob, ann, video)
+                closed = await ann.signaling.wait_closed()
+                assert closed.code == 4002
+                assert router_of(worker)["transportIds"] == [bob.recv_transport_id]
+            await server.app.rooms.wait_all_closed()
+            await trio.testing.wait_all_tasks_blocked()
+            assert_engine_empty(worker)
