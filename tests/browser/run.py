@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--runs", type=int, default=1, help="joins to time (scenario join)")
+    parser.add_argument("--verbose", action="store_true", help="server logs at INFO on stderr")
     parser.add_argument(
         "--outside",
         action="store_true",
@@ -176,8 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.outside:
-        command = namespace_command(sys.executable, args.scenario, "--runs", str(args.runs))
+        extra = ["--runs", str(args.runs)] + (["--verbose"] if args.verbose else [])
+        command = namespace_command(sys.executable, args.scenario, *extra)
         os.execvp(command[0], command)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     interfaces = network_interfaces()
     if interfaces != ["lo"]:
         print(
