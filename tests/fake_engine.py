@@ -7,8 +7,10 @@ events those cascades emit (``ConsumerClosed`` with reason ``producer_closed`` o
 simple: a producer is consumable when the consumer's capabilities list one of its codecs'
 MIME types.
 
-The signaling tests get their engine from :func:`make_test_engine`; set
-``TRIO_SFU_TEST_ENGINE=worker`` to run the same tests against the real engine.
+The signaling tests get their engine from :func:`make_test_engine`: the real engine by
+default (``TRIO_SFU_TEST_ENGINE=fake`` runs them against this fake instead). Tests that need
+the fake's controls (recorded calls, injected events, a stuck or buggy engine) use it
+directly.
 """
 
 from __future__ import annotations
@@ -402,10 +404,10 @@ class FakeEngine:
 
 @asynccontextmanager
 async def make_test_engine() -> AsyncIterator[MediaEngine]:
-    """The engine the signaling tests run against: this fake, or with
-    ``TRIO_SFU_TEST_ENGINE=worker`` the real in-process engine (tests that need the fake's
-    controls construct a :class:`FakeEngine` themselves and are unaffected)."""
-    if os.environ.get("TRIO_SFU_TEST_ENGINE") == "worker":
+    """The engine the signaling tests run against: the real in-process Worker, or with
+    ``TRIO_SFU_TEST_ENGINE=fake`` this fake (tests that need the fake's controls construct a
+    :class:`FakeEngine` themselves and are unaffected)."""
+    if os.environ.get("TRIO_SFU_TEST_ENGINE", "worker") != "fake":
         from trio_sfu.engine.worker import open_worker
 
         async with open_worker() as worker:
