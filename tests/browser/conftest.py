@@ -61,7 +61,7 @@ def namespace_problem() -> str | None:
     return None
 
 
-def _run_script(name: str) -> None:
+def run_script(name: str) -> None:
     script = ROOT / "scripts" / name
     done = subprocess.run([str(script)], capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
@@ -73,8 +73,8 @@ def browser_ready() -> None:
     problem = namespace_problem()
     if problem is not None:
         pytest.skip(problem)
-    _run_script("install_browser")
-    _run_script("build_web")
+    run_script("install_browser")
+    run_script("build_web")
 
 
 def summarize_failure(result: dict[str, Any]) -> str:
@@ -105,7 +105,10 @@ def run_scenario(scenario: str, *extra: str) -> dict[str, Any]:
             f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
         )
     if not result.get("ok"):
-        pytest.fail(f"browser scenario {scenario} failed:\n{summarize_failure(result)}")
+        pytest.fail(
+            f"browser scenario {scenario} failed:\n{summarize_failure(result)}\n"
+            f"--- runner stderr (server log, last lines)\n{done.stderr[-6000:]}"
+        )
     return result
 
 

@@ -137,7 +137,10 @@ export class SignalingConnection extends Emitter {
       console.warn('signaling: a frame that is not JSON', text);
       return;
     }
-    if (frame === null || typeof frame !== 'object') return;
+    if (frame === null || typeof frame !== 'object' || typeof frame.type !== 'string') {
+      console.warn('signaling: a frame that is not a message', frame);
+      return;
+    }
     if (typeof frame.requestId === 'string') {
       const pending = this.#pending.get(frame.requestId);
       if (!pending) return; // timed out earlier
