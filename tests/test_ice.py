@@ -241,6 +241,30 @@ def test_nomination_follows_the_latest_use_candidate() -> None:
     ]
 
 
+def test_forgetting_a_lost_tuple() -> None:
+    ice = server(consent_timeout=30.0, close_timeout=40.0)
+    ice.receive_stun_untrusted(check(), A, now=0.0)
+    ice.receive_stun_untrusted(check(use_candidate=False), B, now=1.0)
+    ice.drain_events()
+    # A validated but unselected tuple: no longer a media source, nothing else changes.
+    ice.forget(B)
+    assert not ice.is_validated(B) and ice.state is IceState.CONNECTED
+    # The selected tuple: consent is lost at once; CLOSED follows at the close timeout.
+    ice.forget(A)
+    assert ice.state is IceState.DISCONNECTED and ice.selected_address == A
+    assert ice.next_deadline() == 40.0
+    assert ice.poll(40.0) is IceState.CLOSED
+    assert states(ice.drain_events()) == [IceState.DISCONNECTED, IceState.CLOSED]
+
+
+def test_a_new_nomination_recovers_after_the_selected_tuple_is_lost() -> None:
+    ice = server()
+    ice.receive_stun_untrusted(check(), A, now=0.0)
+    ice.forget(A)
+    ice.receive_stun_untrusted(check(), B, now=1.0)
+    assert ice.selected_address == B and ice.state is IceState.CONNECTED
+
+
 def test_renomination_follows_the_highest_nomination_value() -> None:
     ice = server()
     ice.receive_stun_untrusted(check(nomination=1, use_candidate=False), A, now=0.0)

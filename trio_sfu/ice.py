@@ -280,6 +280,18 @@ class IceLiteServer:
         lookup: cheap enough for every incoming media datagram."""
         return address in self._consent
 
+    def forget(self, address: Address) -> None:
+        """The tuple ``address`` is gone (its ICE-TCP connection closed).
+
+        It is no longer validated. If it was the selected tuple, consent is lost at once:
+        CONNECTED goes DISCONNECTED, and CLOSED follows at the usual close timeout unless
+        the peer nominates another tuple first.
+        """
+        if address != self.selected_address:
+            self._consent.pop(address, None)
+        elif self.state is IceState.CONNECTED:
+            self._fire(_Input.CONSENT_EXPIRED)
+
     def drain_events(self) -> list[IceEvent]:
         """The state and selected-address changes since the last call, oldest first."""
         events = self._events

@@ -701,9 +701,12 @@ class WebRtcTransport:
             self.bytes_out += len(data)
 
     def _tcp_connection_closed(self, address: Address) -> None:
-        # The tuple is gone: ICE keeps its own state; nothing can be sent there any more.
+        # The tuple is gone: nothing can be sent there any more, and if it was the selected
+        # one ICE is disconnected until the peer nominates another (or the close timeout).
         if self._dtls_address == address:
             self._dtls_address = None
+        self._ice.forget(address)
+        self._after_ice_event()
 
     # ---- timers ------------------------------------------------------------------------
 
