@@ -18,11 +18,11 @@ import trio
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.signaling.admin import handle_admin
-from trio_sfu.signaling.web import handle_web_request
 from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.metrics import CONTENT_TYPE_LATEST, SfuMetrics
 from trio_sfu.signaling.room import RoomManager
 from trio_sfu.signaling.session import Session
+from trio_sfu.signaling.web import handle_web_request
 
 logger = logging.getLogger(__name__)
 
