@@ -8,6 +8,7 @@
 //   TRIO_SFU_RUNS         joins to time (join)
 //   TRIO_SFU_CHROMIUM     the browser, /usr/bin/chromium (never a downloaded one)
 //   TRIO_SFU_TIMEOUT_MS   the bound on the whole run
+//   TRIO_SFU_SCREENSHOT   optional: a PNG of Bob's page at the end of vp8/h264
 //
 // Every step waits with a deadline; on failure the JSON says which step, with the pages'
 // state, getStats excerpts and console output, so a failure reads like webrtc-internals.
@@ -198,6 +199,7 @@ async function pageReport(p, from) {
 async function mediaScenario(browser, codec) {
   const { meeting, a, b } = await twoPeers(browser, codec);
   const [alice, bob] = await Promise.all([pageReport(a, b), pageReport(b, a)]);
+  if (env.TRIO_SFU_SCREENSHOT) await b.page.screenshot({ path: env.TRIO_SFU_SCREENSHOT, fullPage: true });
   return { meeting, codec, pages: { alice, bob } };
 }
 

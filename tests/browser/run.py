@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -58,9 +59,7 @@ def namespace_command(python: str, scenario: str, *extra: str) -> list[str]:
     kills every process still in there; ``--kill-child``: if ``unshare`` itself is killed
     (a pytest timeout), that init goes too.
     """
-    inner = " ".join(
-        [f"exec {python}", "-m", "tests.browser.run", scenario, *extra]
-    )  # arguments here are our own fixed words and numbers, never user text
+    inner = shlex.join([python, "-m", "tests.browser.run", scenario, *extra])
     return [
         "unshare",
         "--net",
@@ -71,7 +70,7 @@ def namespace_command(python: str, scenario: str, *extra: str) -> list[str]:
         "--",
         "bash",
         "-c",
-        f"ip link set lo up && {inner}",
+        f"ip link set lo up && exec {inner}",
     ]
 
 
@@ -88,7 +87,12 @@ def _kill_group(pid: int) -> None:
 
 
 async def run_driver(
-    scenario: str, http_url: str, admin_token: str, tmp: Path, runs: int
+    scenario: str,
+    http_url: str,
+    admin_token: str,
+    tmp: Path,
+    runs: int,
+    screenshot: str | None = None,
 ) -> dict[str, Any]:
     """Run driver.mjs once; its last stdout line is the result (JSON)."""
     env = {
@@ -103,6 +107,8 @@ async def run_driver(
         "TRIO_SFU_CHROMIUM": CHROMIUM,
         "TRIO_SFU_TIMEOUT_MS": str(int(DRIVER_TIMEOUT * runs * 1000)),
     }
+    if screenshot:
+        env["TRIO_SFU_SCREENSHOT"] = screenshot
     out_path, err_path = tmp / "driver.out", tmp / "driver.err"
     timed_out = False
     with out_path.open("wb") as out, err_path.open("wb") as err:
@@ -136,7 +142,9 @@ async def run_driver(
     return result
 
 
-async def run_scenario(scenario: str, runs: int = 1) -> dict[str, Any]:
+async def run_scenario(
+    scenario: str, runs: int = 1, screenshot: str | None = None
+) -> dict[str, Any]:
     """Serve, drive, shut down; the result with the server's view added."""
     admin_token = secrets.token_hex(16)
     config = ServerConfig(
@@ -153,7 +161,9 @@ async def run_scenario(scenario: str, runs: int = 1) -> dict[str, Any]:
         async with create_engine(config) as worker, trio.open_nursery() as nursery:
             server = await nursery.start(serve_sfu, config, worker)
             try:
-                result = await run_driver(scenario, server.http_url, admin_token, tmp, runs)
+                result = await run_driver(
+                    scenario, server.http_url, admin_token, tmp, runs, screenshot
+                )
                 # Give the server a moment to finish cleaning up after the last page.
                 with trio.move_on_after(5):
                     while worker.dump()["routers"]:  # noqa: ASYNC110 (no event to wait on)
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--runs", type=int, default=1, help="joins to time (scenario join)")
+    parser.add_argument("--screenshot", metavar="PNG", help="vp8/h264: Bob's page at the end")
     parser.add_argument("--verbose", action="store_true", help="server logs at INFO on stderr")
     parser.add_argument(
         "--outside",
@@ -179,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.outside:
         extra = ["--runs", str(args.runs)] + (["--verbose"] if args.verbose else [])
+        if args.screenshot:
+            extra += ["--screenshot", os.path.abspath(args.screenshot)]
         command = namespace_command(sys.executable, args.scenario, *extra)
         os.execvp(command[0], command)
     logging.basicConfig(
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 2
-    result = trio.run(run_scenario, args.scenario, args.runs)
+    result = trio.run(run_scenario, args.scenario, args.runs, args.screenshot)
     print(json.dumps(result))
     return 0 if result.get("ok") else 1
 

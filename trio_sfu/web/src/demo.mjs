@@ -399,7 +399,9 @@ async function remoteLines(tile) {
       const height = inbound.frameHeight ?? 0;
       const spatial = tile.layer?.spatial ?? (height >= 720 ? 2 : height >= 360 ? 1 : height ? 0 : null);
       const layer = spatial === null ? '–' : (LAYER_NAMES[spatial] ?? `L${spatial}`);
-      line += `\n  layer ${layer}, ${inbound.frameWidth ?? 0}x${height} @ ${inbound.framesPerSecond ?? 0} fps`;
+      const seconds = before ? (inbound.timestamp - before.timestamp) / 1000 : 0;
+      const fps = seconds > 0 ? Math.round((inbound.framesDecoded - before.framesDecoded) / seconds) : 0;
+      line += `\n  layer ${layer}, ${inbound.frameWidth ?? 0}x${height} @ ${fps} fps`;
     }
     lines.push(line);
   }
