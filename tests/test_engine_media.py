@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from trio_sfu.client.synthetic import SyntheticPublisher, audio_rtp_parameters
@@ -35,8 +36,22 @@ def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-def device_caps() -> RtpCapabilities:
-    return structure_untrusted(fixture("device-rtp-capabilities.chromium.json"), RtpCapabilities)
+def device_caps(*, bandwidth_feedback: bool = True) -> RtpCapabilities:
+    """Chromium's receive capabilities; without ``bandwidth_feedback`` the subscriber
+    negotiates neither transport-cc nor REMB (the router then plans no bandwidth limit)."""
+    caps = structure_untrusted(fixture("device-rtp-capabilities.chromium.json"), RtpCapabilities)
+    if bandwidth_feedback:
+        return caps
+    codecs = [
+        attrs.evolve(
+            codec,
+            rtcp_feedback=[
+                fb for fb in codec.rtcp_feedback if fb.type not in ("transport-cc", "goog-remb")
+            ],
+        )
+        for codec in caps.codecs
+    ]
+    return attrs.evolve(caps, codecs=codecs)
 
 
 def vp8_simulcast() -> RtpParameters:
@@ -70,8 +85,10 @@ async def test_simulcast_and_audio_forwarding() -> None:
                 video_id = await worker.produce(pub_id, "video", video_params)
                 audio_params = audio_rtp_parameters(ssrc=1111, mid="0")
                 audio_id = await worker.produce(pub_id, "audio", audio_params)
-                video = await worker.consume(sub_id, video_id, device_caps(), paused=False)
-                audio = await worker.consume(sub_id, audio_id, device_caps(), paused=False)
+                # This subscriber sends no bandwidth feedback: nothing limits the layers.
+                caps = device_caps(bandwidth_feedback=False)
+                video = await worker.consume(sub_id, video_id, caps, paused=False)
+                audio = await worker.consume(sub_id, audio_id, caps, paused=False)
                 assert video.type == "simulcast" and audio.type == "simple"
                 v_ssrc = video.rtp_parameters.encodings[0].ssrc
                 a_ssrc = audio.rtp_parameters.encodings[0].ssrc
@@ -92,10 +109,14 @@ async def test_simulcast_and_audio_forwarding() -> None:
                     pub.send_rtp(audio_pub.opus_frame(now=now))
                     await trio.sleep(0.005)
 
-                r2_payloads = [RtpPacket.parse_untrusted(p).payload for p in sent_r2]
+                # The SFU rewrites the VP8 PictureID and TL0PICIDX (continuity across
+                # layer switches): compare what follows the 6-byte payload descriptor.
+                r2_payloads = [RtpPacket.parse_untrusted(p).payload[6:] for p in sent_r2]
                 got_video: list[RtpPacket] = []
                 got_audio: list[RtpPacket] = []
-                while len(got_audio) < 21 or [p.payload for p in got_video[-21:]] != r2_payloads:
+                while (
+                    len(got_audio) < 21 or [p.payload[6:] for p in got_video[-21:]] != r2_payloads
+                ):
                     packet = RtpPacket.parse_untrusted(await sub.receive_rtp())
                     assert packet.ssrc in (v_ssrc, a_ssrc)
                     (got_video if packet.ssrc == v_ssrc else got_audio).append(packet)
@@ -105,6 +126,9 @@ async def test_simulcast_and_audio_forwarding() -> None:
                 assert all(vp8.is_keyframe(p.payload) for p in got_video[: len(got_video) - 20])
                 assert all(p.payload_type == v_pt for p in got_video)
                 assert vp8.is_keyframe(got_video[0].payload)
+                pictures = [vp8.summarize_untrusted(p.payload).picture_id for p in got_video]
+                assert all(pid is not None for pid in pictures)
+                assert pictures == [(pictures[0] + i) & 0x7FFF for i in range(len(pictures))]
                 seqs = [p.sequence_number for p in got_video]
                 assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
 

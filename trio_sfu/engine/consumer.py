@@ -2,46 +2,69 @@
 
 A consumer turns the producer's packets into one outgoing stream: its own SSRC, the router's
 payload type, the router's header extension ids, and sequence numbers and timestamps that
-run on without gaps across pauses and simulcast switches. It keeps what it sent for NACK
-repair (as RTX where negotiated) and counts what it needs for Sender Reports.
+run on without gaps across pauses, simulcast switches and dropped temporal layers. It keeps
+what it sent for NACK repair (as RTX where negotiated) and counts what it needs for Sender
+Reports.
 
 ``paused`` (the subscriber's wish) and ``producer_paused`` (the publisher's) are kept apart,
-as in mediasoup. A video consumer starts forwarding only at a keyframe, and asks for one
-whenever it needs one (resume, first packet, simulcast switch).
+as in mediasoup.
 
-Layer choice here is the simple one: forward the highest simulcast stream that is active
-(capped by the preferred layer). Network-driven layer policy is built on top of this.
+Layers (video). Three pairs of (spatial, temporal) layers:
+
+* *preferred*: what the subscriber asked for (``rtc:setPreferredLayers``; the highest by
+  default);
+* *target*: what it should get now: the preferred layers, lowered by the weak-network
+  policy (:attr:`network_level`, set by the router from the subscriber's loss) and by the
+  transport's bandwidth (:attr:`allocated_layers`), on a stream that is being received;
+  no target at all while the policy pauses video;
+* *current*: what is being forwarded.
+
+A spatial switch happens only at a keyframe of the target stream: the consumer asks for one
+upstream (throttled) and keeps forwarding the current stream until it starts. The streams
+are spliced: sequence numbers continue by one, timestamps are carried over through each
+stream's Sender Reports (NTP <-> RTP) so that the new stream's frames play at their capture
+time, and VP8 PictureID / TL0PICIDX continue without a jump. Temporal layers (VP8 TID)
+above the current one are dropped without leaving a sequence or PictureID gap; the current
+temporal layer goes down at the next frame and up at a layer-sync frame (Y bit). H264 has
+no temporal filtering. Every change of the current layers is reported through
+``on_layers_changed`` (``None`` layers when nothing is forwarded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
+from trio_sfu.engine.layers import LEVEL_R2, spatial_cap
+from trio_sfu.engine.producer import STARTUP_WAIT
 from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import is_rtx, parse_scalability_mode
 from trio_sfu.ortc.types import MediaKind, RtpParameters
-from trio_sfu.rtp import h264, vp8
+from trio_sfu.rtp import vp8
 from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI, TRANSPORT_WIDE_CC_URI
 from trio_sfu.rtp.nack import RetransmissionBuffer
-from trio_sfu.rtp.packet import rewrite_extensions_untrusted, rewrite_in_place, rtp_layout_untrusted
+from trio_sfu.rtp.packet import (
+    find_extension_span_untrusted,
+    rewrite_extensions_untrusted,
+    rewrite_in_place,
+)
 from trio_sfu.rtp.rewriter import SeqTsRewriter
 from trio_sfu.rtp.rtx import rtx_wrap
 
 if TYPE_CHECKING:
+    from trio_sfu.engine.bandwidth import SendSideEstimator
     from trio_sfu.engine.producer import Producer, ProducerStream
 
 #: Header extensions never forwarded as they came: they describe the publisher's leg.
 _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_CC_URI})
+#: How often the packet path may ask the producer for a keyframe it waits for.
+_KEYFRAME_RETRY: Final = 0.25
+_TS_MASK: Final = 0xFFFFFFFF
+_TWO_POW_32: Final = float(1 << 32)
 
 
-def _keyframe_detector(mime_type: str) -> Callable[[memoryview], bool] | None:
-    name = mime_type.lower()
-    if name == "video/vp8":
-        return vp8.is_keyframe
-    if name == "video/h264":
-        return h264.is_keyframe
-    return None
+def _ntp_seconds(ntp: int) -> float:
+    return ntp / _TWO_POW_32
 
 
 @final
@@ -58,6 +81,8 @@ class Consumer:
         paused: bool,
         send_rtp: Callable[[bytes], bool],
         now: float,
+        on_layers_changed: Callable[[Consumer], None] | None = None,
+        estimator: SendSideEstimator | None = None,
     ) -> None:
         self.id = consumer_id
         self.producer = producer
@@ -71,7 +96,8 @@ class Consumer:
         self.paused = paused
         self.producer_paused = producer.paused
         self.closed = False
-        self._send_rtp = send_rtp
+        self._send = send_rtp
+        self._on_layers_changed = on_layers_changed
 
         encoding = rtp_parameters.encodings[0]
         assert encoding.ssrc is not None
@@ -80,6 +106,7 @@ class Consumer:
         media = [c for c in rtp_parameters.codecs if not is_rtx(c.mime_type)]
         self.clock_rate = media[0].clock_rate
         self.payload_type = media[0].payload_type
+        self.mime_type = media[0].mime_type.lower()
         rtx = [c for c in rtp_parameters.codecs if is_rtx(c.mime_type)]
         self.rtx_payload_type = rtx[0].payload_type if rtx and self.rtx_ssrc else None
         self.cname = rtp_parameters.rtcp.cname or ""
@@ -99,172 +126,439 @@ class Consumer:
         self._extension_values: dict[int, bytes] = {}
         if rtp_parameters.mid is not None and MID_URI in ours:
             self._extension_values[ours[MID_URI]] = rtp_parameters.mid.encode()
-        self._is_keyframe = _keyframe_detector(media[0].mime_type)
+        #: Our transport-wide sequence number extension id (the estimator numbers packets).
+        self._twcc_id: int | None = None
+        self._estimator = estimator
+        feedback = {fb.type for fb in media[0].rtcp_feedback}
+        if estimator is not None and TRANSPORT_WIDE_CC_URI in ours and "transport-cc" in feedback:
+            self._twcc_id = ours[TRANSPORT_WIDE_CC_URI]
+            self._extension_values[self._twcc_id] = b"\x00\x00"
+        #: The subscriber negotiated a bandwidth feedback (transport-cc or REMB).
+        self.bandwidth_feedback = "transport-cc" in feedback or "goog-remb" in feedback
 
         scalability = parse_scalability_mode(encoding.scalability_mode)
-        self.spatial_layers = scalability.spatial_layers
+        self.spatial_layers = scalability.spatial_layers if producer.is_simulcast else 1
+        self.spatial_layers = max(self.spatial_layers, 1)
         self.temporal_layers = scalability.temporal_layers
+        self._is_vp8 = self.mime_type == "video/vp8"
+        #: Temporal layers can be dropped (VP8 that announced more than one).
+        self.temporal_filtering = self._is_vp8 and self.temporal_layers > 1
         self.preferred_spatial_layer = self.spatial_layers - 1
         self.preferred_temporal_layer = self.temporal_layers - 1
-        #: The simulcast stream being forwarded (None until the first keyframe).
-        self.current_stream: int | None = None
-        #: The stream we want to forward; switches happen at its next keyframe.
-        self.target_stream: int | None = None
+        #: The weak-network policy's level (layers.LEVEL_*), set by the router.
+        self.network_level = LEVEL_R2
+        #: (spatial, temporal) the bandwidth allocation allows; None: no limit.
+        self.allocated_layers: tuple[int, int] | None = None
+        self.target_spatial: int | None = None
+        self.target_temporal: int | None = None
+        self.current_spatial: int | None = None
+        self.current_temporal: int | None = None
+        self._reported_layers: tuple[int | None, int | None] = (None, None)
+        self._current: ProducerStream | None = None
+        self._keyframe_retry_at = -1e9
 
         self._rewriter = SeqTsRewriter()
-        self._sync_required = True
+        self._vp8 = vp8.Vp8Continuity()
         self._buffer = RetransmissionBuffer(1024 if self.kind == "video" else 256)
         self._rtx_seq = 0
+        self._probe_cursor = 0
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmitted = 0
+        self.dropped_temporal = 0
+        self.layer_switches = 0
         self.last_sent_at: float | None = None
         self.last_sent_ts = 0
         self.created_at = now
         # From the subscriber's receiver reports about this stream.
         self.fraction_lost = 0
         self.cumulative_lost = 0
+        self.highest_seq: int | None = None
         self.rtt: float | None = None
+        self.reports = 0
+        # Sampled by the router once per policy interval (loss_sample()).
+        self._sample_highest: int | None = None
+        self._sample_lost = 0
+        self._sample_sent = 0
+        self.nacked: set[int] = set()
 
-    # ---- the packet path -------------------------------------------------------------
+        self.send_rtp: Callable[
+            [ProducerStream, bytes, int, vp8.Vp8Info | None, bool, float], None
+        ] = self._send_audio if self.kind == "audio" else self._send_video
+        self._forwarding = False
+        self._update_forwarding()
+
+    # ---- state -----------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
         return not (self.paused or self.producer_paused or self.closed)
 
-    def send_rtp(self, stream: ProducerStream, packet: bytes, now: float) -> None:
-        """Forward one producer packet if this consumer wants it. Never blocks."""
-        if self.paused or self.producer_paused:
+    @property
+    def current_stream(self) -> int | None:
+        return self.current_spatial
+
+    def _update_forwarding(self) -> None:
+        forwarding = self.active and (self.kind == "audio" or self.network_level > 0)
+        self._forwarding = forwarding
+        if not forwarding and self._current is not None:
+            self._current = None
+            self._set_current(None, None)
+
+    def _set_current(self, spatial: int | None, temporal: int | None) -> None:
+        self.current_spatial = spatial
+        self.current_temporal = temporal
+        if self.kind != "video":
             return
-        rewriter = self._rewriter
-        if (stream.index != self.current_stream or self._sync_required) and not self._try_switch(
-            stream, packet, now
-        ):
+        layers = (spatial, temporal)
+        if layers != self._reported_layers:
+            self._reported_layers = layers
+            if self._on_layers_changed is not None:
+                self._on_layers_changed(self)
+
+    # ---- the packet path -------------------------------------------------------------
+
+    def _send_audio(
+        self,
+        stream: ProducerStream,
+        packet: bytes,
+        payload_start: int,
+        info: vp8.Vp8Info | None,
+        keyframe: bool,
+        now: float,
+    ) -> None:
+        if not self._forwarding:
+            return
+        if self._current is not stream:
+            if stream.ssrc is None:
+                return
+            self._splice(stream, packet, now)
+            self._current = stream
+            self.current_spatial = 0
+            self.current_temporal = 0
+        self._forward(packet, payload_start, None, now)
+
+    def _send_video(
+        self,
+        stream: ProducerStream,
+        packet: bytes,
+        payload_start: int,
+        info: vp8.Vp8Info | None,
+        keyframe: bool,
+        now: float,
+    ) -> None:
+        if not self._forwarding:
+            return
+        if stream is not self._current:
+            if stream.index != self.target_spatial or stream.ssrc is None:
+                return
+            if not keyframe:
+                if now >= self._keyframe_retry_at:
+                    self._keyframe_retry_at = now + _KEYFRAME_RETRY
+                    self.producer.request_keyframe(stream.index, now)
+                return
+            self._splice(stream, packet, now)
+            if info is not None:
+                self._vp8.switch_to(info)
+            self._current = stream
+            self.layer_switches += 1
+            temporal = self.target_temporal
+            if temporal is None or not self.temporal_filtering:
+                temporal = self.temporal_layers - 1
+            self._set_current(stream.index, temporal)
+        if info is not None:
+            tid = info.tid
+            if tid is not None and self.temporal_filtering:
+                current = self.current_temporal
+                assert current is not None
+                if info.start_of_frame:
+                    target = self.target_temporal
+                    if target is not None:
+                        if target < current:
+                            current = target
+                            self._set_current(self.current_spatial, current)
+                        elif current < tid <= target and info.layer_sync:
+                            current = tid
+                            self._set_current(self.current_spatial, current)
+                if tid > current:
+                    seq = (packet[2] << 8) | packet[3]
+                    self._rewriter.drop(seq)
+                    self._vp8.drop_picture(info)
+                    self.dropped_temporal += 1
+                    return
+        self._forward(packet, payload_start, info, now)
+
+    def _forward(
+        self, packet: bytes, payload_start: int, info: vp8.Vp8Info | None, now: float
+    ) -> None:
+        mapped = self._rewriter.rewrite((packet[2] << 8) | packet[3], int.from_bytes(packet[4:8]))
+        if mapped is None:
+            return
+        payload_type = self._payload_types.get(packet[1] & 0x7F)
+        if payload_type is None:
             return
         try:
-            mapped = rewriter.rewrite(_seq(packet), _ts(packet))
-            if mapped is None:
-                return
-            payload_type = self._payload_types.get(packet[1] & 0x7F)
-            if payload_type is None:
-                return
             out = rewrite_extensions_untrusted(packet, self._extension_ids, self._extension_values)
+            if info is not None:
+                ids = self._vp8.map(info)
+                if ids is None:
+                    return
+                if ids[0] is not None or ids[1] is not None:
+                    offset = len(out) - (len(packet) - payload_start)
+                    vp8.write_picture_id(memoryview(out)[offset:], ids[0], ids[1])
         except BadPacket:
             return
         seq, ts = mapped
         rewrite_in_place(
             out, ssrc=self.ssrc, payload_type=payload_type, sequence_number=seq, timestamp=ts
         )
+        if self._twcc_id is not None:
+            self._stamp(out, now)
         data = bytes(out)
         self._buffer.store(seq, data, now)
         self.packets_sent += 1
         self.octets_sent += len(data) - 12
         self.last_sent_at = now
         self.last_sent_ts = ts
-        self._send_rtp(data)
+        self._send(data)
 
-    def _try_switch(self, stream: ProducerStream, packet: bytes, now: float) -> bool:
-        """Decide whether ``packet`` of ``stream`` starts what we forward from now on."""
-        if stream.ssrc is None:
-            return False
-        target = self._choose_target(now)
-        if stream.index != target:
-            return False
-        if self.kind == "video" and self._is_keyframe is not None:
-            try:
-                _, start, end = rtp_layout_untrusted(packet)
-                keyframe = self._is_keyframe(memoryview(packet)[start:end])
-            except BadPacket:
-                return False
-            if not keyframe:
-                self.producer.request_keyframe(stream.index, now)
-                return False
-        ts_delta = 0
-        if self.last_sent_at is not None:
-            ts_delta = max(1, int((now - self.last_sent_at) * self.clock_rate))
-        self._rewriter.switch_to(stream.ssrc, _seq(packet), _ts(packet), ts_delta)
-        self.current_stream = stream.index
-        self._sync_required = False
-        return True
-
-    def _choose_target(self, now: float) -> int:
-        if not self.producer.is_simulcast:
-            self.target_stream = 0
-            return 0
-        active = [
-            i for i in self.producer.active_stream_indexes(now) if i <= self.preferred_spatial_layer
-        ]
-        target = (
-            max(active)
-            if active
-            else min(self.preferred_spatial_layer, len(self.producer.streams) - 1)
-        )
-        self.target_stream = target
-        return target
-
-    def update_target(self, now: float) -> None:
-        """Periodic: follow the highest active stream; ask for a keyframe to switch to it."""
-        if not self.active or self.kind != "video":
+    def _stamp(self, out: bytearray, now: float) -> None:
+        """Write the next transport-wide sequence number into ``out``."""
+        estimator = self._estimator
+        twcc_id = self._twcc_id
+        if estimator is None or twcc_id is None:
             return
-        target = self._choose_target(now)
-        if target != self.current_stream:
-            self._sync_required = True
-            self.producer.request_keyframe(target, now)
+        try:
+            span = find_extension_span_untrusted(out, twcc_id)
+        except BadPacket:
+            span = None
+        if span is None or span[1] - span[0] != 2:
+            return
+        seq = estimator.on_sent(len(out), now)
+        out[span[0]] = seq >> 8
+        out[span[0] + 1] = seq & 0xFF
+
+    def _splice(self, stream: ProducerStream, packet: bytes, now: float) -> None:
+        """Make ``packet`` of ``stream`` the next one out, at the right timestamp."""
+        assert stream.ssrc is not None
+        ts = int.from_bytes(packet[4:8])
+        self._rewriter.switch_to(
+            stream.ssrc, (packet[2] << 8) | packet[3], ts, self._ts_delta(stream, ts, now)
+        )
+
+    def _ts_delta(self, stream: ProducerStream, ts: int, now: float) -> int:
+        """How far after the last timestamp sent the first packet of ``stream`` goes.
+
+        With Sender Reports from both streams: the new packet's capture time on the old
+        stream's RTP clock, so that playback goes on at the right moment. Otherwise the
+        wall-clock time since the last packet sent.
+        """
+        if self.last_sent_at is None:
+            return 0
+        clock = self.clock_rate
+        old = self._current if self._current is not None else self._last_stream
+        if (
+            old is not None
+            and old.last_sr_ntp
+            and stream.last_sr_ntp
+            and old.last_sr_arrival >= 0
+            and stream.last_sr_arrival >= 0
+        ):
+            since_sr = ((ts - stream.last_sr_rtp + 0x80000000) & _TS_MASK) - 0x80000000
+            capture = _ntp_seconds(stream.last_sr_ntp) + since_sr / clock
+            on_old = old.last_sr_rtp + round((capture - _ntp_seconds(old.last_sr_ntp)) * clock)
+            out = (on_old + self._rewriter.ts_offset) & _TS_MASK
+            delta = ((out - self._rewriter.last_ts + 0x80000000) & _TS_MASK) - 0x80000000
+            if 0 < delta < 10 * clock:
+                return delta
+            if -clock < delta <= 0:
+                return 1
+        return max(1, int((now - self.last_sent_at) * clock))
+
+    @property
+    def _last_stream(self) -> ProducerStream | None:
+        ssrc = self._rewriter.ssrc
+        if ssrc is None:
+            return None
+        for stream in self.producer.streams:
+            if stream.ssrc == ssrc:
+                return stream
+        return None
+
+    # ---- layers ----------------------------------------------------------------------
+
+    def update_layers(self, now: float) -> None:
+        """Recompute the target layers; ask for a keyframe when the target stream changed."""
+        if self.kind != "video":
+            return
+        self._update_forwarding()
+        cap = spatial_cap(self.network_level, self.spatial_layers)
+        if cap is None:
+            self.target_spatial = None
+            self.target_temporal = None
+            return
+        spatial = min(self.preferred_spatial_layer, cap)
+        temporal = self.preferred_temporal_layer
+        if self.allocated_layers is not None:
+            spatial = min(spatial, self.allocated_layers[0])
+            temporal = min(temporal, self.allocated_layers[1])
+        producer = self.producer
+        if not producer.is_simulcast:
+            spatial = 0
+        else:
+            active = producer.active_stream_indexes()
+            started = producer.media_started_at
+            if (
+                active
+                and spatial not in active
+                and started is not None
+                and now - started >= STARTUP_WAIT
+            ):
+                below = [i for i in active if i <= spatial]
+                spatial = max(below) if below else min(active)
+        if not self.temporal_filtering:
+            temporal = self.temporal_layers - 1
+        changed = spatial != self.target_spatial
+        self.target_spatial = spatial
+        self.target_temporal = temporal
+        if (
+            changed
+            and self._forwarding
+            and (self._current is None or self._current.index != spatial)
+        ):
+            self.producer.request_keyframe(spatial, now)
+            self._keyframe_retry_at = now + _KEYFRAME_RETRY
+
+    def layer_options_cap(self) -> tuple[int, int] | None:
+        """The highest (spatial, temporal) the preference and the network allow, or None
+        when video is paused for the network (for the bandwidth allocation)."""
+        cap = spatial_cap(self.network_level, self.spatial_layers)
+        if cap is None or not self._forwarding:
+            return None
+        return min(self.preferred_spatial_layer, cap), self.preferred_temporal_layer
+
+    def set_network_level(self, level: int, now: float) -> None:
+        if level == self.network_level:
+            return
+        self.network_level = level
+        self.update_layers(now)
 
     # ---- RTCP from the subscriber ----------------------------------------------------
 
     def request_keyframe(self, now: float) -> None:
         """The subscriber sent PLI/FIR for our stream."""
-        if self.current_stream is not None:
-            self.producer.request_keyframe(self.current_stream, now)
+        if self._current is not None:
+            self.producer.request_keyframe(self._current.index, now)
 
     def retransmit(self, seqs: list[int], now: float) -> int:
         """Answer a NACK from what we sent; returns how many packets went out again."""
         sent = 0
+        nacked = self.nacked
         for seq in seqs:
+            nacked.add(seq)
             packet = self._buffer.get(seq, now)
             if packet is None:
                 continue
-            if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
-                packet = rtx_wrap(
-                    packet,
-                    rtx_ssrc=self.rtx_ssrc,
-                    rtx_payload_type=self.rtx_payload_type,
-                    rtx_sequence_number=self._rtx_seq,
-                )
-                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            self._send_rtp(packet)
+            out = self._rtx_copy(packet, now)
+            self._send(out)
             sent += 1
         self.retransmitted += sent
         return sent
 
-    def receive_report(self, fraction_lost: int, cumulative_lost: int, rtt: float | None) -> None:
+    def _rtx_copy(self, packet: bytes, now: float) -> bytes:
+        if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
+            packet = rtx_wrap(
+                packet,
+                rtx_ssrc=self.rtx_ssrc,
+                rtx_payload_type=self.rtx_payload_type,
+                rtx_sequence_number=self._rtx_seq,
+            )
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        if self._twcc_id is None:
+            return packet
+        out = bytearray(packet)
+        self._stamp(out, now)
+        return bytes(out)
+
+    def probe_packet(self, now: float) -> bytes | None:
+        """An RTX copy of a recent packet, to probe the path's bandwidth (None: nothing to
+        send, or no RTX)."""
+        if self.rtx_ssrc is None or self.packets_sent == 0 or self.last_sent_at is None:
+            return None
+        last = self._rewriter.next_seq
+        if last is None:
+            return None
+        self._probe_cursor = (self._probe_cursor + 1) % 32
+        packet = self._buffer.get((last - 1 - self._probe_cursor) & 0xFFFF)
+        if packet is None:
+            packet = self._buffer.get((last - 1) & 0xFFFF)
+            if packet is None:
+                return None
+        return self._rtx_copy(packet, now)
+
+    def receive_report(
+        self,
+        fraction_lost: int,
+        cumulative_lost: int,
+        rtt: float | None,
+        highest_seq: int | None = None,
+    ) -> None:
         self.fraction_lost = fraction_lost
         self.cumulative_lost = cumulative_lost
+        self.reports += 1
+        if highest_seq is not None:
+            self.highest_seq = highest_seq
         if rtt is not None:
             self.rtt = rtt
+
+    def loss_sample(self) -> tuple[int, int, int, int]:
+        """``(expected, lost, sent, nacked)`` since the previous call: packets the receiver
+        reports expected and lost (from its RRs' extended highest sequence number and
+        cumulative loss), packets sent, and distinct sequence numbers NACKed."""
+        highest = self.highest_seq
+        expected = lost = 0
+        if highest is not None:
+            if self._sample_highest is not None:
+                expected = max(0, highest - self._sample_highest)
+                lost = max(0, min(expected, self.cumulative_lost - self._sample_lost))
+            self._sample_highest = highest
+            self._sample_lost = self.cumulative_lost
+        sent = self.packets_sent - self._sample_sent
+        self._sample_sent = self.packets_sent
+        nacked = len(self.nacked)
+        self.nacked.clear()
+        return expected, lost, sent, nacked
 
     # ---- control ---------------------------------------------------------------------
 
     def pause(self) -> None:
         self.paused = True
+        self._update_forwarding()
 
     def resume(self, now: float) -> None:
         if not self.paused:
             return
         self.paused = False
-        self._sync_required = True
+        self._update_forwarding()
         self._request_sync(now)
 
     def set_producer_paused(self, paused: bool, now: float) -> None:
         self.producer_paused = paused
+        self._update_forwarding()
         if not paused:
-            self._sync_required = True
             self._request_sync(now)
 
+    def start(self, now: float) -> None:
+        """A consumer created unpaused: ask for what it needs to start (a keyframe)."""
+        self._request_sync(now)
+
     def _request_sync(self, now: float) -> None:
-        if self.active and self.kind == "video":
-            self.producer.request_keyframe(self._choose_target(now), now)
+        self.target_spatial = None  # recomputed: a keyframe request goes out
+        self.update_layers(now)
+
+    def on_streams_changed(self, now: float) -> None:
+        """A producer stream started or stopped: the target may change."""
+        self.update_layers(now)
 
     def set_preferred_layers(
         self, spatial: int, temporal: int | None, now: float
@@ -272,14 +566,22 @@ class Consumer:
         self.preferred_spatial_layer = max(0, min(spatial, self.spatial_layers - 1))
         if temporal is not None:
             self.preferred_temporal_layer = max(0, min(temporal, self.temporal_layers - 1))
-        self.update_target(now)
+        else:
+            self.preferred_temporal_layer = self.temporal_layers - 1
+        self.update_layers(now)
         return self.preferred_spatial_layer, self.preferred_temporal_layer
 
     def sender_report_timestamp(self, now: float) -> int:
-        """The RTP timestamp that corresponds to ``now`` on our outgoing stream."""
+        """The RTP timestamp that corresponds to ``now`` on our outgoing stream: from the
+        forwarded stream's last Sender Report where there is one (so that audio and video
+        of a publisher stay in sync), else from the last packet sent."""
+        stream = self._current if self._current is not None else self._last_stream
+        if stream is not None and stream.last_sr_arrival >= 0 and stream.last_sr_ntp:
+            source = stream.last_sr_rtp + round((now - stream.last_sr_arrival) * self.clock_rate)
+            return (source + self._rewriter.ts_offset) & _TS_MASK
         if self.last_sent_at is None:
             return 0
-        return (self.last_sent_ts + int((now - self.last_sent_at) * self.clock_rate)) & 0xFFFFFFFF
+        return (self.last_sent_ts + int((now - self.last_sent_at) * self.clock_rate)) & _TS_MASK
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -293,7 +595,11 @@ class Consumer:
             "fractionLost": self.fraction_lost / 256,
             "packetsLost": self.cumulative_lost,
             "roundTripTime": self.rtt,
-            "currentLayer": self.current_stream,
+            "currentLayer": self.current_spatial,
+            "currentLayers": _layers(self.current_spatial, self.current_temporal),
+            "targetLayers": _layers(self.target_spatial, self.target_temporal),
+            "preferredLayers": _layers(self.preferred_spatial_layer, self.preferred_temporal_layer),
+            "networkLevel": self.network_level,
         }
 
     def dump(self) -> dict[str, Any]:
@@ -308,9 +614,7 @@ class Consumer:
         }
 
 
-def _seq(packet: bytes) -> int:
-    return (packet[2] << 8) | packet[3]
-
-
-def _ts(packet: bytes) -> int:
-    return int.from_bytes(packet[4:8], "big")
+def _layers(spatial: int | None, temporal: int | None) -> dict[str, int] | None:
+    if spatial is None or temporal is None:
+        return None
+    return {"spatialLayer": spatial, "temporalLayer": temporal}

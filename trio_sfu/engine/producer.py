@@ -4,25 +4,53 @@ A producer receives decrypted RTP from its send transport (the router's RTP list
 it by SSRC, or by the MID/RID header extensions until the SSRC is known), keeps receive
 statistics per stream, and hands each packet to its consumers. It never blocks: consumers
 queue into their transports' bounded egress channels.
+
+Per packet it parses what its consumers need once for all of them: for video the payload
+offset, whether a keyframe starts, and the VP8 payload descriptor (PictureID, TL0PICIDX,
+temporal layer, layer sync); for audio the ssrc-audio-level extension when negotiated.
+
+Upstream repair: every media packet feeds the stream's
+:class:`~trio_sfu.rtp.nack.NackGenerator` (when the publisher negotiated ``nack``); the
+router collects :meth:`Producer.nack_feedback` a few times per RTT and sends the NACKs.
+RTX packets from the publisher are unwrapped (:meth:`Producer.receive_rtx`) and forwarded
+like media when they fill a gap; duplicates are dropped.
+
+Keyframe requests upstream are PLI (or FIR when only ``ccm fir`` was negotiated), one
+outstanding per stream: a new request goes out when the previous one was answered by a
+keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` old.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
+from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import RtpMapping
 from trio_sfu.ortc.types import MediaKind, RtpParameters
-from trio_sfu.rtcp import Pli, build_rtcp
+from trio_sfu.rtcp import Fir, GenericNack, Pli, build_rtcp
+from trio_sfu.rtp import h264, vp8
+from trio_sfu.rtp.extensions import SSRC_AUDIO_LEVEL_URI, TRANSPORT_WIDE_CC_URI
+from trio_sfu.rtp.nack import NackGenerator
+from trio_sfu.rtp.packet import find_extension_untrusted, rtp_layout_untrusted
+from trio_sfu.rtp.rtx import rtx_unwrap_untrusted
 from trio_sfu.rtp.stats import ReceiveStats
 
 if TYPE_CHECKING:
     from trio_sfu.engine.consumer import Consumer
 
-#: At most one keyframe request (PLI/FIR) upstream per stream per this many seconds.
-KEYFRAME_REQUEST_INTERVAL = 1.0
+#: At most one keyframe request (PLI/FIR) upstream per stream per this many seconds,
+#: unless a keyframe answered the previous one.
+KEYFRAME_REQUEST_INTERVAL: Final = 1.0
 #: The SSRC the router uses as the sender of its RTCP toward publishers.
-ROUTER_RTCP_SSRC = 0x5F5F5F5F
+ROUTER_RTCP_SSRC: Final = 0x5F5F5F5F
+#: A stream that sent nothing for this long is inactive (the publisher dropped the layer).
+ACTIVE_WINDOW: Final = 1.0
+#: When media starts, consumers wait this long for the stream they want before taking a
+#: lower one that happens to come first (publishers start all their streams at once).
+STARTUP_WAIT: Final = 0.5
+#: Temporal layers counted separately (VP8's TID is two bits).
+MAX_TEMPORAL_LAYERS: Final = 4
 
 
 @final
@@ -30,23 +58,40 @@ class ProducerStream:
     """One RTP stream of a producer: a simulcast layer, or the single stream."""
 
     __slots__ = (
+        "_rate_at",
+        "_rate_octets",
+        "active",
         "active_at",
+        "bitrates",
         "clock_rate",
+        "fir_seq",
         "index",
         "keyframe_requested_at",
+        "last_keyframe_at",
         "last_sr_arrival",
         "last_sr_ntp",
         "last_sr_rtp",
         "mapped_ssrc",
+        "nack",
+        "octets",
         "packets",
+        "retransmitted",
         "rid",
         "rtx_ssrc",
         "ssrc",
         "stats",
+        "tid_octets",
     )
 
     def __init__(
-        self, *, index: int, rid: str | None, ssrc: int | None, mapped_ssrc: int, clock_rate: int
+        self,
+        *,
+        index: int,
+        rid: str | None,
+        ssrc: int | None,
+        mapped_ssrc: int,
+        clock_rate: int,
+        nack: NackGenerator | None = None,
     ) -> None:
         self.index = index
         self.rid = rid
@@ -55,15 +100,39 @@ class ProducerStream:
         self.mapped_ssrc = mapped_ssrc
         self.clock_rate = clock_rate
         self.stats = ReceiveStats()
+        self.nack = nack
         self.packets = 0
+        self.octets = 0
+        self.retransmitted = 0
+        self.active = False
         self.active_at = -1e9
         self.keyframe_requested_at = -1e9
+        self.last_keyframe_at = -1e9
+        self.fir_seq = 0
         self.last_sr_ntp = 0
         self.last_sr_rtp = 0
         self.last_sr_arrival = -1.0
+        #: Bytes received per temporal layer (TID); everything without a TID counts as 0.
+        self.tid_octets = [0] * MAX_TEMPORAL_LAYERS
+        #: Bits per second per temporal layer, smoothed (see :meth:`Producer.update_rates`).
+        self.bitrates = [0.0] * MAX_TEMPORAL_LAYERS
+        self._rate_octets = [0] * MAX_TEMPORAL_LAYERS
+        self._rate_at: float | None = None
+
+    @property
+    def bitrate(self) -> float:
+        return sum(self.bitrates)
 
     def __repr__(self) -> str:
         return f"<ProducerStream {self.index} rid={self.rid} ssrc={self.ssrc}>"
+
+
+def _has_feedback(rtp_parameters: RtpParameters, type_: str, parameter: str = "") -> bool:
+    return any(
+        fb.type == type_ and fb.parameter == parameter
+        for codec in rtp_parameters.codecs
+        for fb in codec.rtcp_feedback
+    )
 
 
 @final
@@ -81,6 +150,8 @@ class Producer:
         mapping: RtpMapping,
         paused: bool,
         send_rtcp: Callable[[bytes], bool],
+        on_audio_level: Callable[[str, int], None] | None = None,
+        on_streams_changed: Callable[[Producer, float], None] | None = None,
     ) -> None:
         self.id = producer_id
         self.transport_id = transport_id
@@ -92,8 +163,14 @@ class Producer:
         self.closed = False
         self.consumers: set[Consumer] = set()
         self._send_rtcp = send_rtcp
+        self._on_audio_level = on_audio_level
+        self._on_streams_changed = on_streams_changed
         media = [c for c in rtp_parameters.codecs if not c.mime_type.lower().endswith("/rtx")]
+        self.mime_type = media[0].mime_type.lower()
         clock_rate = media[0].clock_rate
+        self.nack_enabled = kind == "video" and _has_feedback(rtp_parameters, "nack")
+        self._use_pli = _has_feedback(rtp_parameters, "nack", "pli")
+        self._use_fir = _has_feedback(rtp_parameters, "ccm", "fir") and not self._use_pli
         self.streams: list[ProducerStream] = []
         for index, (encoding, mapped) in enumerate(
             zip(rtp_parameters.encodings, mapping.encodings, strict=True)
@@ -104,6 +181,7 @@ class Producer:
                 ssrc=encoding.ssrc,
                 mapped_ssrc=mapped.mapped_ssrc,
                 clock_rate=clock_rate,
+                nack=NackGenerator() if self.nack_enabled else None,
             )
             if encoding.rtx is not None:
                 stream.rtx_ssrc = encoding.rtx.ssrc
@@ -117,43 +195,187 @@ class Producer:
         self.rtx_payload_types = frozenset(
             c.payload_type for c in rtp_parameters.codecs if c.mime_type.lower().endswith("/rtx")
         )
+        #: RTX payload type -> the media payload type it repairs (``apt``)
+        self._rtx_apt: dict[int, int] = {}
+        for codec in rtp_parameters.codecs:
+            apt = codec.parameters.get("apt")
+            if codec.payload_type in self.rtx_payload_types and isinstance(apt, int):
+                self._rtx_apt[codec.payload_type] = apt
+        self._default_media_pt = media[0].payload_type
+        self._is_vp8 = self.mime_type == "video/vp8"
+        self._is_h264 = self.mime_type == "video/h264"
+        self._audio_level_id = (
+            self.extension_ids.get(SSRC_AUDIO_LEVEL_URI)
+            if kind == "audio" and on_audio_level is not None
+            else None
+        )
+        #: The publisher's id of the transport-wide sequence number, when it negotiated
+        #: transport-cc (the router sends it feedback).
+        self.transport_cc_id = (
+            self.extension_ids.get(TRANSPORT_WIDE_CC_URI)
+            if _has_feedback(rtp_parameters, "transport-cc")
+            else None
+        )
+        self.remb_enabled = _has_feedback(rtp_parameters, "goog-remb")
+        self.dropped_bad = 0
+        #: When the first packet arrived (None: not yet).
+        self.media_started_at: float | None = None
 
     # ---- packets ---------------------------------------------------------------------
 
-    def receive_rtp(self, stream: ProducerStream, packet: bytes, now: float) -> None:
-        """A media packet of ``stream`` (not RTX). Never blocks, never raises BadPacket."""
+    def receive_rtp(
+        self, stream: ProducerStream, packet: bytes, now: float, retransmitted: bool = False
+    ) -> None:
+        """A media packet of ``stream`` (RTX already unwrapped). Never blocks, never raises
+        BadPacket: a packet its consumers cannot use is counted and dropped."""
+        size = len(packet)
         stream.packets += 1
+        stream.octets += size
+        if not stream.active:
+            stream.active = True
+            stream.active_at = now
+            if self.media_started_at is None:
+                self.media_started_at = now
+            if self._on_streams_changed is not None:
+                self._on_streams_changed(self, now)
         stream.active_at = now
-        stream.stats.update(
-            (packet[2] << 8) | packet[3],
-            int.from_bytes(packet[4:8], "big"),
-            now,
-            stream.clock_rate,
-        )
+        seq = (packet[2] << 8) | packet[3]
+        if retransmitted:
+            # Counted as received (it was repaired), left out of the jitter estimate.
+            stream.stats.received += 1
+            stream.retransmitted += 1
+        else:
+            stream.stats.update(seq, int.from_bytes(packet[4:8], "big"), now, stream.clock_rate)
+            nack = stream.nack
+            if nack is not None and nack.on_packet(seq, now):
+                self.request_keyframe(stream.index, now)
+        if self.kind == "audio":
+            if self._audio_level_id is not None and self._on_audio_level is not None:
+                try:
+                    value = find_extension_untrusted(packet, self._audio_level_id)
+                except BadPacket:
+                    value = None
+                if value:
+                    self._on_audio_level(self.id, value[0] & 0x7F)
+            if self.paused:
+                return
+            for consumer in self.consumers:
+                consumer.send_rtp(stream, packet, 0, None, False, now)
+            return
+        try:
+            _, start, end = rtp_layout_untrusted(packet)
+            info: vp8.Vp8Info | None = None
+            if self._is_vp8:
+                info = vp8.summarize_untrusted(memoryview(packet)[start:end])
+                keyframe = info.keyframe
+                tid = info.tid or 0
+            elif self._is_h264:
+                keyframe = h264.is_keyframe(memoryview(packet)[start:end])
+                tid = 0
+            else:
+                keyframe = False
+                tid = 0
+        except BadPacket:
+            self.dropped_bad += 1
+            return
+        stream.tid_octets[tid] += size
+        if keyframe:
+            stream.last_keyframe_at = now
+            stream.keyframe_requested_at = -1e9  # answered: a new request may go out
         if self.paused:
             return
         for consumer in self.consumers:
-            consumer.send_rtp(stream, packet, now)
+            consumer.send_rtp(stream, packet, start, info, keyframe, now)
+
+    def receive_rtx(self, stream: ProducerStream, packet: bytes, now: float) -> None:
+        """An RTX packet of ``stream`` from the publisher: forward the packet it repairs
+        if that was missing. Padding-only probes and duplicates are dropped."""
+        apt = self._rtx_apt.get(packet[1] & 0x7F, self._default_media_pt)
+        if stream.ssrc is None:
+            return
+        try:
+            original = rtx_unwrap_untrusted(packet, payload_type=apt, ssrc=stream.ssrc)
+        except BadPacket:
+            self.dropped_bad += 1
+            return
+        if original is None:
+            return
+        nack = stream.nack
+        if nack is None:
+            return
+        before = nack.recovered
+        nack.on_packet((original[2] << 8) | original[3], now, retransmitted=True)
+        if nack.recovered == before:
+            return  # not missing (any more): a duplicate
+        self.receive_rtp(stream, original, now, retransmitted=True)
 
     def receive_sender_report(self, stream: ProducerStream, ntp: int, rtp: int, now: float) -> None:
         stream.last_sr_ntp = ntp
         stream.last_sr_rtp = rtp
         stream.last_sr_arrival = now
 
-    def request_keyframe(self, stream_index: int, now: float) -> None:
-        """Ask the publisher for a keyframe on one stream, throttled per stream."""
+    def request_keyframe(self, stream_index: int, now: float) -> bool:
+        """Ask the publisher for a keyframe on one stream (throttled); True if one went out."""
         if self.kind != "video" or stream_index >= len(self.streams):
-            return
+            return False
         stream = self.streams[stream_index]
         if stream.ssrc is None or now - stream.keyframe_requested_at < KEYFRAME_REQUEST_INTERVAL:
-            return
+            return False
         stream.keyframe_requested_at = now
-        self._send_rtcp(build_rtcp([Pli(sender_ssrc=ROUTER_RTCP_SSRC, media_ssrc=stream.ssrc)]))
+        if self._use_fir:
+            stream.fir_seq = (stream.fir_seq + 1) & 0xFF
+            packet = build_rtcp([Fir(ROUTER_RTCP_SSRC, ((stream.ssrc, stream.fir_seq),))])
+        else:
+            packet = build_rtcp([Pli(sender_ssrc=ROUTER_RTCP_SSRC, media_ssrc=stream.ssrc)])
+        self._send_rtcp(packet)
+        return True
 
-    # ---- state -----------------------------------------------------------------------
+    def nack_feedback(self, now: float) -> list[GenericNack]:
+        """Generic NACKs for what is missing from the publisher now."""
+        out: list[GenericNack] = []
+        for stream in self.streams:
+            nack = stream.nack
+            if nack is None or stream.ssrc is None or not len(nack):
+                continue
+            seqs = nack.get_nacks(now)
+            if seqs:
+                out.append(GenericNack.from_seqs(ROUTER_RTCP_SSRC, stream.ssrc, seqs))
+        return out
 
-    def active_stream_indexes(self, now: float, window: float = 2.0) -> list[int]:
-        return [s.index for s in self.streams if now - s.active_at <= window]
+    # ---- rates and activity ----------------------------------------------------------
+
+    def update_rates(self, now: float) -> bool:
+        """Refresh each stream's bitrate per temporal layer; mark streams that went quiet
+        inactive. Returns True when a stream's activity changed."""
+        changed = False
+        for stream in self.streams:
+            last = stream._rate_at
+            stream._rate_at = now
+            octets = stream.tid_octets
+            previous = stream._rate_octets
+            if last is not None and now - last > 0:
+                span = now - last
+                rates = stream.bitrates
+                weight = min(1.0, span / 0.5)
+                for tid in range(MAX_TEMPORAL_LAYERS):
+                    rate = (octets[tid] - previous[tid]) * 8 / span
+                    rates[tid] += (rate - rates[tid]) * weight
+            stream._rate_octets = list(octets)
+            if stream.active and now - stream.active_at > ACTIVE_WINDOW:
+                stream.active = False
+                stream.bitrates = [0.0] * MAX_TEMPORAL_LAYERS
+                changed = True
+        return changed
+
+    def active_stream_indexes(self, now: float | None = None) -> list[int]:
+        return [s.index for s in self.streams if s.active]
+
+    def layer_rates(self) -> list[list[float] | None]:
+        """Per stream: its bitrate per temporal layer, or None when inactive."""
+        return [list(s.bitrates) if s.active else None for s in self.streams]
+
+    def bitrate(self) -> float:
+        return sum(s.bitrate for s in self.streams if s.active)
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -21,15 +21,28 @@ import trio
 
 from trio_sfu.dtls import DtlsCertificate
 from trio_sfu.engine.api import (
+    ActiveSpeaker,
     ConsumerClosed,
     ConsumerInfo,
+    ConsumerLayersChanged,
     ConsumerProducerPaused,
     EventCallback,
+    NetworkQuality,
     TransportClosed,
     TransportInfo,
 )
+from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
 from trio_sfu.engine.consumer import Consumer
+from trio_sfu.engine.layers import (
+    LossPolicy,
+    PolicySettings,
+    Quality,
+    allocate,
+    layer_options,
+    network_quality,
+)
 from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
+from trio_sfu.engine.speaker import ActiveSpeakerDetector
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
 from trio_sfu.errors import BadPacket, InvalidStateError, NotFoundError, UnsupportedError
 from trio_sfu.ortc import negotiation
@@ -45,9 +58,12 @@ from trio_sfu.rtcp import (
     GenericNack,
     Pli,
     ReceiverReport,
+    Remb,
+    RtcpPacket,
     Sdes,
     SdesChunk,
     SenderReport,
+    TransportCcFeedback,
     build_rtcp,
     ntp_to_compact,
     parse_rtcp_untrusted,
@@ -61,7 +77,17 @@ logger = logging.getLogger(__name__)
 
 #: How often Sender and Receiver Reports go out (RFC 3550 suggests 5 s; WebRTC uses ~1 s).
 RTCP_INTERVAL = 1.0
-#: SSRC the router uses as sender of RRs and feedback toward publishers.
+#: How often NACKs and transport-cc feedback go to publishers and bandwidth is re-planned.
+FEEDBACK_INTERVAL = 0.05
+#: How often the dominant speaker is re-evaluated.
+SPEAKER_INTERVAL = 0.3
+#: A receiver report must cover this many packets before its loss counts.
+MIN_LOSS_PACKETS = 10
+#: Probing: the first wait after a failed probe, and the longest.
+PROBE_BACKOFF = 2.0
+PROBE_BACKOFF_MAX = 30.0
+#: How long one probe cluster lasts.
+PROBE_DURATION = 0.3
 
 
 def new_id() -> str:
@@ -145,14 +171,31 @@ class RtpListener:
 
 @final
 class _TransportEntry:
+    """A transport and what the router keeps about it: its producers and consumers, the
+    bandwidth state of each direction, the loss policy of its video consumers."""
+
     __slots__ = (
+        "allocated_at",
         "cname",
         "consumers",
         "consumers_by_ssrc",
+        "desired_bitrate",
+        "estimator",
+        "last_estimate",
         "listener",
         "next_mid",
+        "next_probe_at",
+        "planned",
+        "policies",
+        "probe_backoff",
+        "probe_results_seen",
+        "probing",
         "producers",
+        "quality",
         "transport",
+        "twcc_id",
+        "twcc_recorder",
+        "uplink_prior",
     )
 
     def __init__(self, transport: WebRtcTransport) -> None:
@@ -163,6 +206,23 @@ class _TransportEntry:
         self.consumers_by_ssrc: dict[int, Consumer] = {}
         self.cname: str | None = None
         self.next_mid = 0
+        # Downlink (what the router sends on this transport).
+        self.estimator = SendSideEstimator()
+        self.last_estimate: float | None = None
+        self.planned = False
+        self.allocated_at = -1e9
+        self.desired_bitrate = 0.0
+        self.policies: dict[str, LossPolicy] = {}
+        self.next_probe_at = 0.0
+        self.probe_backoff = PROBE_BACKOFF
+        self.probe_results_seen = 0
+        self.probing = False
+        # Uplink (what the router receives): transport-cc toward the publisher.
+        self.twcc_id: int | None = None
+        self.twcc_recorder: TwccRecorder | None = None
+        #: Per producer stream: (expected, received) at the last policy tick.
+        self.uplink_prior: dict[tuple[str, int], tuple[int, int]] = {}
+        self.quality: Quality | None = None
 
 
 @final
@@ -178,6 +238,8 @@ class Router:
         on_event: EventCallback,
         transport_options: dict[str, Any],
         rtcp_interval: float = RTCP_INTERVAL,
+        policy: PolicySettings | None = None,
+        feedback_interval: float = FEEDBACK_INTERVAL,
     ) -> None:
         self.id = router_id
         self.rtp_capabilities = rtp_capabilities
@@ -186,11 +248,15 @@ class Router:
         self._on_event = on_event
         self._transport_options = transport_options
         self._rtcp_interval = rtcp_interval
+        self.policy = policy or PolicySettings()
+        self._feedback_interval = feedback_interval
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.transports: dict[str, _TransportEntry] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
+        self.speakers = ActiveSpeakerDetector()
+        self._speaker_at = -1e9
         # NTP timestamps in reports come from trio's clock, offset to the wall clock once.
         self._epoch_offset = time.time() - trio.current_time()
 
@@ -203,6 +269,8 @@ class Router:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._rtcp_loop)
+                    nursery.start_soon(self._feedback_loop)
+                    nursery.start_soon(self._policy_loop)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -224,6 +292,10 @@ class Router:
 
     def ntp_now(self, now: float) -> int:
         return unix_to_ntp(now + self._epoch_offset)
+
+    def _emit(self, event: Any) -> None:
+        if not self.closed:
+            self._on_event(event)
 
     # ---- transports --------------------------------------------------------------------
 
@@ -321,10 +393,17 @@ class Router:
             mapping=mapping,
             paused=paused,
             send_rtcp=transport.send_rtcp_nowait,
+            on_audio_level=self.speakers.add_level if kind == "audio" else None,
+            on_streams_changed=self._on_streams_changed,
         )
         entry.producers[producer.id] = producer
         entry.listener.add(producer)
         self.producers[producer.id] = producer
+        if kind == "audio":
+            self.speakers.add(producer.id)
+        if producer.transport_cc_id is not None and entry.twcc_id is None:
+            entry.twcc_id = producer.transport_cc_id
+            entry.twcc_recorder = TwccRecorder()
         return producer.id
 
     def _producer(self, producer_id: str) -> Producer:
@@ -345,6 +424,7 @@ class Router:
         for consumer in list(producer.consumers):
             self._close_consumer(consumer, "producer_closed")
         self.producers.pop(producer.id, None)
+        self.speakers.remove(producer.id)
         entry = self.transports.get(producer.transport_id)
         if entry is not None:
             entry.producers.pop(producer.id, None)
@@ -364,6 +444,13 @@ class Router:
         for consumer in producer.consumers:
             consumer.set_producer_paused(paused, now)
             self._on_event(ConsumerProducerPaused(self.id, consumer.id, paused))
+
+    def _on_streams_changed(self, producer: Producer, now: float) -> None:
+        for consumer in producer.consumers:
+            consumer.on_streams_changed(now)
+            entry = self.transports.get(consumer.transport_id)
+            if entry is not None:
+                entry.planned = False
 
     # ---- consumers ---------------------------------------------------------------------
 
@@ -399,13 +486,20 @@ class Router:
             paused=paused,
             send_rtp=entry.transport.send_rtp_nowait,
             now=now,
+            on_layers_changed=self._on_layers_changed,
+            estimator=entry.estimator,
         )
+        if consumer.bandwidth_feedback:
+            entry.estimator.expect_feedback = True
         producer.consumers.add(consumer)
         entry.consumers[consumer.id] = consumer
         entry.consumers_by_ssrc[consumer.ssrc] = consumer
+        if consumer.kind == "video":
+            entry.policies[consumer.id] = LossPolicy(self.policy)
         self.consumers[consumer.id] = consumer
+        self._plan(entry, now)
         if not paused:
-            consumer._request_sync(now)
+            consumer.start(now)
         return ConsumerInfo(
             consumer_id=consumer.id,
             producer_id=producer.id,
@@ -436,26 +530,58 @@ class Router:
         if entry is not None:
             entry.consumers.pop(consumer.id, None)
             entry.consumers_by_ssrc.pop(consumer.ssrc, None)
+            entry.policies.pop(consumer.id, None)
+            entry.planned = False
         if reason is not None and not self.closed:
             self._on_event(ConsumerClosed(self.id, consumer.id, consumer.producer_id, reason))
 
     def pause_consumer(self, consumer_id: str) -> None:
-        self._consumer(consumer_id).pause()
+        consumer = self._consumer(consumer_id)
+        consumer.pause()
+        self._replan(consumer)
 
     def resume_consumer(self, consumer_id: str) -> None:
-        self._consumer(consumer_id).resume(trio.current_time())
+        consumer = self._consumer(consumer_id)
+        consumer.resume(trio.current_time())
+        self._replan(consumer)
 
     def set_consumer_preferred_layers(
         self, consumer_id: str, spatial_layer: int, temporal_layer: int | None
     ) -> tuple[int, int]:
         consumer = self._consumer(consumer_id)
-        return consumer.set_preferred_layers(spatial_layer, temporal_layer, trio.current_time())
+        now = trio.current_time()
+        layers = consumer.set_preferred_layers(spatial_layer, temporal_layer, now)
+        entry = self.transports.get(consumer.transport_id)
+        if entry is not None:
+            self._plan(entry, now)
+        return layers
+
+    def _replan(self, consumer: Consumer) -> None:
+        entry = self.transports.get(consumer.transport_id)
+        if entry is not None:
+            entry.planned = False
+
+    def _on_layers_changed(self, consumer: Consumer) -> None:
+        self._emit(
+            ConsumerLayersChanged(
+                self.id, consumer.id, consumer.current_spatial, consumer.current_temporal
+            )
+        )
 
     # ---- the packet path ---------------------------------------------------------------
 
     def _on_rtp(self, entry: _TransportEntry, packet: bytes) -> None:
         if len(packet) < 12:
             return
+        now = trio.current_time()
+        recorder = entry.twcc_recorder
+        if recorder is not None and entry.twcc_id is not None:
+            try:
+                value = find_extension_untrusted(packet, entry.twcc_id)
+            except BadPacket:
+                return
+            if value is not None and len(value) == 2:
+                recorder.record((value[0] << 8) | value[1], now)
         ssrc = rtp_ssrc(packet)
         found = entry.listener.ssrc_table.get(ssrc)
         if found is None:
@@ -467,8 +593,9 @@ class Router:
                 return
         producer, stream, is_rtx = found
         if is_rtx:
-            return  # retransmissions from publishers are not requested yet
-        producer.receive_rtp(stream, packet, trio.current_time())
+            producer.receive_rtx(stream, packet, now)
+        else:
+            producer.receive_rtp(stream, packet, now)
 
     def _on_rtcp(self, entry: _TransportEntry, data: bytes) -> None:
         try:
@@ -486,7 +613,13 @@ class Router:
                         rtt = round_trip_time(
                             block.lsr, block.dlsr, ntp_to_compact(self.ntp_now(now))
                         )
-                        consumer.receive_report(block.fraction_lost, block.cumulative_lost, rtt)
+                        consumer.receive_report(
+                            block.fraction_lost, block.cumulative_lost, rtt, block.highest_seq
+                        )
+            elif isinstance(packet, TransportCcFeedback):
+                entry.estimator.on_feedback(packet, now)
+            elif isinstance(packet, Remb):
+                entry.estimator.on_remb(packet.bitrate, now)
             elif isinstance(packet, GenericNack):
                 consumer = entry.consumers_by_ssrc.get(packet.media_ssrc)
                 if consumer is not None:
@@ -515,7 +648,8 @@ class Router:
             self.send_reports(trio.current_time())
 
     def send_reports(self, now: float) -> None:
-        """Receiver Reports for every producer stream, Sender Reports for every consumer."""
+        """Receiver Reports (and REMB) for every producer stream, Sender Reports for every
+        consumer."""
         ntp = self.ntp_now(now)
         for entry in list(self.transports.values()):
             blocks = []
@@ -531,9 +665,12 @@ class Router:
                             stream.last_sr_arrival if stream.last_sr_ntp else None,
                         )
                     )
-            packets: list[Any] = []
+            packets: list[RtcpPacket] = []
             for start in range(0, len(blocks), 31):
                 packets.append(ReceiverReport(ROUTER_RTCP_SSRC, tuple(blocks[start : start + 31])))
+            remb = self._remb_for(entry)
+            if remb is not None:
+                packets.append(remb)
             chunks = []
             for consumer in entry.consumers.values():
                 if consumer.packets_sent == 0:
@@ -554,14 +691,264 @@ class Router:
                 # Keep each compound under a typical MTU: SRs are 28 bytes, blocks 24.
                 for start in range(0, len(packets), 16):
                     entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 16]))
-            for consumer in entry.consumers.values():
-                consumer.update_target(now)
+
+    def _remb_for(self, entry: _TransportEntry) -> Remb | None:
+        """REMB toward a publisher: what the consumers of its producers can take."""
+        total = 0.0
+        ssrcs: list[int] = []
+        wanted = False
+        for producer in entry.producers.values():
+            if producer.remb_enabled or producer.transport_cc_id is not None:
+                wanted = True
+            ssrcs += [s.ssrc for s in producer.streams if s.ssrc is not None]
+            total += _producer_demand(producer)
+        if not wanted or not ssrcs:
+            return None
+        return Remb(ROUTER_RTCP_SSRC, int(total), tuple(ssrcs[:255]))
+
+    # ---- feedback, bandwidth, speakers -------------------------------------------------
+
+    async def _feedback_loop(self) -> None:
+        while True:
+            await trio.sleep(self._feedback_interval)
+            self.feedback_tick(trio.current_time())
+
+    def feedback_tick(self, now: float) -> None:
+        """NACKs and transport-cc feedback to publishers; rates; bandwidth plans; probes."""
+        for entry in list(self.transports.values()):
+            packets: list[RtcpPacket] = []
+            for producer in entry.producers.values():
+                if producer.update_rates(now):
+                    self._on_streams_changed(producer, now)
+                if producer.nack_enabled:
+                    packets += producer.nack_feedback(now)
+            recorder = entry.twcc_recorder
+            if recorder is not None:
+                media_ssrc = next(
+                    (
+                        s.ssrc
+                        for p in entry.producers.values()
+                        for s in p.streams
+                        if s.ssrc is not None
+                    ),
+                    0,
+                )
+                packets += recorder.feedback(ROUTER_RTCP_SSRC, media_ssrc)
+            for start in range(0, len(packets), 8):
+                entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 8]))
+            if entry.consumers:
+                estimate = entry.estimator.estimate(now)
+                last = entry.last_estimate
+                if (
+                    not entry.planned
+                    or (estimate is None) != (last is None)
+                    or (
+                        estimate is not None
+                        and last is not None
+                        and abs(estimate - last) > 0.05 * last
+                    )
+                    or now - entry.allocated_at >= 1.0
+                ):
+                    self._plan(entry, now)
+                self._maybe_probe(entry, now)
+        if now - self._speaker_at >= SPEAKER_INTERVAL:
+            self._speaker_at = now
+            change = self.speakers.tick(now)
+            if change is not None:
+                self._emit(ActiveSpeaker(self.id, change[0], change[1]))
+
+    def _plan(self, entry: _TransportEntry, now: float) -> None:
+        """Share the transport's estimated bandwidth among its video consumers."""
+        entry.planned = True
+        entry.allocated_at = now
+        estimator = entry.estimator
+        estimate = estimator.estimate(now)
+        entry.last_estimate = estimate
+        audio = 0.0
+        video: list[Consumer] = []
+        demands = []
+        for consumer in entry.consumers.values():
+            if not consumer.active:
+                continue
+            if consumer.kind == "audio":
+                audio += consumer.producer.bitrate()
+                continue
+            cap = consumer.layer_options_cap()
+            options = []
+            if cap is not None:
+                options = layer_options(
+                    _layer_rates(consumer.producer),
+                    max_spatial=cap[0],
+                    max_temporal=cap[1],
+                    temporal_filtering=consumer.temporal_filtering,
+                )
+            video.append(consumer)
+            demands.append(options)
+        entry.desired_bitrate = audio + sum(o[-1].bitrate for o in demands if o)
+        budget = None if estimate is None else estimate * 0.95
+        for consumer, options, index in zip(
+            video, demands, allocate(budget, audio, demands), strict=True
+        ):
+            consumer.allocated_layers = (
+                None if index < 0 else (options[index].spatial, options[index].temporal)
+            )
+            consumer.update_layers(now)
+
+    def _maybe_probe(self, entry: _TransportEntry, now: float) -> None:
+        estimator = entry.estimator
+        if estimator.probes_finished > entry.probe_results_seen and estimator.probe_results:
+            entry.probe_results_seen = estimator.probes_finished
+            if estimator.probe_results[-1].success:
+                entry.probe_backoff = PROBE_BACKOFF
+                entry.planned = False
+            else:
+                entry.probe_backoff = min(PROBE_BACKOFF_MAX, entry.probe_backoff * 2)
+            entry.next_probe_at = now + entry.probe_backoff
+        if entry.probing or estimator.probing or not estimator.expect_feedback:
+            return
+        estimate = estimator.estimate(now)
+        if (
+            estimate is None
+            or entry.desired_bitrate <= estimate * 1.05
+            or now < entry.next_probe_at
+            or now - estimator.last_overuse < 1.0
+            or estimator.feedback_packets == 0
+        ):
+            return
+        rate = min(entry.desired_bitrate * 1.25, max(estimate * 3, 300_000.0))
+        entry.probing = True
+        entry.next_probe_at = now + entry.probe_backoff
+        self._nursery_or_fail().start_soon(self._probe, entry, rate)
+
+    async def _probe(self, entry: _TransportEntry, rate: float) -> None:
+        """Send RTX copies of recent packets on top of the media, to reach ``rate`` for
+        ``PROBE_DURATION``: the feedback tells whether the path carries it."""
+        estimator = entry.estimator
+        start = trio.current_time()
+        estimator.start_probe(start)
+        sent_at_start = estimator.bytes_sent
+        try:
+            now = start
+            while now - start < PROBE_DURATION and not entry.transport.closed:
+                due = rate * (now - start + 0.01) / 8
+                candidates = [
+                    c
+                    for c in entry.consumers.values()
+                    if c.kind == "video" and c.rtx_ssrc is not None and c.packets_sent
+                ]
+                if not candidates:
+                    break
+                turn = 0
+                while estimator.bytes_sent - sent_at_start < due:
+                    packet = candidates[turn % len(candidates)].probe_packet(now)
+                    turn += 1
+                    if packet is None:
+                        if turn > len(candidates):
+                            break
+                        continue
+                    entry.transport.send_rtp_nowait(packet)
+                await trio.sleep(0.01)
+                now = trio.current_time()
+        finally:
+            estimator.end_probe(trio.current_time())
+            entry.probing = False
+
+    # ---- the weak-network policy -------------------------------------------------------
+
+    async def _policy_loop(self) -> None:
+        while True:
+            await trio.sleep(self.policy.interval)
+            self.policy_tick(trio.current_time())
+
+    def policy_tick(self, now: float) -> None:
+        """Once per policy interval: the loss of each transport's downlink sets its video
+        consumers' levels; network quality goes out when it changed."""
+        for transport_id, entry in list(self.transports.items()):
+            down_loss, rtt = self._downlink_loss(entry)
+            for consumer_id, policy in entry.policies.items():
+                consumer = entry.consumers.get(consumer_id)
+                if consumer is None:
+                    continue
+                level = policy.update(down_loss)
+                if level != consumer.network_level:
+                    consumer.set_network_level(level, now)
+                    entry.planned = False
+            if not entry.planned:
+                self._plan(entry, now)
+            up_loss = self._uplink_loss(entry)
+            losses = [x for x in (down_loss, up_loss) if x is not None]
+            if not losses:
+                continue
+            loss = max(losses)
+            quality = network_quality(loss, None if rtt is None else rtt * 1000)
+            if quality != entry.quality:
+                entry.quality = quality
+                self._emit(
+                    NetworkQuality(
+                        self.id,
+                        transport_id,
+                        round(loss, 4),
+                        round((rtt or 0.0) * 1000, 1),
+                        quality,
+                    )
+                )
+
+    def _downlink_loss(self, entry: _TransportEntry) -> tuple[float | None, float | None]:
+        """Loss of what the router sent on this transport over the last interval: the
+        subscriber's receiver reports (lost / expected), or its NACKs (distinct sequence
+        numbers / packets sent) where they say more; and the mean RTT."""
+        expected = lost = sent = nacked = 0
+        rtts = []
+        for consumer in entry.consumers.values():
+            e, lo, s, n = consumer.loss_sample()
+            expected += e
+            lost += lo
+            sent += s
+            nacked += n
+            if consumer.rtt is not None:
+                rtts.append(consumer.rtt)
+        candidates = []
+        if expected >= MIN_LOSS_PACKETS:
+            candidates.append(lost / expected)
+        if sent >= MIN_LOSS_PACKETS and nacked:
+            candidates.append(min(1.0, nacked / sent))
+        loss = max(candidates) if candidates else None
+        rtt = sum(rtts) / len(rtts) if rtts else None
+        return loss, rtt
+
+    def _uplink_loss(self, entry: _TransportEntry) -> float | None:
+        """Loss of what the publisher sent on this transport since the last interval."""
+        expected = received = 0
+        prior = entry.uplink_prior
+        for producer in entry.producers.values():
+            for stream in producer.streams:
+                if stream.ssrc is None:
+                    continue
+                key = (producer.id, stream.index)
+                now_e, now_r = stream.stats.expected, stream.stats.received
+                before = prior.get(key)
+                prior[key] = (now_e, now_r)
+                if before is not None:
+                    expected += max(0, now_e - before[0])
+                    received += max(0, now_r - before[1])
+        if expected < MIN_LOSS_PACKETS:
+            return None
+        return max(0.0, min(1.0, (expected - received) / expected))
 
     # ---- introspection -----------------------------------------------------------------
 
     def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
         if entity_id in self.transports:
-            return [{"type": "transport", **self.transports[entity_id].transport.stats()}]
+            entry = self.transports[entity_id]
+            estimate = entry.estimator.estimate(trio.current_time())
+            return [
+                {
+                    "type": "transport",
+                    **entry.transport.stats(),
+                    "availableOutgoingBitrate": estimate,
+                    "networkQuality": entry.quality,
+                }
+            ]
         if entity_id in self.producers:
             producer = self.producers[entity_id]
             return [
@@ -572,8 +959,10 @@ class Router:
                     "rid": s.rid,
                     "packetCount": s.packets,
                     "packetsLost": s.stats.cumulative_lost,
+                    "packetsRetransmitted": s.retransmitted,
                     "fractionLost": s.stats.fraction_lost / 256,
                     "jitter": s.stats.jitter / s.clock_rate,
+                    "bitrate": s.bitrate,
                 }
                 for s in producer.streams
             ]
@@ -599,3 +988,40 @@ class Router:
                 for tid, e in self.transports.items()
             ],
         }
+
+
+#: Bitrates assumed for streams not measured yet, by simulcast index (bps).
+_DEFAULT_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
+
+
+def _layer_rates(producer: Producer) -> list[list[float] | None]:
+    """Measured bitrate per stream and temporal layer; a stream received but not measured
+    yet counts at its ``maxBitrate`` (or a default), all under temporal layer 0."""
+    rates = producer.layer_rates()
+    for index, per_tid in enumerate(rates):
+        if per_tid is not None and sum(per_tid) <= 0:
+            encoding = producer.rtp_parameters.encodings[index]
+            fallback = encoding.max_bitrate or _DEFAULT_LAYER_BITRATES[min(index, 2)]
+            rates[index] = [float(fallback)]
+    return rates
+
+
+def _producer_demand(producer: Producer) -> float:
+    """What a publisher should send for a producer: every stream up to the highest one a
+    consumer targets (all of them while nobody consumes), with 20 % headroom."""
+    streams = producer.streams
+    if producer.kind == "audio":
+        return max(producer.bitrate(), 64_000.0) * 1.2
+    consumers = [c for c in producer.consumers if c.active]
+    if consumers:
+        top = max((c.target_spatial for c in consumers if c.target_spatial is not None), default=0)
+    else:
+        top = len(streams) - 1
+    total = 0.0
+    for stream in streams[: top + 1]:
+        encoding = producer.rtp_parameters.encodings[stream.index]
+        total += (
+            max(stream.bitrate, float(encoding.max_bitrate or 0))
+            or _DEFAULT_LAYER_BITRATES[min(stream.index, 2)]
+        )
+    return total * 1.2

@@ -20,6 +20,7 @@ import trio
 
 from trio_sfu.dtls import DtlsCertificate
 from trio_sfu.engine.api import ConsumerInfo, EventCallback, Kind, TransportInfo
+from trio_sfu.engine.layers import PolicySettings
 from trio_sfu.engine.router import Router, new_id
 from trio_sfu.errors import InvalidStateError, NotFoundError
 from trio_sfu.ortc import negotiation
@@ -51,6 +52,12 @@ class WorkerSettings:
     ice_close_timeout: float = 40.0
     #: Seconds between Sender/Receiver Report rounds.
     rtcp_interval: float = 1.0
+    #: Seconds between two weak-network policy decisions (per video consumer).
+    layer_policy_interval: float = 3.0
+    #: Good policy intervals in a row before a consumer goes up one layer.
+    layer_policy_up_intervals: int = 2
+    #: Seconds between NACK / transport-cc feedback rounds and bandwidth re-planning.
+    feedback_interval: float = 0.05
     media_codecs: Sequence[RtpCodecCapability] | None = None
 
 
@@ -113,6 +120,11 @@ class Worker:
             certificate=self.certificate,
             on_event=on_event,
             rtcp_interval=self.settings.rtcp_interval,
+            policy=PolicySettings(
+                interval=self.settings.layer_policy_interval,
+                up_intervals=self.settings.layer_policy_up_intervals,
+            ),
+            feedback_interval=self.settings.feedback_interval,
             transport_options={
                 "listen_ip": self.settings.listen_ip,
                 "announced_ip": self.settings.announced_ip,

@@ -1,0 +1,182 @@
+"""Transport-wide congestion control both ways: the receiver's recorder (its feedback
+checked byte by byte) and the sender's estimator on simulated paths."""
+
+from __future__ import annotations
+
+from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
+from trio_sfu.rtcp import TransportCcFeedback, build_rtcp, parse_rtcp_untrusted
+
+
+def test_recorder_feedback_bytes() -> None:
+    recorder = TwccRecorder()
+    recorder.record(65534, 10.000000)
+    # 65535 is lost
+    recorder.record(0, 10.000500)  # wraps around
+    recorder.record(1, 10.064000)
+    feedback = recorder.feedback(sender_ssrc=1, media_ssrc=2)
+    assert len(feedback) == 1
+    expected = bytes.fromhex(
+        "8f cd 0006"  # V=2, FMT=15; PT=205 (RTPFB); length 6 words (28 bytes)
+        "00000001"  # sender SSRC
+        "00000002"  # media SSRC
+        "fffe 0004"  # base sequence number 65534; packet status count 4
+        "00009c 00"  # reference time 156 x 64 ms = 9.984 s; feedback packet count 0
+        "ac00"  # status vector chunk, 1-bit symbols: 1 0 1 1 (received, lost, received x2)
+        "40 02 fe"  # deltas in 250 us: 64 (10.000 - 9.984 s), 2 (0.5 ms), 254 (63.5 ms)
+        "000000"  # padding to 32 bits
+    )
+    assert build_rtcp(feedback) == expected
+    parsed = parse_rtcp_untrusted(expected)[0]
+    assert isinstance(parsed, TransportCcFeedback)
+    assert parsed.arrivals_us() == [
+        (65534, 10_000_000),
+        (65535, None),
+        (0, 10_000_500),
+        (1, 10_064_000),
+    ]
+    # Nothing new: no feedback. The next one starts after the last reported number and
+    # counts up the feedback packet count.
+    assert recorder.feedback(1, 2) == []
+    recorder.record(3, 10.1)
+    (next_feedback,) = recorder.feedback(1, 2)
+    assert next_feedback.base_seq == 2 and next_feedback.fb_pkt_count == 1
+    assert next_feedback.recv_deltas[0] is None
+
+
+def test_recorder_ignores_packets_already_reported_and_keeps_reordering() -> None:
+    recorder = TwccRecorder()
+    recorder.record(100, 1.0)
+    recorder.record(102, 1.002)
+    recorder.record(101, 1.003)  # reordered, before the feedback: reported as received
+    (feedback,) = recorder.feedback(1, 2)
+    assert [seq for seq, at in feedback.arrivals_us() if at is not None] == [100, 101, 102]
+    recorder.record(99, 1.01)  # reported long ago (before the base): ignored
+    assert recorder.feedback(1, 2) == []
+
+
+def test_recorder_splits_a_gap_too_long_for_one_delta() -> None:
+    recorder = TwccRecorder()
+    recorder.record(1, 0.0)
+    recorder.record(2, 20.0)  # 20 s later: more than a 16-bit delta (8.19 s) holds
+    feedback = recorder.feedback(1, 2)
+    assert [f.base_seq for f in feedback] == [1, 2]
+    assert [len(f.recv_deltas) for f in feedback] == [1, 1]
+
+
+class Path:
+    """A simulated path: a FIFO bottleneck of ``capacity`` bits per second (None: none)
+    without drops, then ``delay`` seconds; the receiver sends feedback every 100 ms."""
+
+    def __init__(
+        self, estimator: SendSideEstimator, capacity: float | None, delay: float = 0.02
+    ) -> None:
+        self.estimator = estimator
+        self.capacity = capacity
+        self.delay = delay
+        self.recorder = TwccRecorder()
+        self.now = 0.0
+        self.link_free = 0.0
+        self.next_feedback = 0.1
+        self.in_flight: list[tuple[float, int]] = []
+
+    def send(self, duration: float, rate: float, size: int = 1000) -> float:
+        """Send ``size``-byte packets at ``rate`` for ``duration``; returns the time."""
+        interval = size * 8 / rate
+        stop = self.now + duration
+        while self.now < stop:
+            seq = self.estimator.on_sent(size, self.now)
+            leave = self.now
+            if self.capacity is not None:
+                leave = max(self.now, self.link_free) + size * 8 / self.capacity
+                self.link_free = leave
+            self.in_flight.append((leave + self.delay, seq))
+            self.now += interval
+            while self.now >= self.next_feedback:
+                self._feedback(self.next_feedback)
+                self.next_feedback += 0.1
+        return self.now
+
+    def _feedback(self, at: float) -> None:
+        arrived = [(when, seq) for when, seq in self.in_flight if when <= at]
+        self.in_flight = [(when, seq) for when, seq in self.in_flight if when > at]
+        for when, seq in arrived:
+            self.recorder.record(seq, when)
+        for feedback in self.recorder.feedback(1, 2):
+            self.estimator.on_feedback(feedback, at)
+
+
+def test_estimate_is_none_until_feedback_then_follows_the_delivery_rate() -> None:
+    estimator = SendSideEstimator(initial_bitrate=300_000)
+    assert estimator.estimate(0.0) is None
+    path = Path(estimator, capacity=None)
+    path.send(0.15, 800_000)
+    # The first feedback: not enough arrivals to measure a rate yet.
+    assert estimator.feedback_packets == 1 and estimator.acked_bitrate() is None
+    assert estimator.estimate(path.now) == 300_000
+    path.send(2.85, 800_000)
+    estimate = estimator.estimate(path.now)
+    acked = estimator.acked_bitrate()
+    assert acked is not None and 760_000 < acked < 840_000
+    # At least what arrived, at most 1.5 times that: no more is known without probing.
+    assert estimate is not None and acked <= estimate <= 1.5 * acked + 10_000
+    assert estimator.queue_delay < 0.005
+
+
+def test_a_queue_building_up_brings_the_estimate_down() -> None:
+    estimator = SendSideEstimator(initial_bitrate=1_500_000)
+    path = Path(estimator, capacity=400_000)
+    # 1.2 Mbps into a 400 kbps bottleneck: the queue grows by 2 s every second.
+    path.send(2.0, 1_200_000)
+    assert estimator.queue_delay > estimator.overuse_delay
+    assert estimator.last_overuse > 1.0
+    estimate = estimator.estimate(path.now)
+    assert estimate is not None and 300_000 <= estimate <= 0.9 * 400_000
+
+
+def test_a_probe_the_path_carries_raises_the_estimate() -> None:
+    estimator = SendSideEstimator(initial_bitrate=300_000)
+    path = Path(estimator, capacity=None)
+    path.send(2.0, 300_000)
+    before = estimator.estimate(path.now)
+    assert before is not None and before < 500_000
+    estimator.start_probe(path.now)
+    path.send(0.3, 2_000_000)
+    estimator.end_probe(path.now)
+    path.send(0.5, 300_000)
+    result = estimator.probe_results[-1]
+    assert result.success, result
+    assert 1_800_000 < result.sent_bps < 2_200_000
+    after = estimator.estimate(path.now)
+    assert after is not None and after >= 1_600_000
+    assert estimator.probes_finished == 1
+
+
+def test_a_probe_into_a_bottleneck_fails() -> None:
+    estimator = SendSideEstimator(initial_bitrate=300_000)
+    path = Path(estimator, capacity=400_000)
+    path.send(2.0, 300_000)
+    estimator.start_probe(path.now)
+    path.send(0.3, 1_500_000)
+    estimator.end_probe(path.now)
+    path.send(3.0, 300_000)
+    result = estimator.probe_results[-1]
+    assert not result.success
+    assert result.delivered_bps < 0.5 * result.sent_bps
+    # The queue the probe left behind brought the estimate below the bottleneck; once it
+    # drained, the estimate is back near what the path carries.
+    estimate = estimator.estimate(path.now)
+    assert estimate is not None and 250_000 < estimate < 600_000
+
+
+def test_remb_caps_the_estimate_while_fresh() -> None:
+    estimator = SendSideEstimator()
+    estimator.on_remb(250_000, now=1.0)
+    assert estimator.estimate(1.0) == 250_000
+    assert estimator.estimate(1.0 + estimator.remb_lifetime + 0.1) is None
+
+
+def test_sequence_numbers_wrap() -> None:
+    estimator = SendSideEstimator(history=16)
+    seqs = [estimator.on_sent(100, 0.0) for _ in range(0x10002)]
+    assert seqs[:2] == [0, 1] and seqs[-3:] == [0xFFFF, 0, 1]
+    assert estimator.bytes_sent == 100 * 0x10002

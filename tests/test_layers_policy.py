@@ -1,0 +1,175 @@
+"""The weak-network policy, network quality grades and bandwidth allocation, with numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_sfu.engine.layers import (
+    LEVEL_PAUSED,
+    LEVEL_R0,
+    LEVEL_R1,
+    LEVEL_R2,
+    LayerOption,
+    LossPolicy,
+    PolicySettings,
+    allocate,
+    layer_options,
+    level_for_loss,
+    network_quality,
+    spatial_cap,
+)
+
+SETTINGS = PolicySettings()
+
+
+@pytest.mark.parametrize(
+    ("loss", "level"),
+    [
+        (0.0, LEVEL_R2),
+        (0.0499, LEVEL_R2),
+        (0.05, LEVEL_R1),  # 5-10 %: r1
+        (0.0999, LEVEL_R1),
+        (0.10, LEVEL_R0),  # 10-20 %: r0
+        (0.20, LEVEL_R0),
+        (0.2001, LEVEL_PAUSED),  # above 20 %: video paused
+        (1.0, LEVEL_PAUSED),
+    ],
+)
+def test_level_for_loss_follows_the_seed_thresholds(loss: float, level: int) -> None:
+    assert level_for_loss(loss, SETTINGS) == level
+
+
+def test_policy_goes_down_at_once() -> None:
+    policy = LossPolicy()
+    assert policy.level == LEVEL_R2
+    assert policy.update(0.30) == LEVEL_PAUSED  # straight from r2 to paused
+    policy = LossPolicy()
+    assert policy.update(0.07) == LEVEL_R1
+    assert policy.update(0.15) == LEVEL_R0
+
+
+def test_policy_goes_up_one_step_after_two_good_intervals() -> None:
+    policy = LossPolicy(level=LEVEL_PAUSED)
+    levels = [policy.update(0.0) for _ in range(7)]
+    # Paused -> r0 -> r1 -> r2, each after two intervals below the lower threshold.
+    assert levels == [
+        LEVEL_PAUSED,
+        LEVEL_R0,
+        LEVEL_R0,
+        LEVEL_R1,
+        LEVEL_R1,
+        LEVEL_R2,
+        LEVEL_R2,
+    ]
+
+
+def test_policy_up_needs_consecutive_good_intervals() -> None:
+    policy = LossPolicy(level=LEVEL_R1)
+    assert policy.update(0.01) == LEVEL_R1  # one good interval
+    assert policy.update(0.06) == LEVEL_R1  # r1's own band: the count starts again
+    assert policy.update(0.01) == LEVEL_R1
+    assert policy.update(0.01) == LEVEL_R2
+    # "Under the lower threshold": at r0, 6 % is good enough to go up to r1 ...
+    policy = LossPolicy(level=LEVEL_R0)
+    assert [policy.update(0.06) for _ in range(3)] == [LEVEL_R0, LEVEL_R1, LEVEL_R1]
+    # ... but never beyond what the loss allows.
+    assert [policy.update(0.06) for _ in range(4)] == [LEVEL_R1] * 4
+
+
+def test_policy_keeps_its_level_without_a_measurement() -> None:
+    policy = LossPolicy(level=LEVEL_R0)
+    assert policy.update(0.0) == LEVEL_R0
+    assert policy.update(None) == LEVEL_R0  # no data: neither up nor down, count kept
+    assert policy.update(0.0) == LEVEL_R1
+
+
+def test_up_intervals_is_configurable() -> None:
+    policy = LossPolicy(PolicySettings(up_intervals=1), level=LEVEL_PAUSED)
+    assert [policy.update(0.0) for _ in range(3)] == [LEVEL_R0, LEVEL_R1, LEVEL_R2]
+    policy = LossPolicy(PolicySettings(up_intervals=3), level=LEVEL_R1)
+    assert [policy.update(0.0) for _ in range(3)] == [LEVEL_R1, LEVEL_R1, LEVEL_R2]
+
+
+def test_policy_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        PolicySettings(interval=0)
+    with pytest.raises(ValueError):
+        PolicySettings(up_intervals=0)
+    with pytest.raises(ValueError):
+        PolicySettings(r1_loss=0.2, r0_loss=0.1)
+
+
+def test_spatial_cap_maps_levels_onto_the_streams_there_are() -> None:
+    assert [spatial_cap(level, 3) for level in range(4)] == [None, 0, 1, 2]
+    assert [spatial_cap(level, 2) for level in range(4)] == [None, 0, 1, 1]
+    assert [spatial_cap(level, 1) for level in range(4)] == [None, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("loss", "rtt_ms", "quality"),
+    [
+        (0.0, 20.0, "good"),
+        (0.019, 99.0, "good"),
+        (0.02, 20.0, "fair"),  # loss 2-5 %
+        (0.0, 100.0, "fair"),  # RTT 100-200 ms
+        (0.05, 20.0, "poor"),  # loss 5-20 %
+        (0.0, 200.0, "poor"),  # RTT 200-500 ms
+        (0.20, 20.0, "poor"),
+        (0.21, 20.0, "bad"),  # loss above 20 %
+        (0.0, 500.0, "bad"),  # RTT 500 ms or more
+        (0.03, 250.0, "poor"),  # the worse of the two
+        (0.25, None, "bad"),
+        (0.01, None, "good"),  # unknown RTT: loss alone
+    ],
+)
+def test_network_quality_grades(loss: float, rtt_ms: float | None, quality: str) -> None:
+    assert network_quality(loss, rtt_ms) == quality
+
+
+RATES = [
+    [50_000.0, 25_000.0, 25_000.0],  # r0: 100 kbps over three temporal layers
+    [150_000.0, 75_000.0, 75_000.0],  # r1: 300 kbps
+    [750_000.0, 375_000.0, 375_000.0],  # r2: 1.5 Mbps
+]
+
+
+def test_layer_options_sum_temporal_layers() -> None:
+    options = layer_options(RATES, max_spatial=1, max_temporal=2)
+    assert options == [
+        LayerOption(0, 0, 50_000.0),
+        LayerOption(0, 1, 75_000.0),
+        LayerOption(0, 2, 100_000.0),
+        LayerOption(1, 0, 150_000.0),
+        LayerOption(1, 1, 225_000.0),
+        LayerOption(1, 2, 300_000.0),
+    ]
+    # An inactive stream is skipped; without temporal filtering a stream is one option.
+    options = layer_options(
+        [RATES[0], None, RATES[2]], max_spatial=2, max_temporal=2, temporal_filtering=False
+    )
+    assert options == [LayerOption(0, 2, 100_000.0), LayerOption(2, 2, 1_500_000.0)]
+    assert layer_options(RATES, max_spatial=2, max_temporal=0)[-1] == LayerOption(2, 0, 750_000.0)
+
+
+def test_allocate_pays_audio_first_and_stays_within_the_budget() -> None:
+    options = layer_options(RATES, max_spatial=2, max_temporal=2)
+    # 400 kbps, 40 kbps of audio: r1 with all temporal layers (300 kbps) fits, r2 does not.
+    assert options[allocate(400_000, 40_000, [options])[0]] == LayerOption(1, 2, 300_000.0)
+    # The same budget with 120 kbps of audio: r1 without its top temporal layer.
+    assert options[allocate(400_000, 120_000, [options])[0]] == LayerOption(1, 1, 225_000.0)
+    # Unlimited: the top option.
+    assert options[allocate(None, 40_000, [options])[0]] == LayerOption(2, 2, 1_500_000.0)
+
+
+def test_allocate_shares_round_robin_and_keeps_the_lowest_layer() -> None:
+    options = layer_options(RATES, max_spatial=2, max_temporal=2)
+    # Two consumers and 650 kbps: both reach r1 (2 x 300), nobody r2.
+    first, second = allocate(650_000, 0, [options, options])
+    assert options[first] == options[second] == LayerOption(1, 2, 300_000.0)
+    # Not even the lowest layers fit: everybody keeps its first option anyway.
+    assert allocate(10_000, 40_000, [options, options, []]) == [0, 0, -1]
+
+
+def test_allocate_with_no_options_answers_minus_one() -> None:
+    assert allocate(1_000_000, 0, [[]]) == [-1]
+    assert allocate(None, 0, [[]]) == [-1]

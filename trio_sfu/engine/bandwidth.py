@@ -1,0 +1,469 @@
+"""Bandwidth estimation with transport-wide congestion control, both ways. Sans-IO.
+
+Two halves, one per direction of a transport:
+
+* :class:`TwccRecorder` is the *receiving* side: it notes the arrival time of every packet
+  by its transport-wide sequence number (the ``transport-cc`` header extension) and turns
+  them into :class:`~trio_sfu.rtcp.twcc.TransportCcFeedback` packets. The router uses it
+  toward publishers that negotiated ``transport-cc`` (so that Chromium's send-side
+  estimator works through the SFU); test clients and bots use it toward the SFU.
+
+* :class:`SendSideEstimator` is the *sending* side, one per subscriber transport: it hands
+  out transport-wide sequence numbers for what the SFU sends, remembers when and how big
+  each packet was, and reads the subscriber's transport-cc feedback (and REMB) to estimate
+  the bitrate the path carries.
+
+The estimator is deliberately simple and says what it does:
+
+* *Delivery rate*: the bits the subscriber received over the last second of arrivals.
+* *Delay*: the one-way delay of each reported packet above the smallest one seen in the
+  last few seconds is the queueing delay. A smoothed queueing delay above
+  ``overuse_delay`` means a queue is building: the estimate drops to 85 % of the delivery
+  rate (at most every ``decrease_interval``).
+* Otherwise the estimate follows the delivery rate up, and grows by 8 % a second, never
+  beyond 1.5 times the delivery rate: without probing nobody knows what lies beyond.
+* *Probing*: :meth:`SendSideEstimator.start_probe` marks a cluster of packets (the router
+  sends extra RTX copies meanwhile); when the feedback for it is in, a cluster delivered at
+  (nearly) its sending rate without a queue raises the estimate to that rate.
+* Packet loss is not an input: random loss is the weak-network policy's business
+  (:mod:`trio_sfu.engine.layers`), congestion shows as delay first.
+* REMB caps the estimate while it is fresh.
+
+Times are seconds on one monotonic clock, passed in as ``now``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final, final
+
+from trio_sfu.rtcp.twcc import TransportCcFeedback
+
+__all__ = ["ProbeResult", "SendSideEstimator", "TwccRecorder"]
+
+#: Most packets one feedback packet reports.
+MAX_FEEDBACK_PACKETS: Final = 1000
+_MAX_DELTA_US: Final = 8_000_000
+
+
+@final
+class TwccRecorder:
+    """Arrival times by transport-wide sequence number, turned into feedback packets.
+
+    :meth:`record` is cheap (one unwrap, one dict store). :meth:`feedback` reports every
+    sequence number from the first not yet reported to the highest received; a packet that
+    arrives after its number was reported is ignored (it was reported lost).
+    """
+
+    __slots__ = ("_arrivals", "_fb_count", "_highest", "_next_base", "packets")
+
+    def __init__(self) -> None:
+        self._arrivals: dict[int, float] = {}
+        self._highest: int | None = None
+        self._next_base: int | None = None
+        self._fb_count = 0
+        #: Packets recorded.
+        self.packets = 0
+
+    def record(self, seq: int, now: float) -> None:
+        """A packet with transport-wide sequence number ``seq`` (16 bits) arrived at ``now``."""
+        self.packets += 1
+        highest = self._highest
+        if highest is None:
+            ext = seq & 0xFFFF
+            self._highest = ext
+            self._next_base = ext
+        else:
+            delta = (seq - highest) & 0xFFFF
+            if delta < 0x8000:
+                ext = highest + delta
+                self._highest = ext
+            else:
+                ext = highest - (0x10000 - delta)
+                base = self._next_base
+                if base is not None and ext < base:
+                    return
+        self._arrivals[ext] = now
+
+    def feedback(self, sender_ssrc: int, media_ssrc: int) -> list[TransportCcFeedback]:
+        """Feedback for everything received since the last call (``[]`` if nothing)."""
+        highest = self._highest
+        base = self._next_base
+        if highest is None or base is None or highest < base or not self._arrivals:
+            return []
+        arrivals = self._arrivals
+        if highest - base >= 0x8000:
+            base = highest - 0x7FFF
+        out: list[TransportCcFeedback] = []
+        start = base
+        while start <= highest:
+            stop = min(highest + 1, start + MAX_FEEDBACK_PACKETS)
+            times: list[int | None] = []
+            previous: int | None = None
+            for ext in range(start, stop):
+                arrival = arrivals.get(ext)
+                if arrival is None:
+                    times.append(None)
+                    continue
+                micros = int(arrival * 1_000_000)
+                if previous is not None and abs(micros - previous) > _MAX_DELTA_US:
+                    # Too far from the previous arrival for one delta: end this packet here.
+                    stop = ext
+                    break
+                previous = micros
+                times.append(micros)
+            while times and times[-1] is None:
+                times.pop()
+                stop -= 1
+            if any(t is not None for t in times):
+                out.append(
+                    TransportCcFeedback.from_arrivals(
+                        sender_ssrc, media_ssrc, start & 0xFFFF, self._fb_count & 0xFF, times
+                    )
+                )
+                self._fb_count += 1
+            if stop <= start:
+                stop = start + 1
+            start = stop
+        self._next_base = highest + 1
+        arrivals.clear()
+        return out
+
+
+@final
+class ProbeResult:
+    """What one probe cluster achieved (for logs and tests)."""
+
+    __slots__ = ("cluster", "delivered_bps", "sent_bps", "success")
+
+    def __init__(self, cluster: int, sent_bps: float, delivered_bps: float, success: bool) -> None:
+        self.cluster = cluster
+        self.sent_bps = sent_bps
+        self.delivered_bps = delivered_bps
+        self.success = success
+
+    def __repr__(self) -> str:
+        return (
+            f"<ProbeResult {self.cluster} sent={self.sent_bps:.0f} "
+            f"delivered={self.delivered_bps:.0f} success={self.success}>"
+        )
+
+
+@final
+class _Cluster:
+    __slots__ = (
+        "ended_at",
+        "first_arrival",
+        "first_sent",
+        "first_size",
+        "id",
+        "last_arrival",
+        "last_sent",
+        "lost",
+        "received",
+        "received_bytes",
+        "sent",
+        "sent_bytes",
+        "started_at",
+    )
+
+    def __init__(self, cluster_id: int, now: float) -> None:
+        self.id = cluster_id
+        self.started_at = now
+        self.ended_at: float | None = None
+        self.sent = 0
+        self.sent_bytes = 0
+        self.first_sent = now
+        self.last_sent = now
+        self.received = 0
+        self.lost = 0
+        self.received_bytes = 0
+        self.first_arrival: float | None = None
+        self.last_arrival = 0.0
+        self.first_size = 0
+
+
+@final
+class SendSideEstimator:
+    """The bitrate one subscriber's path carries, from its transport-cc feedback and REMB.
+
+    Per sent packet call :meth:`on_sent` (it returns the transport-wide sequence number to
+    write into the packet); per feedback :meth:`on_feedback`; per REMB :meth:`on_remb`.
+    :meth:`estimate` is ``None`` until the feedback says something (no feedback: no limit).
+    """
+
+    __slots__ = (
+        "_acked",
+        "_acked_bits",
+        "_clusters",
+        "_estimate",
+        "_last_decrease",
+        "_last_update",
+        "_mask",
+        "_min_owd",
+        "_next_cluster",
+        "_queue_delay",
+        "_remb",
+        "_remb_at",
+        "_sent_cluster",
+        "_sent_seq",
+        "_sent_size",
+        "_sent_time",
+        "_seq",
+        "active_cluster",
+        "bytes_sent",
+        "decrease_interval",
+        "expect_feedback",
+        "feedback_packets",
+        "initial_bitrate",
+        "last_overuse",
+        "max_bitrate",
+        "min_bitrate",
+        "overuse_delay",
+        "probe_results",
+        "probes_finished",
+        "remb_lifetime",
+    )
+
+    def __init__(
+        self,
+        *,
+        initial_bitrate: float = 1_000_000,
+        min_bitrate: float = 30_000,
+        max_bitrate: float = 20_000_000,
+        overuse_delay: float = 0.04,
+        decrease_interval: float = 0.3,
+        remb_lifetime: float = 5.0,
+        history: int = 8192,
+    ) -> None:
+        if history & (history - 1) or not 0 < history <= 0x8000:
+            raise ValueError("history must be a power of two, at most 32768")
+        self.initial_bitrate = initial_bitrate
+        self.min_bitrate = min_bitrate
+        self.max_bitrate = max_bitrate
+        self.overuse_delay = overuse_delay
+        self.decrease_interval = decrease_interval
+        self.remb_lifetime = remb_lifetime
+        self._mask = history - 1
+        self._seq = 0
+        self._sent_seq = [-1] * history
+        self._sent_time = [0.0] * history
+        self._sent_size = [0] * history
+        self._sent_cluster = [0] * history
+        self._estimate: float | None = None
+        self._acked: deque[tuple[float, int]] = deque()
+        self._acked_bits = 0
+        # (feedback time, smallest one-way delay in it): the base for queueing delay.
+        self._min_owd: deque[tuple[float, float]] = deque()
+        self._queue_delay = 0.0
+        self._last_decrease = -1e9
+        self._last_update: float | None = None
+        self._remb: float | None = None
+        self._remb_at = -1e9
+        self._clusters: dict[int, _Cluster] = {}
+        self._next_cluster = 1
+        #: The probe cluster packets are counted in now (0: none).
+        self.active_cluster = 0
+        #: When the last overuse was seen.
+        self.last_overuse = -1e9
+        #: Feedback packets processed.
+        self.feedback_packets = 0
+        #: Bytes handed to :meth:`on_sent` (for the sending rate).
+        self.bytes_sent = 0
+        #: The subscriber negotiated transport-cc or REMB (the router may probe for it).
+        self.expect_feedback = False
+        #: Finished probes, newest last (at most 16 kept).
+        self.probe_results: deque[ProbeResult] = deque(maxlen=16)
+        #: How many probes finished so far.
+        self.probes_finished = 0
+
+    # ---- sending ------------------------------------------------------------------------
+
+    def on_sent(self, size: int, now: float) -> int:
+        """Note a packet of ``size`` bytes going out now; returns its transport-wide seq."""
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFFFF
+        self.bytes_sent += size
+        index = seq & self._mask
+        self._sent_seq[index] = seq
+        self._sent_time[index] = now
+        self._sent_size[index] = size
+        cluster_id = self.active_cluster
+        self._sent_cluster[index] = cluster_id
+        if cluster_id:
+            cluster = self._clusters.get(cluster_id)
+            if cluster is not None:
+                if not cluster.sent:
+                    cluster.first_sent = now
+                cluster.sent += 1
+                cluster.sent_bytes += size
+                cluster.last_sent = now
+        return seq
+
+    # ---- feedback -----------------------------------------------------------------------
+
+    def on_remb(self, bitrate: float, now: float) -> None:
+        self._remb = float(bitrate)
+        self._remb_at = now
+
+    def on_feedback(self, feedback: TransportCcFeedback, now: float) -> None:
+        """Read one transport-cc feedback packet from the subscriber."""
+        self.feedback_packets += 1
+        mask = self._mask
+        sent_seq = self._sent_seq
+        sent_time = self._sent_time
+        sent_size = self._sent_size
+        sent_cluster = self._sent_cluster
+        clusters = self._clusters
+        acked = self._acked
+        min_owd: float | None = None
+        owd_sum = 0.0
+        owd_count = 0
+        newest_arrival: float | None = None
+        for seq, arrival_us in feedback.arrivals_us():
+            index = seq & mask
+            if sent_seq[index] != seq:
+                continue
+            cluster = clusters.get(sent_cluster[index]) if sent_cluster[index] else None
+            if arrival_us is None:
+                if cluster is not None:
+                    cluster.lost += 1
+                continue
+            arrival = arrival_us / 1_000_000
+            size = sent_size[index]
+            owd = arrival - sent_time[index]
+            if min_owd is None or owd < min_owd:
+                min_owd = owd
+            owd_sum += owd
+            owd_count += 1
+            acked.append((arrival, size * 8))
+            self._acked_bits += size * 8
+            if newest_arrival is None or arrival > newest_arrival:
+                newest_arrival = arrival
+            if cluster is not None:
+                if cluster.first_arrival is None or arrival < cluster.first_arrival:
+                    cluster.first_arrival = arrival
+                    cluster.first_size = size
+                if arrival > cluster.last_arrival:
+                    cluster.last_arrival = arrival
+                cluster.received += 1
+                cluster.received_bytes += size
+            sent_seq[index] = -1  # reported once
+        if newest_arrival is not None:
+            while acked and acked[0][0] < newest_arrival - 1.0:
+                self._acked_bits -= acked.popleft()[1]
+        if min_owd is not None:
+            history = self._min_owd
+            history.append((now, min_owd))
+            while history and history[0][0] < now - 5.0:
+                history.popleft()
+            base = min(item[1] for item in history)
+            queue_delay = owd_sum / owd_count - base
+            self._queue_delay += (queue_delay - self._queue_delay) * 0.4
+        self._update(now)
+        self._finish_clusters(now)
+
+    @property
+    def queue_delay(self) -> float:
+        """The smoothed queueing delay seen in the feedback, in seconds."""
+        return self._queue_delay
+
+    def acked_bitrate(self) -> float | None:
+        """Bits per second the subscriber received over the last second of arrivals."""
+        acked = self._acked
+        if len(acked) < 2:
+            return None
+        span = acked[-1][0] - acked[0][0]
+        if span < 0.25:
+            return None
+        return (self._acked_bits - acked[0][1]) / span
+
+    def _update(self, now: float) -> None:
+        acked = self.acked_bitrate()
+        last = self._last_update
+        self._last_update = now
+        if acked is None:
+            return
+        estimate = self._estimate
+        if estimate is None:
+            estimate = max(self.initial_bitrate, acked)
+        if self._queue_delay > self.overuse_delay:
+            self.last_overuse = now
+            if now - self._last_decrease >= self.decrease_interval:
+                estimate = min(estimate, 0.85 * acked)
+                self._last_decrease = now
+        else:
+            dt = 0.0 if last is None else min(1.0, max(0.0, now - last))
+            limit = 1.5 * acked + 10_000
+            if estimate < limit:
+                estimate = min(limit, estimate * 1.08**dt)
+            estimate = max(estimate, acked)
+        self._estimate = min(self.max_bitrate, max(self.min_bitrate, estimate))
+
+    # ---- probing ------------------------------------------------------------------------
+
+    def start_probe(self, now: float) -> int:
+        """Count the packets sent from now on in a new probe cluster; returns its id."""
+        self.end_probe(now)
+        cluster_id = self._next_cluster
+        self._next_cluster += 1
+        self._clusters[cluster_id] = _Cluster(cluster_id, now)
+        self.active_cluster = cluster_id
+        return cluster_id
+
+    def end_probe(self, now: float) -> None:
+        cluster = self._clusters.get(self.active_cluster)
+        if cluster is not None:
+            cluster.ended_at = now
+        self.active_cluster = 0
+
+    @property
+    def probing(self) -> bool:
+        return self.active_cluster != 0 or bool(self._clusters)
+
+    def _finish_clusters(self, now: float) -> None:
+        for cluster_id, cluster in list(self._clusters.items()):
+            if cluster.ended_at is None:
+                continue
+            reported = cluster.received + cluster.lost
+            if reported < cluster.sent and now - cluster.ended_at < 1.0:
+                continue
+            del self._clusters[cluster_id]
+            duration = cluster.last_sent - cluster.first_sent
+            if cluster.sent < 4 or duration <= 0:
+                continue
+            sent_bps = (cluster.sent_bytes - cluster.first_size) * 8 / duration
+            delivered = 0.0
+            first = cluster.first_arrival
+            if first is not None and cluster.received >= 2:
+                span = cluster.last_arrival - first
+                if span > 0:
+                    # The bottleneck sets the spacing: the span can't beat the sending time.
+                    span = max(span, duration * 0.5)
+                    delivered = (cluster.received_bytes - cluster.first_size) * 8 / span
+            loss = cluster.lost / max(1, reported)
+            success = (
+                delivered >= 0.8 * sent_bps
+                and loss < 0.1
+                and self._queue_delay <= self.overuse_delay
+            )
+            self.probe_results.append(ProbeResult(cluster_id, sent_bps, delivered, success))
+            self.probes_finished += 1
+            if success:
+                rate = min(delivered, sent_bps)
+                current = self._estimate if self._estimate is not None else 0.0
+                self._estimate = min(self.max_bitrate, max(current, rate))
+
+    # ---- the answer ---------------------------------------------------------------------
+
+    def estimate(self, now: float) -> float | None:
+        """The bitrate to plan for; ``None`` while neither transport-cc nor REMB said one.
+
+        From the first transport-cc feedback on: ``initial_bitrate`` until the feedback
+        measured more (probing raises it)."""
+        value = self._estimate
+        if value is None and self.feedback_packets > 0:
+            value = self.initial_bitrate
+        if self._remb is not None and now - self._remb_at <= self.remb_lifetime:
+            value = self._remb if value is None else min(value, self._remb)
+        return value
