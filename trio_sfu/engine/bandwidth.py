@@ -18,10 +18,11 @@ The estimator is deliberately simple and says what it does:
 * *Delivery rate*: the bits the subscriber received over the last second of arrivals.
 * *Delay*: the one-way delay of each reported packet above the smallest one seen in the
   last few seconds is the queueing delay. A smoothed queueing delay above
-  ``overuse_delay`` means a queue is building: the estimate drops to 85 % of the delivery
-  rate (at most every ``decrease_interval``).
-* Otherwise the estimate follows the delivery rate up, and grows by 8 % a second, never
-  beyond 1.5 times the delivery rate: without probing nobody knows what lies beyond.
+  ``overuse_delay`` in two feedback packets in a row means a queue is building: the
+  estimate drops to 85 % of the delivery rate (at most every ``decrease_interval``).
+* Otherwise the estimate stays at least 1.25 times the delivery rate (the path carries
+  what arrived, and likely a little more) and grows by 8 % a second, never beyond 1.5
+  times the delivery rate: without probing nobody knows what lies beyond.
 * *Probing*: :meth:`SendSideEstimator.start_probe` marks a cluster of packets (the router
   sends extra RTX copies meanwhile); when the feedback for it is in, a cluster delivered at
   (nearly) its sending rate without a queue raises the estimate to that rate.
@@ -202,6 +203,7 @@ class SendSideEstimator:
         "_mask",
         "_min_owd",
         "_next_cluster",
+        "_overuse_count",
         "_queue_delay",
         "_remb",
         "_remb_at",
@@ -257,6 +259,7 @@ class SendSideEstimator:
         self._min_owd: deque[tuple[float, float]] = deque()
         self._queue_delay = 0.0
         self._last_decrease = -1e9
+        self._overuse_count = 0
         self._last_update: float | None = None
         self._remb: float | None = None
         self._remb_at = -1e9
@@ -359,7 +362,10 @@ class SendSideEstimator:
                 history.popleft()
             base = min(item[1] for item in history)
             queue_delay = owd_sum / owd_count - base
-            self._queue_delay += (queue_delay - self._queue_delay) * 0.4
+            if self.feedback_packets == 1:
+                self._queue_delay = queue_delay
+            else:
+                self._queue_delay += (queue_delay - self._queue_delay) * 0.4
         self._update(now)
         self._finish_clusters(now)
 
@@ -368,36 +374,45 @@ class SendSideEstimator:
         """The smoothed queueing delay seen in the feedback, in seconds."""
         return self._queue_delay
 
-    def acked_bitrate(self) -> float | None:
-        """Bits per second the subscriber received over the last second of arrivals."""
+    def acked_bitrate(self, min_span: float = 0.25) -> float | None:
+        """Bits per second the subscriber received over the last second of arrivals
+        (``None`` while the arrivals span less than ``min_span`` seconds)."""
         acked = self._acked
         if len(acked) < 2:
             return None
         span = acked[-1][0] - acked[0][0]
-        if span < 0.25:
+        if span < min_span or span <= 0:
             return None
         return (self._acked_bits - acked[0][1]) / span
 
     def _update(self, now: float) -> None:
-        acked = self.acked_bitrate()
         last = self._last_update
         self._last_update = now
+        # Overuse: a queue in two feedback packets in a row (one may be a hiccup).
+        if self._queue_delay > self.overuse_delay:
+            self._overuse_count += 1
+        else:
+            self._overuse_count = 0
+        overuse = self._overuse_count >= 2
+        # A queue shows after a few packets; a rate needs a quarter of a second.
+        acked = self.acked_bitrate(0.05 if overuse else 0.25)
         if acked is None:
             return
         estimate = self._estimate
-        if estimate is None:
-            estimate = max(self.initial_bitrate, acked)
-        if self._queue_delay > self.overuse_delay:
+        if overuse:
             self.last_overuse = now
-            if now - self._last_decrease >= self.decrease_interval:
-                estimate = min(estimate, 0.85 * acked)
+            if estimate is None or now - self._last_decrease >= self.decrease_interval:
+                estimate = 0.85 * acked if estimate is None else min(estimate, 0.85 * acked)
                 self._last_decrease = now
+        elif estimate is None:
+            # The path carries what arrived, and likely a little more.
+            estimate = max(self.initial_bitrate, 1.25 * acked)
         else:
             dt = 0.0 if last is None else min(1.0, max(0.0, now - last))
             limit = 1.5 * acked + 10_000
             if estimate < limit:
                 estimate = min(limit, estimate * 1.08**dt)
-            estimate = max(estimate, acked)
+            estimate = max(estimate, 1.25 * acked)
         self._estimate = min(self.max_bitrate, max(self.min_bitrate, estimate))
 
     # ---- probing ------------------------------------------------------------------------
@@ -459,11 +474,9 @@ class SendSideEstimator:
     def estimate(self, now: float) -> float | None:
         """The bitrate to plan for; ``None`` while neither transport-cc nor REMB said one.
 
-        From the first transport-cc feedback on: ``initial_bitrate`` until the feedback
-        measured more (probing raises it)."""
+        The first estimate comes once the feedback covers a quarter of a second of
+        arrivals (at least ``initial_bitrate`` then), or as soon as a queue shows."""
         value = self._estimate
-        if value is None and self.feedback_packets > 0:
-            value = self.initial_bitrate
         if self._remb is not None and now - self._remb_at <= self.remb_lifetime:
             value = self._remb if value is None else min(value, self._remb)
         return value

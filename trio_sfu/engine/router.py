@@ -86,6 +86,8 @@ MIN_LOSS_PACKETS = 10
 #: Probing: the first wait after a failed probe, and the longest.
 PROBE_BACKOFF = 2.0
 PROBE_BACKOFF_MAX = 30.0
+#: The share of a transport's estimated bandwidth its consumers are planned to use.
+BUDGET_SHARE = 0.95
 #: How long one probe cluster lasts.
 PROBE_DURATION = 0.3
 
@@ -785,12 +787,14 @@ class Router:
             video.append(consumer)
             demands.append(options)
         entry.desired_bitrate = audio + sum(o[-1].bitrate for o in demands if o)
-        budget = None if estimate is None else estimate * 0.95
+        budget = None if estimate is None else estimate * BUDGET_SHARE
         for consumer, options, index in zip(
             video, demands, allocate(budget, audio, demands), strict=True
         ):
             consumer.allocated_layers = (
-                None if index < 0 else (options[index].spatial, options[index].temporal)
+                None
+                if index < 0 or budget is None
+                else (options[index].spatial, options[index].temporal)
             )
             consumer.update_layers(now)
 
@@ -809,7 +813,7 @@ class Router:
         estimate = estimator.estimate(now)
         if (
             estimate is None
-            or entry.desired_bitrate <= estimate * 1.05
+            or entry.desired_bitrate <= estimate * BUDGET_SHARE
             or now < entry.next_probe_at
             or now - estimator.last_overuse < 1.0
             or estimator.feedback_packets == 0

@@ -1,0 +1,504 @@
+"""Simulcast end to end: a Worker, a publisher and a subscriber as real Trio client
+transports over 127.0.0.1 (UDP, DTLS, SRTP), media in real time.
+
+The publisher sends three VP8 simulcast streams (r0 / r1 / r2: 320x180 / 640x360 /
+1280x720, one / two / four packets per frame, temporal layers in the L1T3 pattern) and
+Opus, each timestamped from one capture clock and announced in Sender Reports; it answers
+PLI/FIR with a keyframe on the requested stream and NACKs with RTX. Each frame's first
+packet carries a tag (stream index and capture time) after the VP8 header, so that the
+subscriber can tell what it got. The subscriber sends what a browser sends back: receiver
+reports, NACKs and transport-cc feedback.
+
+With the impairment relay on the subscriber's downlink these are the weak-network
+acceptance tests of issue 6; without it, the layer-switching tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from trio_sfu.client.synthetic import (
+    SyntheticPublisher,
+    SyntheticReceiver,
+    SyntheticStream,
+    TransportWideCounter,
+    audio_rtp_parameters,
+    vp8_simulcast_rtp_parameters,
+)
+from trio_sfu.client.transport import ClientTransport, open_client_transport
+from trio_sfu.engine.api import ConsumerInfo, ConsumerLayersChanged, EngineEvent, NetworkQuality
+from trio_sfu.engine.worker import Worker, WorkerSettings, open_worker
+from trio_sfu.ortc.types import RtpCapabilities
+from trio_sfu.rtcp import Fir, GenericNack, Pli, build_rtcp, parse_rtcp_untrusted, unix_to_ntp
+from trio_sfu.rtp import vp8
+from trio_sfu.rtp.packet import RtpPacket
+from trio_sfu.testing.impairment import UdpRelay, open_udp_relay
+
+from .test_engine_media import device_caps
+
+#: Per stream: packets per frame, bytes per packet, keyframe size.
+LAYOUT = ((1, 350, (320, 180)), (2, 500, (640, 360)), (4, 1000, (1280, 720)))
+FPS = 30
+#: Each stream leaves the publisher this long after capture (encoders and pacers take
+#: longer for bigger pictures): a switch that went by arrival times would stutter.
+SEND_DELAY = (0.0, 0.012, 0.024)
+TAG = struct.Struct("!cBd")  # b"L", stream index, capture time
+
+
+@attrs.define
+class Received:
+    """One video packet the subscriber got (or repaired), as it arrived."""
+
+    at: float
+    seq: int
+    timestamp: int
+    recovered: bool
+    keyframe: bool
+    start: bool
+    tid: int | None
+    picture_id: int | None
+    tl0picidx: int | None
+    #: Stream index and capture time from the tag (first packet of a frame only).
+    layer: int | None
+    capture: float | None
+
+
+class Publisher:
+    """Synthetic simulcast VP8 and Opus in real time through one client transport."""
+
+    def __init__(self, client: ClientTransport, *, transport_cc: bool = True) -> None:
+        self.client = client
+        counter = TransportWideCounter()
+        self.video_parameters = vp8_simulcast_rtp_parameters(transport_cc=transport_cc)
+        self.video = SyntheticPublisher(self.video_parameters, transport_counter=counter)
+        self.audio_parameters = audio_rtp_parameters(
+            ssrc=0xA0D10, audio_level=True, transport_cc=transport_cc, dtx=True, stereo=True
+        )
+        self.audio: SyntheticStream = SyntheticPublisher(
+            self.audio_parameters, transport_counter=counter
+        ).streams[0]
+        self.keyframes_wanted: set[int] = set()
+        self.keyframe_requests: list[tuple[float, int]] = []
+        self.nacked = 0
+        self.feedback: list[Any] = []
+        self.level = 40
+        self.sent = 0
+        self.epoch = 1_700_000_000.0
+
+    def stream_index(self, ssrc: int) -> int | None:
+        for index, stream in enumerate(self.video.streams):
+            if stream.ssrc == ssrc:
+                return index
+        return None
+
+    async def run(self) -> None:
+        start = trio.current_time()
+        next_video = next_audio = start
+        next_report = start + 0.05  # once the SFU knows the streams' SSRCs
+        pending: list[tuple[float, int, bytes]] = []
+        while True:
+            now = trio.current_time()
+            capture = now - start
+            while pending and pending[0][0] <= now:
+                self.client.send_rtp(heapq.heappop(pending)[2])
+            if now >= next_audio:
+                self.client.send_rtp(
+                    self.audio.opus_frame(capture_time=capture, level=self.level, now=now)
+                )
+                next_audio += 0.02
+            if now >= next_video:
+                for index, stream in enumerate(self.video.streams):
+                    count, size, (width, height) = LAYOUT[index]
+                    keyframe = stream.frames == 0 or index in self.keyframes_wanted
+                    self.keyframes_wanted.discard(index)
+                    for packet in stream.vp8_frame(
+                        keyframe=keyframe,
+                        size=size,
+                        packets=count,
+                        tid=None,
+                        capture_time=capture,
+                        width=width,
+                        height=height,
+                        tag=TAG.pack(b"L", index, capture),
+                        now=now,
+                    ):
+                        self.sent += 1
+                        heapq.heappush(pending, (now + SEND_DELAY[index], self.sent, packet))
+                next_video += 1 / FPS
+            if now >= next_report:
+                ntp = unix_to_ntp(self.epoch + capture)
+                reports = [s.sender_report(ntp, capture) for s in self.video.streams]
+                reports.append(self.audio.sender_report(ntp, capture))
+                self.client.send_rtcp(build_rtcp(reports))
+                next_report += 0.5
+            wake = min(next_audio, next_video, next_report)
+            if pending:
+                wake = min(wake, pending[0][0])
+            await trio.sleep_until(wake)
+
+    async def serve_feedback(self) -> None:
+        while True:
+            data = await self.client.receive_rtcp()
+            for packet in parse_rtcp_untrusted(data):
+                ssrcs: list[int] = []
+                if isinstance(packet, Pli):
+                    ssrcs = [packet.media_ssrc]
+                elif isinstance(packet, Fir):
+                    ssrcs = [ssrc for ssrc, _ in packet.entries]
+                elif isinstance(packet, GenericNack):
+                    stream = next(
+                        (s for s in self.video.streams if s.ssrc == packet.media_ssrc), None
+                    )
+                    if stream is not None:
+                        for seq in packet.lost_seqs():
+                            repaired = stream.retransmit(seq)
+                            if repaired is not None:
+                                self.nacked += 1
+                                self.client.send_rtp(repaired)
+                else:
+                    self.feedback.append(packet)
+                for ssrc in ssrcs:
+                    index = self.stream_index(ssrc)
+                    if index is not None:
+                        self.keyframes_wanted.add(index)
+                        self.keyframe_requests.append((trio.current_time(), index))
+
+
+class Subscriber:
+    """Receives one video and one audio consumer; answers like a browser."""
+
+    def __init__(self, client: ClientTransport, video: ConsumerInfo, audio: ConsumerInfo) -> None:
+        self.client = client
+        self.receiver = SyntheticReceiver()
+        self.receiver.add_consumer(video.rtp_parameters)
+        self.receiver.add_consumer(audio.rtp_parameters)
+        self.video_ssrc = video.rtp_parameters.encodings[0].ssrc
+        self.audio_ssrc = audio.rtp_parameters.encodings[0].ssrc
+        rtx = video.rtp_parameters.encodings[0].rtx
+        self.video_rtx_ssrc = rtx.ssrc if rtx is not None else None
+        self.video: list[Received] = []
+        self.audio_at: list[float] = []
+        self.strays = 0
+
+    def audio_since(self, since: float) -> int:
+        return sum(1 for at in self.audio_at if at >= since)
+
+    def video_since(self, since: float) -> list[Received]:
+        return [r for r in self.video if r.at >= since]
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._rtcp)
+            nursery.start_soon(self._feedback)
+            while True:
+                data = await self.client.receive_rtp()
+                now = trio.current_time()
+                ssrc = int.from_bytes(data[8:12])
+                recovered = ssrc not in (self.video_ssrc, self.audio_ssrc)
+                if recovered and ssrc != self.video_rtx_ssrc:
+                    self.strays += 1
+                media = self.receiver.receive_rtp(data, now)
+                if media is None:
+                    continue
+                packet = RtpPacket.parse_untrusted(media)
+                if packet.ssrc == self.audio_ssrc:
+                    self.audio_at.append(now)
+                    continue
+                info = vp8.summarize_untrusted(packet.payload)
+                layer = capture = None
+                if info.start_of_frame:
+                    head = 10 if info.keyframe else 3
+                    tag = packet.payload[info.header_length + head :][: TAG.size]
+                    marker, layer, capture = TAG.unpack(tag)
+                    assert marker == b"L"
+                self.video.append(
+                    Received(
+                        now,
+                        packet.sequence_number,
+                        packet.timestamp,
+                        recovered,
+                        info.keyframe,
+                        info.start_of_frame,
+                        info.tid,
+                        info.picture_id,
+                        info.tl0picidx,
+                        layer,
+                        capture,
+                    )
+                )
+
+    async def _rtcp(self) -> None:
+        while True:
+            data = await self.client.receive_rtcp()
+            self.receiver.receive_rtcp(data, trio.current_time())
+
+    async def _feedback(self) -> None:
+        tick = 0
+        while True:
+            await trio.sleep(0.02)
+            tick += 1
+            now = trio.current_time()
+            for packet in (
+                self.receiver.nacks(now),
+                self.receiver.transport_feedback() if tick % 5 == 0 else None,
+                self.receiver.reports(now) if tick % 10 == 0 else None,
+            ):
+                if packet is not None:
+                    self.client.send_rtcp(packet)
+
+
+@attrs.define
+class Call:
+    worker: Worker
+    router_id: str
+    events: list[tuple[float, EngineEvent]]
+    publisher: Publisher
+    subscriber: Subscriber
+    video: ConsumerInfo
+    audio: ConsumerInfo
+    sub_transport_id: str
+    relay: UdpRelay | None
+
+    def layer_events(self) -> list[tuple[float, int | None, int | None]]:
+        return [
+            (at, e.spatial_layer, e.temporal_layer)
+            for at, e in self.events
+            if isinstance(e, ConsumerLayersChanged) and e.consumer_id == self.video.consumer_id
+        ]
+
+    def layers(self) -> tuple[int | None, int | None]:
+        events = self.layer_events()
+        return (events[-1][1], events[-1][2]) if events else (None, None)
+
+    def qualities(self) -> list[str]:
+        return [
+            e.quality
+            for _, e in self.events
+            if isinstance(e, NetworkQuality) and e.transport_id == self.sub_transport_id
+        ]
+
+    async def wait_for(self, condition: Callable[[], bool], limit: float) -> float:
+        """Poll ``condition`` until it holds; returns how long that took. Fails after
+        ``limit`` seconds."""
+        start = trio.current_time()
+        with trio.fail_after(limit):
+            while True:
+                if condition():
+                    return trio.current_time() - start
+                await trio.sleep(0.02)
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self.worker.get_stats(self.video.consumer_id))[0]
+
+
+@asynccontextmanager
+async def connected(
+    worker: Worker, router_id: str, *, relay: bool = False
+) -> AsyncIterator[tuple[str, ClientTransport, UdpRelay | None]]:
+    """A client transport connected to a new server transport, through the impairment
+    relay if asked."""
+    info = await worker.create_webrtc_transport(router_id)
+    candidates = info.ice_candidates
+    async with AsyncExitStack() as stack:
+        the_relay = None
+        if relay:
+            server = next(c for c in candidates if c.protocol == "udp")
+            the_relay = await stack.enter_async_context(
+                open_udp_relay((server.ip, server.port), seed=6)
+            )
+            candidates = the_relay.rewrite_candidates(candidates)
+        client = await stack.enter_async_context(
+            open_client_transport(info.ice_parameters, candidates, info.dtls_parameters)
+        )
+        await worker.connect_transport(info.transport_id, client.dtls_parameters)
+        await client.wait_connected()
+        yield info.transport_id, client, the_relay
+
+
+@asynccontextmanager
+async def open_call(
+    *,
+    policy_interval: float = 3.0,
+    relay: bool = False,
+    caps: RtpCapabilities | None = None,
+) -> AsyncIterator[Call]:
+    events: list[tuple[float, EngineEvent]] = []
+    settings = WorkerSettings(
+        rtcp_interval=0.25, layer_policy_interval=policy_interval, feedback_interval=0.05
+    )
+    async with open_worker(settings) as worker:
+        router_id = await worker.create_router(
+            lambda event: events.append((trio.current_time(), event))
+        )
+        async with (
+            connected(worker, router_id) as (pub_id, pub, _),
+            connected(worker, router_id, relay=relay) as (sub_id, sub, the_relay),
+            trio.open_nursery() as nursery,
+        ):
+            publisher = Publisher(pub)
+            video_id = await worker.produce(pub_id, "video", publisher.video_parameters)
+            audio_id = await worker.produce(pub_id, "audio", publisher.audio_parameters)
+            caps = caps or device_caps()
+            video = await worker.consume(sub_id, video_id, caps, paused=False)
+            audio = await worker.consume(sub_id, audio_id, caps, paused=False)
+            subscriber = Subscriber(sub, video, audio)
+            nursery.start_soon(subscriber.run)
+            nursery.start_soon(publisher.serve_feedback)
+            nursery.start_soon(publisher.run)
+            yield Call(
+                worker,
+                router_id,
+                events,
+                publisher,
+                subscriber,
+                video,
+                audio,
+                sub_id,
+                the_relay,
+            )
+            nursery.cancel_scope.cancel()
+
+
+def switch_points(video: list[Received]) -> Iterator[tuple[_Ext, _Ext]]:
+    """(last packet of the old stream, first of the new) at every spatial switch, in the
+    order of the forwarded sequence numbers (repaired packets included)."""
+    by_seq = sorted({r.seq_ext: r for r in extended(video)}.values(), key=lambda r: r.seq_ext)
+    layer = None
+    previous = None
+    for r in by_seq:
+        if r.layer is not None and r.layer != layer:
+            if layer is not None and previous is not None:
+                yield previous, r
+            layer = r.layer
+        previous = r
+
+
+@attrs.define
+class _Ext:
+    seq_ext: int
+    layer: int | None
+    packet: Received
+
+
+def extended(video: list[Received]) -> list[_Ext]:
+    """Each packet with an unwrapped sequence number and the stream it belongs to (the tag
+    of its frame's first packet; later packets of a frame share its timestamp)."""
+    out: list[_Ext] = []
+    highest: int | None = None
+    for r in video:
+        if highest is None:
+            ext = r.seq
+            highest = ext
+        else:
+            delta = (r.seq - highest) & 0xFFFF
+            ext = highest + delta if delta < 0x8000 else highest - (0x10000 - delta)
+            highest = max(highest, ext)
+        out.append(_Ext(ext, None, r))
+    by_seq = sorted(out, key=lambda e: e.seq_ext)
+    layer_of_ts: dict[int, int] = {}
+    for e in by_seq:
+        if e.packet.layer is not None:
+            layer_of_ts[e.packet.timestamp] = e.packet.layer
+    for e in out:
+        e.layer = layer_of_ts.get(e.packet.timestamp)
+    return out
+
+
+def assert_smooth_timestamps(video: list[Received]) -> None:
+    """Every forwarded frame's timestamp is its capture time on one 90 kHz clock: the
+    switches carried timestamps over through the Sender Reports."""
+    frames = [r for r in video if r.capture is not None]
+    assert frames
+    base = frames[0].timestamp - round(frames[0].capture * 90000)  # type: ignore[operator]
+    for r in frames:
+        assert r.capture is not None
+        expected = (base + round(r.capture * 90000)) & 0xFFFFFFFF
+        error = ((r.timestamp - expected + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+        assert abs(error) <= 90, (r, error)  # within 1 ms
+
+
+def assert_continuous(video: list[Received]) -> None:
+    """No gap in sequence numbers, PictureIDs or TL0PICIDX among these packets."""
+    seqs = sorted(e.seq_ext for e in extended(video))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence gap"
+    frames = [e.packet for e in sorted(extended(video), key=lambda e: e.seq_ext) if e.packet.start]
+    pids = [f.picture_id for f in frames]
+    assert all(pid is not None for pid in pids)
+    assert pids == [(pids[0] + i) & 0x7FFF for i in range(len(pids))], "PictureID gap"  # type: ignore[operator]
+    tl0 = [f.tl0picidx for f in frames if f.tid == 0]
+    assert tl0 == [(tl0[0] + i) & 0xFF for i in range(len(tl0))], "TL0PICIDX gap"  # type: ignore[operator]
+
+
+def assert_sent_without_gaps(video: list[Received], packets_sent: int) -> None:
+    """The first ``packets_sent`` sequence numbers from the first one all arrived."""
+    seqs = sorted(e.seq_ext for e in extended(video))
+    first = seqs[0]
+    assert [s for s in seqs if s < first + packets_sent] == list(range(first, first + packets_sent))
+
+
+async def test_preferred_layers_switch_at_keyframes_and_splice_seamlessly() -> None:
+    with trio.fail_after(40):
+        async with open_call() as call:
+            worker, consumer_id = call.worker, call.video.consumer_id
+            await call.wait_for(lambda: call.layers() == (2, 2), 5)
+            # The Opus parameters went through to the consumer as the publisher set them.
+            opus = call.audio.rtp_parameters.codecs[0]
+            assert opus.parameters["useinbandfec"] == 1
+            assert opus.parameters["usedtx"] == 1
+            assert opus.parameters["stereo"] == 1
+            assert call.audio.rtp_parameters.encodings[0].dtx is True
+
+            async def prefer(spatial: int, temporal: int | None) -> float:
+                await worker.set_consumer_preferred_layers(consumer_id, spatial, temporal)
+                want = (spatial, 2 if temporal is None else temporal)
+                return await call.wait_for(lambda: call.layers() == want, 3)
+
+            assert await prefer(0, None) < 1.0
+            await trio.sleep(0.3)
+            assert await prefer(1, 0) < 1.0
+            await trio.sleep(0.3)
+            # Only TID 0 frames of r1 now.
+            since = trio.current_time()
+            await trio.sleep(0.4)
+            recent = [r for r in call.subscriber.video_since(since) if r.start]
+            assert recent and {r.tid for r in recent} == {0}
+            assert {r.layer for r in recent} == {1}
+            assert await prefer(2, 1) < 1.0
+            await trio.sleep(0.3)
+            assert await prefer(2, None) < 1.0
+            await trio.sleep(0.3)
+
+            video = call.subscriber.video
+            assert not any(r.recovered for r in video)
+            layers = [(s, t) for _, s, t in call.layer_events()]
+            if (1, 1) in layers:
+                # r1 reached a layer-sync TID 1 frame before r2's keyframe came.
+                layers.remove((1, 1))
+            assert layers == [
+                (2, 2),
+                (0, 2),
+                (0, 0),  # the temporal layer goes down at the next frame of r0 ...
+                (1, 0),  # ... before r1's keyframe arrives
+                (2, 1),  # a spatial switch takes the target temporal layer at the keyframe
+                (2, 2),  # up a temporal layer at a layer-sync frame
+            ]
+            points = list(switch_points(video))
+            assert [(old.layer, new.layer) for old, new in points][-3:] == [(2, 0), (0, 1), (1, 2)]
+            for _old, new in points:
+                # The first packet after a switch is a keyframe.
+                assert new.packet.keyframe, new
+            assert_continuous(video)
+            assert_smooth_timestamps(video)
+            stats = await call.stats()
+            assert stats["currentLayers"] == {"spatialLayer": 2, "temporalLayer": 2}
+            # Every packet the consumer sent by then arrived, numbered without a gap.
+            await trio.sleep(0.2)
+            assert_sent_without_gaps(call.subscriber.video, stats["packetCount"])
+            assert call.subscriber.strays == 0
