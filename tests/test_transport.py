@@ -24,6 +24,7 @@ from tests.transport_helpers import (
     task_names,
 )
 from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, Fingerprint
+from trio_sfu.engine.rtc_sockets import SEND_WOULD_BLOCK
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
 from trio_sfu.errors import InvalidStateError
 from trio_sfu.ice import IceControllingClient, host_candidate_priority
@@ -160,6 +161,10 @@ async def test_egress_before_srtp_and_when_full_drops_and_counts(
                 server.connect(pair.client.dtls_parameters)
                 await pair.client.wait_connected()
                 await pair.server_received.wait_for(lambda: server.dtls_state == "connected")
+                # A kernel buffer that takes nothing now: packets go through the queue.
+                udp = server._udp
+                assert udp is not None
+                udp.try_sendto = lambda data, address: SEND_WOULD_BLOCK  # type: ignore[method-assign]
                 # No checkpoint in between: the first packet goes straight to the waiting
                 # egress task, 4 fill the queue, the rest are dropped.
                 results = [server.send_rtp_nowait(rtp_packet(i)) for i in range(7)]
@@ -167,6 +172,47 @@ async def test_egress_before_srtp_and_when_full_drops_and_counts(
                 assert dropped(server, "egress_full") == 2
                 for i in range(5):
                     assert await pair.client.receive_rtp() == rtp_packet(i)
+            nursery.cancel_scope.cancel()
+
+
+async def test_egress_sends_at_once_and_keeps_order_behind_a_queue(
+    certificate: DtlsCertificate,
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate, egress_queue_size=16) as pair:
+                server = pair.server
+                await pair.client.wait_connected()
+                await pair.server_received.wait_for(lambda: server.dtls_state == "connected")
+                udp = server._udp
+                assert udp is not None
+                sent_before = udp.send_would_block
+                # The socket takes the datagram: it is protected and sent in this call,
+                # nothing is queued (the client can read it before any checkpoint of ours).
+                assert server.send_rtp_nowait(rtp_packet(100))
+                assert server._queued == 0
+                assert server.stats()["rtp_packets_out"] == 1
+                assert await pair.client.receive_rtp() == rtp_packet(100)
+                # The kernel refuses the next one: it waits in the queue, protected. The
+                # socket takes datagrams again at once, yet the four after it queue behind
+                # it instead of overtaking (the socket is not even asked).
+                real = udp.try_sendto
+                refusals = [SEND_WOULD_BLOCK]
+                udp.try_sendto = lambda data, address: (  # type: ignore[method-assign]
+                    refusals.pop() if refusals else real(data, address)
+                )
+                assert all(server.send_rtp_nowait(rtp_packet(101 + i)) for i in range(5))
+                assert server._queued == 5 and not refusals
+                for i in range(5):
+                    assert await pair.client.receive_rtp() == rtp_packet(101 + i)
+                await trio.testing.wait_all_tasks_blocked()
+                assert server._queued == 0
+                assert server.stats()["rtp_packets_out"] == 6
+                assert udp.send_would_block == sent_before
+                # Once the queue is empty, packets go out at once again.
+                assert server.send_rtp_nowait(rtp_packet(106))
+                assert server._queued == 0
+                assert await pair.client.receive_rtp() == rtp_packet(106)
             nursery.cancel_scope.cancel()
 
 

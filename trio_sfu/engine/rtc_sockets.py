@@ -37,6 +37,11 @@ Address = tuple[str, int]
 
 DatagramHandler = Callable[[bytes, Address], None]
 
+#: :meth:`UdpListener.try_sendto` results.
+SENT: Final = 0
+SEND_WOULD_BLOCK: Final = 1
+SEND_FAILED: Final = 2
+
 # ---- RFC 7983 demultiplexing ------------------------------------------------------------
 
 KIND_STUN: Final = 0
@@ -242,6 +247,21 @@ class UdpListener:
             self.send_errors += 1
             return False
         return True
+
+    def try_sendto(self, data: bytes, address: Address) -> int:
+        """Send one datagram now: :data:`SENT`; :data:`SEND_WOULD_BLOCK` when the kernel's
+        buffer is full (nothing counted: the caller queues it for :meth:`sendto_many`);
+        :data:`SEND_FAILED` when the kernel refused it (counted in :attr:`send_errors`,
+        unless the socket is closed)."""
+        try:
+            self._sock.sendto(data, address)
+        except BlockingIOError:
+            return SEND_WOULD_BLOCK
+        except OSError:
+            if not self.closed:
+                self.send_errors += 1
+            return SEND_FAILED
+        return SENT
 
     async def sendto(self, data: bytes, address: Address) -> bool:
         """Send one datagram, waiting for the socket to become writable if needed.

@@ -41,6 +41,7 @@ import trio
 
 from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, DtlsError, Fingerprint
 from trio_sfu.engine.rtc_sockets import (
+    SEND_WOULD_BLOCK,
     Address,
     TcpListener,
     UdpListener,
@@ -73,8 +74,10 @@ FINGERPRINT_ALGORITHMS: Final = frozenset({"sha-1", "sha-224", "sha-256", "sha-3
 MAX_EARLY_DTLS: Final = 8
 EGRESS_BATCH: Final = 64
 
-_RTP: Final = False
-_RTCP: Final = True
+# What an egress queue entry holds: RTP or RTCP to protect, or either protected already.
+_KIND_RTP: Final = 0
+_KIND_RTCP: Final = 1
+_KIND_PROTECTED: Final = 2
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -174,9 +177,14 @@ class WebRtcTransport:
         self._timer_scope: trio.CancelScope | None = None
         self._udp: UdpListener | None = None
         self._tcp: TcpListener | None = None
-        self._egress_send, self._egress_receive = trio.open_memory_channel[tuple[bytes, bool]](
+        self._egress_send, self._egress_receive = trio.open_memory_channel[tuple[bytes, int]](
             egress_queue_size
         )
+        #: Entries in the egress queue or being sent by the egress task: while there are
+        #: any, new packets queue behind them.
+        self._queued = 0
+        #: The UDP tuple to send media to at once (see _refresh_direct), else None.
+        self._direct_address: Address | None = None
 
         self._dtls: DtlsEndpoint | None = None
         self._dtls_role: Literal["client", "server"] | None = None
@@ -324,6 +332,7 @@ class WebRtcTransport:
         if self.closed:
             return
         self.closed = True
+        self._direct_address = None
         self.close_reason = reason
         dtls = self._dtls
         if dtls is not None:
@@ -438,35 +447,72 @@ class WebRtcTransport:
     # ---- egress ------------------------------------------------------------------------
 
     def send_rtp_nowait(self, packet: bytes) -> bool:
-        """Queue one RTP packet for protection and sending. Never blocks; ``False`` (and a
-        counted drop) when the queue is full or SRTP is not ready yet."""
-        if self._srtp is None:
-            self.dropped_egress_not_ready += 1
-            return False
-        try:
-            self._egress_send.send_nowait((packet, _RTP))
-        except trio.WouldBlock:
-            self.dropped_egress_full += 1
-            return False
-        except trio.ClosedResourceError:
-            self.dropped_egress_not_ready += 1
-            return False
-        return True
+        """Protect and send one RTP packet, or queue it. Never blocks; ``False`` (and a
+        counted drop) when SRTP is not ready yet or the queue is full.
+
+        Over UDP, when nothing is queued before it, the packet is protected and handed to
+        the kernel right here (no task switch, no channel); only a socket that would block
+        sends it through the queue and the egress task, which keeps the order.
+        """
+        return self._send_media(packet, _KIND_RTP)
 
     def send_rtcp_nowait(self, packet: bytes) -> bool:
-        """Queue one RTCP compound packet; as :meth:`send_rtp_nowait`."""
-        if self._srtp is None:
+        """Protect and send (or queue) one RTCP compound packet; as :meth:`send_rtp_nowait`."""
+        return self._send_media(packet, _KIND_RTCP)
+
+    def _send_media(self, packet: bytes, kind: int) -> bool:
+        srtp = self._srtp
+        if srtp is None:
             self.dropped_egress_not_ready += 1
             return False
+        address = self._direct_address
+        if address is not None and not self._queued:
+            try:
+                data = srtp.protect_rtp(packet) if kind == _KIND_RTP else srtp.protect_rtcp(packet)
+            except BadPacket:
+                self.dropped_egress_protect += 1
+                return False
+            udp = self._udp
+            assert udp is not None
+            result = udp.try_sendto(data, address)
+            if result == SEND_WOULD_BLOCK:
+                return self._enqueue(data, _KIND_PROTECTED + kind)
+            if kind == _KIND_RTP:
+                self.rtp_packets_out += 1
+            else:
+                self.rtcp_packets_out += 1
+            self.packets_out += 1
+            self.bytes_out += len(data)
+            return True
+        return self._enqueue(packet, kind)
+
+    def _enqueue(self, packet: bytes, kind: int) -> bool:
         try:
-            self._egress_send.send_nowait((packet, _RTCP))
+            self._egress_send.send_nowait((packet, kind))
         except trio.WouldBlock:
             self.dropped_egress_full += 1
             return False
         except trio.ClosedResourceError:
             self.dropped_egress_not_ready += 1
             return False
+        self._queued += 1
         return True
+
+    def _refresh_direct(self) -> None:
+        """Where media may go without the egress task: the selected UDP tuple, once ICE is
+        connected and SRTP is up; None otherwise (TCP, closed, not yet)."""
+        address = self._ice.selected_address
+        if (
+            self.closed
+            or self._srtp is None
+            or self._udp is None
+            or self._selected_is_tcp
+            or address is None
+            or not self._ice.is_connected
+        ):
+            self._direct_address = None
+        else:
+            self._direct_address = address
 
     async def _egress_loop(self) -> None:
         receive = self._egress_receive.receive
@@ -482,46 +528,55 @@ class WebRtcTransport:
                     batch.append(receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            srtp = self._srtp
-            address = ice.selected_address
-            if srtp is None or address is None or not ice.is_connected:
-                self.dropped_egress_not_ready += len(batch)
-                continue
-            connection = None
-            if self._selected_is_tcp:
-                tcp = self._tcp
-                connection = tcp.connections.get(address) if tcp is not None else None
-                if connection is None:  # the selected TCP connection is gone
-                    self.dropped_send += len(batch)
-                    continue
-            protect_rtp = srtp.protect_rtp
-            protect_rtcp = srtp.protect_rtcp
-            out: list[bytes] = []
-            rtcp = 0
-            for packet, is_rtcp in batch:
-                try:
-                    if is_rtcp:
-                        out.append(protect_rtcp(packet))
-                        rtcp += 1
-                    else:
-                        out.append(protect_rtp(packet))
-                except BadPacket:
-                    self.dropped_egress_protect += 1
-            if not out:
-                continue
-            # Packets handed to the socket / TCP queue; what the kernel or a full TCP queue
-            # refuses is counted in stats()["dropped"]["send"].
-            self.rtcp_packets_out += rtcp
-            self.rtp_packets_out += len(out) - rtcp
-            self.packets_out += len(out)
-            self.bytes_out += sum(map(len, out))
-            if connection is not None:
-                for data in out:
-                    connection.send_nowait(data)
-            elif self._udp is not None:
-                await self._udp.sendto_many(out, address)
-            else:
-                self.dropped_send += len(out)
+            try:
+                await self._send_batch(batch, ice.selected_address)
+            finally:
+                # Until now, later packets queued behind these rather than overtake them.
+                self._queued -= len(batch)
+
+    async def _send_batch(self, batch: list[tuple[bytes, int]], address: Address | None) -> None:
+        srtp = self._srtp
+        if srtp is None or address is None or not self._ice.is_connected:
+            self.dropped_egress_not_ready += len(batch)
+            return
+        connection = None
+        if self._selected_is_tcp:
+            tcp = self._tcp
+            connection = tcp.connections.get(address) if tcp is not None else None
+            if connection is None:  # the selected TCP connection is gone
+                self.dropped_send += len(batch)
+                return
+        protect_rtp = srtp.protect_rtp
+        protect_rtcp = srtp.protect_rtcp
+        out: list[bytes] = []
+        rtcp = 0
+        for packet, kind in batch:
+            try:
+                if kind == _KIND_RTP:
+                    out.append(protect_rtp(packet))
+                elif kind == _KIND_RTCP:
+                    out.append(protect_rtcp(packet))
+                    rtcp += 1
+                else:  # protected already, when the socket would have blocked
+                    out.append(packet)
+                    rtcp += kind == _KIND_PROTECTED + _KIND_RTCP
+            except BadPacket:
+                self.dropped_egress_protect += 1
+        if not out:
+            return
+        # Packets handed to the socket / TCP queue; what the kernel or a full TCP queue
+        # refuses is counted in stats()["dropped"]["send"].
+        self.rtcp_packets_out += rtcp
+        self.rtp_packets_out += len(out) - rtcp
+        self.packets_out += len(out)
+        self.bytes_out += sum(map(len, out))
+        if connection is not None:
+            for data in out:
+                connection.send_nowait(data)
+        elif self._udp is not None:
+            await self._udp.sendto_many(out, address)
+        else:
+            self.dropped_send += len(out)
 
     # ---- ingress -----------------------------------------------------------------------
 
@@ -643,6 +698,7 @@ class WebRtcTransport:
             if state == "closed":
                 self.close("dtls_closed")
                 return
+        self._refresh_direct()
         self._reschedule()
 
     def _set_dtls_state(self, state: str) -> None:
@@ -665,6 +721,7 @@ class WebRtcTransport:
                 if event.state is IceState.CLOSED:
                     self.close("consent_timeout")
                     return
+        self._refresh_direct()
         self._maybe_start_dtls_client()
         self._reschedule()
 

@@ -40,9 +40,10 @@ never modified, except by :func:`rewrite_in_place`, which says so.
 
 from __future__ import annotations
 
+import operator
 import struct
-from collections.abc import Collection, Mapping
-from typing import Final, TypeAlias
+from collections.abc import Callable, Collection, Mapping
+from typing import Final, TypeAlias, final
 
 import attrs
 
@@ -53,6 +54,7 @@ __all__ = [
     "RTP_HEADER_SIZE",
     "TWO_BYTE_PROFILE",
     "Buffer",
+    "ExtensionRewriter",
     "RtpPacket",
     "build_extensions",
     "find_extension_span_untrusted",
@@ -74,6 +76,7 @@ __all__ = [
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 """Anything the readers accept: a datagram as received, or a slice of one."""
+_Check: TypeAlias = Callable[[Buffer], tuple[int, ...]]
 
 RTP_HEADER_SIZE: Final = 12
 ONE_BYTE_PROFILE: Final = 0xBEDE
@@ -322,8 +325,17 @@ def find_extension_span_untrusted(data: Buffer, ext_id: int) -> tuple[int, int] 
     transport-wide sequence number, abs-send-time) without rebuilding the packet.
 
     Cheap, not thorough: checks the fixed header, the extension block's bounds and the
-    elements up to the one found, not the padding or the elements after it.
+    elements up to the one found, not the padding or the elements after it. The last few
+    layouts in which an id was found are remembered: a packet whose bytes that the walk
+    reads (first byte, block header, element headers and padding up to the element) equal
+    one of them gets its span without a walk.
     """
+    plans = _SPAN_PLANS.get(ext_id)
+    if plans is not None:
+        size = len(data)
+        for known_check, expected, need, known_span in plans:
+            if size >= need and known_check(data) == expected:
+                return known_span
     size = len(data)
     if size < RTP_HEADER_SIZE:
         raise BadPacket("RTP packet shorter than 12 bytes")
@@ -332,19 +344,36 @@ def find_extension_span_untrusted(data: Buffer, ext_id: int) -> tuple[int, int] 
         raise BadPacket(f"RTP version {first >> 6}, expected 2")
     if not first & 0x10:
         return None
-    pos = RTP_HEADER_SIZE + ((first & 0x0F) << 2)
+    header = RTP_HEADER_SIZE + ((first & 0x0F) << 2)
     try:
-        profile, words = _EXT_HEADER.unpack_from(data, pos)
+        profile, words = _EXT_HEADER.unpack_from(data, header)
     except struct.error:
         raise BadPacket("RTP header extension header truncated") from None
-    pos += 4
+    pos = header + 4
     end = pos + (words << 2)
     if end > size:
         raise BadPacket("RTP header extension block truncated")
     found = _walk_untrusted(data, pos, end, profile, ext_id)
-    if found and found[0][0] == ext_id:
-        return found[0][1], found[0][2]
-    return None
+    if not found or found[-1][0] != ext_id:
+        return None
+    span = found[-1][1], found[-1][2]
+    if profile == ONE_BYTE_PROFILE:
+        # Remember the layout: the bytes up to the element's header, values excluded.
+        walked = _walk_untrusted(data, pos, span[0] - 1, profile) if span[0] - 1 > pos else []
+        skip: set[int] = set()
+        for _, start, stop in walked:
+            skip.update(range(start, stop))
+        positions = [0, header, header + 1, header + 2, header + 3]
+        positions += [i for i in range(pos, span[0]) if i not in skip]
+        check: _Check = operator.itemgetter(*positions)
+        plans = _SPAN_PLANS.setdefault(ext_id, [])
+        plans.insert(0, (check, check(data), max(end, RTP_HEADER_SIZE), span))
+        del plans[_MAX_SPAN_PLANS:]
+    return span
+
+
+_MAX_SPAN_PLANS: Final = 8
+_SPAN_PLANS: dict[int, list[tuple[_Check, tuple[int, ...], int, tuple[int, int]]]] = {}
 
 
 def find_extension_untrusted(data: Buffer, ext_id: int) -> bytes | None:
@@ -422,15 +451,141 @@ def rewrite_extensions_untrusted(
     the block is rebuilt, one-byte form when everything fits it, else two-byte. Either way
     the elements are the same; only the bytes between them differ.
 
+    Packets of one stream share their block's layout, so the edit is planned once per
+    layout and replayed (see :class:`ExtensionRewriter`, which a caller rewriting many
+    packets with the same maps can hold itself; this function keeps one per ``(id_map,
+    values)`` pair it sees, checked against copies of both, so mutating them is safe).
+
     Raises ``BadPacket`` for a malformed packet or extension block, ``ValueError`` for a
     ``values`` entry that fits neither form.
     """
+    key = (id(id_map), id(values))
+    rewriter = _REWRITERS.get(key)
+    if (
+        rewriter is None
+        or rewriter.id_map is not id_map
+        or rewriter.values is not values
+        or not rewriter.unchanged()
+    ):
+        if len(_REWRITERS) >= _MAX_REWRITERS:
+            _REWRITERS.clear()
+        rewriter = _REWRITERS[key] = ExtensionRewriter(id_map, values)
+    return rewriter.rewrite_untrusted(data)
+
+
+def _rewrite_extensions_slow_untrusted(
+    data: Buffer, id_map: Mapping[int, int], values: Mapping[int, Buffer] | None
+) -> tuple[bytearray, _ExtensionPlan | None]:
+    """The rewrite, and the plan to replay it on packets of the same layout (or None)."""
     csrc_end, payload_start, _ = rtp_layout_untrusted(data)
     if data[0] & 0x10 and data[csrc_end] == 0xBE and data[csrc_end + 1] == 0xDE:
-        out = _edit_one_byte_untrusted(data, csrc_end, payload_start, id_map, values)
+        origin = list(range(payload_start))
+        out = _edit_one_byte_untrusted(data, csrc_end, payload_start, id_map, values, origin)
         if out is not None:
-            return out
-    return _rebuild_extensions_untrusted(data, csrc_end, payload_start, id_map, values)
+            plan = None
+            if not data[0] & 0x20:  # a padded packet's count is checked every time
+                plan = _ExtensionPlan(data, out, origin, csrc_end, payload_start)
+            return out, plan
+    return _rebuild_extensions_untrusted(data, csrc_end, payload_start, id_map, values), None
+
+
+@final
+class _ExtensionPlan:
+    """How one extension block layout is rewritten: which input bytes must be as they were
+    (first byte, block header, element headers, padding), the output block with constants
+    in place, and which input ranges (values of kept elements) are copied into it."""
+
+    __slots__ = ("check", "copies", "csrc_end", "expected", "payload_start", "template")
+
+    def __init__(
+        self, data: Buffer, out: bytearray, origin: list[int], csrc_end: int, payload_start: int
+    ) -> None:
+        # origin[i]: the input index output byte i came from, -1 for a byte written anew;
+        # len(origin) is where the output block ends. Every input byte of the block outside
+        # an element's value is checked on replay: those bytes decide the layout.
+        values: set[int] = set()
+        for _, start, stop in _walk_untrusted(data, csrc_end + 4, payload_start, ONE_BYTE_PROFILE):
+            values.update(range(start, stop))
+        positions = [0, csrc_end, csrc_end + 1, csrc_end + 2, csrc_end + 3]
+        positions += [i for i in range(csrc_end + 4, payload_start) if i not in values]
+        self.check: _Check = operator.itemgetter(*positions)
+        self.expected = self.check(data)
+        self.csrc_end = csrc_end
+        self.payload_start = payload_start
+        new_end = len(origin)
+        template = bytearray(out[:new_end])
+        copies: list[tuple[int, int, int]] = []
+        index = csrc_end + 4
+        while index < new_end:
+            src = origin[index]
+            if src not in values:  # written anew, or a checked byte: a constant
+                index += 1
+                continue
+            run = 1
+            while index + run < new_end and origin[index + run] == src + run:
+                run += 1
+            copies.append((index, src, run))
+            template[index : index + run] = bytes(run)
+            index += run
+        self.template = bytes(template)
+        self.copies = tuple(copies)
+
+    def apply(self, data: Buffer) -> bytearray | None:
+        """The rewritten packet, or None when ``data`` does not have this layout."""
+        if len(data) < self.payload_start or self.check(data) != self.expected:
+            return None
+        csrc_end = self.csrc_end
+        out = bytearray(self.template)
+        out[:csrc_end] = data[:csrc_end]
+        for dst, src, size in self.copies:
+            out[dst : dst + size] = data[src : src + size]
+        out += data[self.payload_start :]
+        return out
+
+
+_MAX_REWRITERS: Final = 4096
+_MAX_PLANS: Final = 4
+_REWRITERS: dict[tuple[int, int], ExtensionRewriter] = {}
+
+
+@final
+class ExtensionRewriter:
+    """:func:`rewrite_extensions_untrusted` with fixed ``id_map`` and ``values``, planned
+    once per extension block layout (a stream's packets share theirs) and replayed: the
+    replay checks every byte the walk would have looked at, so it accepts exactly the
+    packets the walk accepts and returns the same bytes.
+
+    The maps are copied at construction; :meth:`unchanged` says whether the originals
+    still equal the copies.
+    """
+
+    __slots__ = ("_map_copy", "_plans", "_values_copy", "id_map", "values")
+
+    def __init__(self, id_map: Mapping[int, int], values: Mapping[int, Buffer] | None) -> None:
+        self.id_map = id_map
+        self.values = values
+        self._map_copy = dict(id_map)
+        self._values_copy = {k: bytes(v) for k, v in values.items()} if values is not None else None
+        self._plans: list[_ExtensionPlan] = []
+
+    def unchanged(self) -> bool:
+        return self.id_map == self._map_copy and (
+            self.values == self._values_copy
+            if self.values is not None
+            else self._values_copy is None
+        )
+
+    def rewrite_untrusted(self, data: Buffer) -> bytearray:
+        """As :func:`rewrite_extensions_untrusted` with this rewriter's maps."""
+        for known in self._plans:
+            replayed = known.apply(data)
+            if replayed is not None:
+                return replayed
+        out, plan = _rewrite_extensions_slow_untrusted(data, self._map_copy, self._values_copy)
+        if plan is not None:
+            self._plans.insert(0, plan)
+            del self._plans[_MAX_PLANS:]
+        return out
 
 
 def _edit_one_byte_untrusted(
@@ -439,9 +594,12 @@ def _edit_one_byte_untrusted(
     payload_start: int,
     id_map: Mapping[int, int],
     values: Mapping[int, Buffer] | None,
+    origin: list[int],
 ) -> bytearray | None:
-    # The fast path of rewrite_extensions_untrusted(); None when the result would need the
-    # two-byte form or would have no element (the rebuild handles both).
+    # The in-place edit of rewrite_extensions_untrusted(); None when the result would need
+    # the two-byte form or would have no element (the rebuild handles both). ``origin``
+    # (list(range(payload_start)) on entry) follows each output byte of the header to the
+    # input byte it came from, -1 for one written here: the replay plan is made from it.
     out = bytearray(data[:payload_start])
     kept = 0  # bit n: new id n is in the block
     placed = 0  # bit n: values[n] is in the block
@@ -455,6 +613,7 @@ def _edit_one_byte_untrusted(
         ext_id = byte >> 4
         if ext_id == 15:  # the end, by RFC 8285; what follows is dropped
             out[pos:end] = bytes(end - pos)
+            origin[pos:end] = [-1] * (end - pos)
             break
         if ext_id == 0:
             raise BadPacket("one-byte header extension element with id 0")
@@ -465,23 +624,27 @@ def _edit_one_byte_untrusted(
         new_id = id_map.get(ext_id)
         if new_id is None or (0 < new_id < 15 and kept >> new_id & 1):
             out[pos:stop] = bytes(stop - pos)  # dropped, or a later duplicate
+            origin[pos:stop] = [-1] * (stop - pos)
         elif not 0 < new_id < 15:
             return None
         else:
             kept |= 1 << new_id
             value = values.get(new_id) if values else None
+            out[pos] = (new_id << 4) | (byte & 0x0F)
+            origin[pos] = -1
             if value is None:
-                out[pos] = (new_id << 4) | (byte & 0x0F)
                 tail = stop
             elif len(value) == stop - start:
-                out[pos] = (new_id << 4) | (byte & 0x0F)
                 out[start:stop] = value
+                origin[start:stop] = [-1] * (stop - start)
                 placed |= 1 << new_id
                 tail = stop
             else:
                 out[pos:stop] = bytes(stop - pos)  # appended below with its new length
+                origin[pos:stop] = [-1] * (stop - pos)
         pos = stop
     del out[tail:]  # padding and dropped elements after the last element kept
+    del origin[tail:]
     if values:
         for new_id, value in values.items():
             if not 0 < new_id < 15 or not 0 < len(value) <= 16:
@@ -489,11 +652,15 @@ def _edit_one_byte_untrusted(
             if not placed >> new_id & 1:
                 out.append((new_id << 4) | (len(value) - 1))
                 out += value
+                origin += [-1] * (1 + len(value))
                 kept |= 1 << new_id
     if not kept:
         return None
-    out += bytes(-len(out) % 4)  # csrc_end is a multiple of 4
+    padding = -len(out) % 4  # csrc_end is a multiple of 4
+    out += bytes(padding)
+    origin += [-1] * padding
     _U16.pack_into(out, csrc_end + 2, (len(out) - csrc_end - 4) >> 2)
+    origin[csrc_end + 2] = origin[csrc_end + 3] = -1
     out += data[payload_start:]
     return out
 
