@@ -88,6 +88,7 @@ COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
     ("rss_mib", "server RSS MiB", "{:.1f}"),
     ("rss_per_consumer_kib", "RSS/consumer KiB", "{:.1f}"),
     ("generator_cpu", "gen CPU %", "{:.0f}"),
+    ("other_load_server_core", "other load on server core %", "{:.0f}"),
     ("ratio", "SFU/relay", "{:.2f}"),
 )
 
@@ -148,6 +149,19 @@ def cpus_allowed(pid: int) -> str:
             if line.startswith("Cpus_allowed_list:"):
                 return line.split(":", 1)[1].strip()
     return "?"
+
+
+def core_busy(cpu: int | None) -> float:
+    """Seconds CPU ``cpu`` was busy so far (``/proc/stat``: all but idle and iowait), by
+    anyone; for the whole machine when ``cpu`` is None."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    with open("/proc/stat") as file:
+        for line in file:
+            fields = line.split()
+            if fields[0] == name:
+                ticks = [int(x) for x in fields[1:8]]
+                return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _cpu_model() -> str:
@@ -351,10 +365,12 @@ async def run_one(
         await trio.sleep_until(w0 + offset)
         pids = [server.pid] + [g.pid for g in generators]
         before = {pid: cpu_seconds(pid) for pid in pids}
+        cores_before = (core_busy(opts.server_cpu), core_busy(opts.generator_cpu))
         if profile:
             spy = await _start_py_spy(server.pid, opts, scenario)
         await trio.sleep_until(w1 + offset)
         after = {pid: cpu_seconds(pid) for pid in pids}
+        cores_after = (core_busy(opts.server_cpu), core_busy(opts.generator_cpu))
         rss = rss_bytes(server.pid)
         cpu_list = cpus_allowed(server.pid)
         results = []
@@ -420,6 +436,17 @@ async def run_one(
         "ratio": None,
     }
     row["generator_bound"] = row["generator_cpu"] >= GENERATOR_BUSY
+    if opts.server_cpu is not None and opts.generator_cpu is not None:
+        # What else ran on the two cores meanwhile (other processes of the machine; also
+        # kernel work such as softirqs not charged to our processes).
+        row["other_load_server_core"] = max(
+            0.0, (cores_after[0] - cores_before[0] - server_cpu) / window * 100
+        )
+        row["other_load_generator_core"] = max(
+            0.0, (cores_after[1] - cores_before[1] - generator_cpu) / window * 100
+        )
+    else:
+        row["other_load_server_core"] = row["other_load_generator_core"] = None
     if profile_text is not None:
         row["profile"] = profile_text
     return row
@@ -606,7 +633,10 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         "baseline of what the load generators and the kernel add); *RSS/consumer* the "
         "server's RSS growth from idle divided by consumers (transports, sessions and "
         "buffers included); *gen CPU %* the load generators' CPU on their one core (⚠: "
-        f"≥ {GENERATOR_BUSY:g} %, the generators may be the bottleneck of that row).",
+        f"≥ {GENERATOR_BUSY:g} %, the generators may be the bottleneck of that row); *other "
+        "load on server core* what else kept the server's core busy during the window (other "
+        "processes of this shared machine, and kernel work not charged to the server): "
+        "where it is high, the server got less than a core and the row understates it.",
         "",
         "## Results",
         "",
