@@ -133,30 +133,40 @@ RATES = [
 ]
 
 
-def test_layer_options_sum_temporal_layers() -> None:
-    options = layer_options(RATES, max_spatial=1, max_temporal=2)
+def test_layer_options_sum_temporal_layers_of_the_lowest_stream_only() -> None:
+    options = layer_options(RATES, max_spatial=2, max_temporal=2)
     assert options == [
-        LayerOption(0, 0, 50_000.0),
+        LayerOption(0, 0, 50_000.0),  # r0 at a quarter of the frame rate
         LayerOption(0, 1, 75_000.0),
         LayerOption(0, 2, 100_000.0),
+        LayerOption(1, 2, 300_000.0),  # higher streams whole
+        LayerOption(2, 2, 1_500_000.0),
+    ]
+    # An inactive stream is skipped: the lowest stream received gets the temporal steps.
+    assert layer_options([None, RATES[1], RATES[2]], max_spatial=2, max_temporal=1) == [
         LayerOption(1, 0, 150_000.0),
         LayerOption(1, 1, 225_000.0),
-        LayerOption(1, 2, 300_000.0),
+        LayerOption(2, 1, 1_125_000.0),
     ]
-    # An inactive stream is skipped; without temporal filtering a stream is one option.
+    # Without temporal filtering every stream is one option.
     options = layer_options(
         [RATES[0], None, RATES[2]], max_spatial=2, max_temporal=2, temporal_filtering=False
     )
     assert options == [LayerOption(0, 2, 100_000.0), LayerOption(2, 2, 1_500_000.0)]
-    assert layer_options(RATES, max_spatial=2, max_temporal=0)[-1] == LayerOption(2, 0, 750_000.0)
+    assert layer_options(RATES, max_spatial=1, max_temporal=0) == [
+        LayerOption(0, 0, 50_000.0),
+        LayerOption(1, 0, 150_000.0),
+    ]
 
 
 def test_allocate_pays_audio_first_and_stays_within_the_budget() -> None:
     options = layer_options(RATES, max_spatial=2, max_temporal=2)
-    # 400 kbps, 40 kbps of audio: r1 with all temporal layers (300 kbps) fits, r2 does not.
+    # 400 kbps, 40 kbps of audio: r1 (300 kbps) fits, r2 does not.
     assert options[allocate(400_000, 40_000, [options])[0]] == LayerOption(1, 2, 300_000.0)
-    # The same budget with 120 kbps of audio: r1 without its top temporal layer.
-    assert options[allocate(400_000, 120_000, [options])[0]] == LayerOption(1, 1, 225_000.0)
+    # The same budget with 120 kbps of audio: r0.
+    assert options[allocate(400_000, 120_000, [options])[0]] == LayerOption(0, 2, 100_000.0)
+    # 90 kbps for video: r0 without its top temporal layer.
+    assert options[allocate(130_000, 40_000, [options])[0]] == LayerOption(0, 1, 75_000.0)
     # Unlimited: the top option.
     assert options[allocate(None, 40_000, [options])[0]] == LayerOption(2, 2, 1_500_000.0)
 

@@ -39,7 +39,7 @@ from trio_sfu.ortc.types import RtpCapabilities
 from trio_sfu.rtcp import Fir, GenericNack, Pli, build_rtcp, parse_rtcp_untrusted, unix_to_ntp
 from trio_sfu.rtp import vp8
 from trio_sfu.rtp.packet import RtpPacket
-from trio_sfu.testing.impairment import UdpRelay, open_udp_relay
+from trio_sfu.testing.impairment import Impairment, UdpRelay, open_udp_relay
 
 from .test_engine_media import device_caps
 
@@ -248,7 +248,7 @@ class Subscriber:
             for packet in (
                 self.receiver.nacks(now),
                 self.receiver.transport_feedback() if tick % 5 == 0 else None,
-                self.receiver.reports(now) if tick % 10 == 0 else None,
+                self.receiver.reports(now) if tick % 5 == 0 else None,
             ):
                 if packet is not None:
                     self.client.send_rtcp(packet)
@@ -300,7 +300,7 @@ class Call:
 
 @asynccontextmanager
 async def connected(
-    worker: Worker, router_id: str, *, relay: bool = False
+    worker: Worker, router_id: str, *, relay: bool = False, downlink: Impairment | None = None
 ) -> AsyncIterator[tuple[str, ClientTransport, UdpRelay | None]]:
     """A client transport connected to a new server transport, through the impairment
     relay if asked."""
@@ -311,7 +311,7 @@ async def connected(
         if relay:
             server = next(c for c in candidates if c.protocol == "udp")
             the_relay = await stack.enter_async_context(
-                open_udp_relay((server.ip, server.port), seed=6)
+                open_udp_relay((server.ip, server.port), downlink=downlink, seed=6)
             )
             candidates = the_relay.rewrite_candidates(candidates)
         client = await stack.enter_async_context(
@@ -327,6 +327,7 @@ async def open_call(
     *,
     policy_interval: float = 3.0,
     relay: bool = False,
+    downlink: Impairment | None = None,
     caps: RtpCapabilities | None = None,
 ) -> AsyncIterator[Call]:
     events: list[tuple[float, EngineEvent]] = []
@@ -339,7 +340,11 @@ async def open_call(
         )
         async with (
             connected(worker, router_id) as (pub_id, pub, _),
-            connected(worker, router_id, relay=relay) as (sub_id, sub, the_relay),
+            connected(worker, router_id, relay=relay, downlink=downlink) as (
+                sub_id,
+                sub,
+                the_relay,
+            ),
             trio.open_nursery() as nursery,
         ):
             publisher = Publisher(pub)
@@ -445,7 +450,8 @@ def assert_sent_without_gaps(video: list[Received], packets_sent: int) -> None:
 
 async def test_preferred_layers_switch_at_keyframes_and_splice_seamlessly() -> None:
     with trio.fail_after(40):
-        async with open_call() as call:
+        # No bandwidth feedback from this subscriber: only the preference moves layers.
+        async with open_call(caps=device_caps(bandwidth_feedback=False)) as call:
             worker, consumer_id = call.worker, call.video.consumer_id
             await call.wait_for(lambda: call.layers() == (2, 2), 5)
             # The Opus parameters went through to the consumer as the publisher set them.
@@ -502,3 +508,118 @@ async def test_preferred_layers_switch_at_keyframes_and_splice_seamlessly() -> N
             await trio.sleep(0.2)
             assert_sent_without_gaps(call.subscriber.video, stats["packetCount"])
             assert call.subscriber.strays == 0
+
+
+#: The policy interval of the weak-network test (3 s by default): short to keep the test
+#: short, long enough that each interval sees well over a hundred packets.
+POLICY = 1.0
+
+
+async def test_weak_network_steps_down_to_audio_only_and_climbs_back() -> None:
+    """Loss on the subscriber's downlink: 0 % r2, 7 % r1, 15 % r0, 30 % video paused
+    (audio kept), each within two policy intervals and stable; back at 0 % it climbs back
+    to r2 one layer per two good intervals."""
+    with trio.fail_after(90):
+        async with open_call(
+            policy_interval=POLICY, relay=True, downlink=Impairment(loss_model="spread")
+        ) as call:
+            relay = call.relay
+            assert relay is not None
+            await call.wait_for(lambda: call.layers() == (2, 2), 5)
+            for loss, want in ((0.07, 1), (0.15, 0), (0.30, None)):
+                relay.downlink.loss = loss
+                took = await call.wait_for(
+                    lambda want=want: call.layers()[0] == want, 2 * POLICY + 2
+                )
+                # Two policy intervals, then a keyframe of the new stream (a frame or two).
+                assert took <= 2 * POLICY + 0.5, (loss, took)
+                seen = len(call.layer_events())
+                since = trio.current_time()
+                await trio.sleep(2 * POLICY)
+                # It stays there.
+                assert all(s == want for _, s, _ in call.layer_events()[seen:]), loss
+                assert call.layers()[0] == want
+                audio = call.subscriber.audio_since(since)
+                assert audio >= (1 - loss) * 50 * 2 * POLICY * 0.8, (loss, audio)
+                # (Repairs of what was lost before may still come in: left out here.)
+                frames = [
+                    r for r in call.subscriber.video_since(since) if r.start and not r.recovered
+                ]
+                if want is None:
+                    assert call.layers() == (None, None)
+                    assert not frames
+                else:
+                    assert frames and {r.layer for r in frames if r.layer is not None} == {want}
+            assert call.qualities()[-1] == "bad"
+            relay.downlink.loss = 0.0
+            started = trio.current_time()
+            climbed = []
+            for want in (0, 1, 2):
+                await call.wait_for(lambda want=want: call.layers()[0] == want, 4 * POLICY + 2)
+                climbed.append(trio.current_time() - started)
+            await call.wait_for(lambda: call.layers() == (2, 2), 2)
+            # One layer per two good intervals (the first interval may still hold loss).
+            assert climbed[0] <= 3 * POLICY + 0.5
+            assert climbed[1] - climbed[0] >= 2 * POLICY - 0.3
+            assert climbed[2] - climbed[1] >= 2 * POLICY - 0.3
+            await call.wait_for(lambda: call.qualities()[-1] == "good", 3 * POLICY)
+            qualities = call.qualities()
+            assert "poor" in qualities and "bad" in qualities
+            await trio.sleep(0.5)  # what was forwarded by now has arrived
+
+            video = call.subscriber.video
+            spatial = [s for _, s, _ in call.layer_events()]
+            assert spatial[-6:] == [1, 0, None, 0, 1, 2]
+            points = list(switch_points(video))
+            assert (
+                [(old.layer, new.layer) for old, new in points][-5:]
+                == [
+                    (2, 1),
+                    (1, 0),
+                    (0, 0),  # after the pause: a keyframe of r0 again
+                    (0, 1),
+                    (1, 2),
+                ]
+                or [(old.layer, new.layer) for old, new in points][-4:]
+                == [
+                    (2, 1),
+                    (1, 0),
+                    (0, 1),
+                    (1, 2),
+                ]
+            )
+            for _old, new in points:
+                assert new.packet.keyframe, new
+            assert_smooth_timestamps(video)
+            assert call.subscriber.receiver.recovered > 0
+            # Everything the consumer sent by the end went out under consecutive numbers
+            # (what the link lost and NACK could not repair aside).
+            stats = await call.stats()
+            await trio.sleep(0.3)
+            seqs = sorted({e.seq_ext for e in extended(video)})
+            span = seqs[-1] - seqs[0] + 1
+            assert stats["packetCount"] <= span + 200  # sent since, still in flight
+            assert len(seqs) >= 0.97 * span
+
+
+async def test_a_400_kbps_downlink_settles_on_r1_or_below_and_video_keeps_going() -> None:
+    with trio.fail_after(60):
+        async with open_call(
+            policy_interval=1.0,
+            relay=True,
+            downlink=Impairment(bandwidth=400_000, queue_limit=0.1),
+        ) as call:
+            await trio.sleep(6.0)
+            spatial, _ = call.layers()
+            assert spatial is not None and spatial <= 1
+            seen = len(call.layer_events())
+            since = trio.current_time()
+            await trio.sleep(4.0)
+            assert all(s is not None and s <= 1 for _, s, _ in call.layer_events()[seen:])
+            frames = [r for r in call.subscriber.video_since(since) if r.start]
+            # r1 or r0 at 30 fps, maybe without its top temporal layers: 7.5 fps at least.
+            assert len(frames) >= 4.0 * 7.5 * 0.8
+            assert {r.layer for r in frames} <= {0, 1}
+            transport = (await call.worker.get_stats(call.sub_transport_id))[0]
+            assert transport["availableOutgoingBitrate"] < 450_000
+            assert call.subscriber.audio_since(since) >= 4.0 * 50 * 0.9

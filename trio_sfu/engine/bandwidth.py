@@ -207,6 +207,8 @@ class SendSideEstimator:
         "_queue_delay",
         "_remb",
         "_remb_at",
+        "_rtx_at",
+        "_rtx_tokens",
         "_sent_cluster",
         "_sent_seq",
         "_sent_size",
@@ -225,6 +227,8 @@ class SendSideEstimator:
         "probe_results",
         "probes_finished",
         "remb_lifetime",
+        "retransmission_share",
+        "retransmissions_refused",
     )
 
     def __init__(
@@ -279,6 +283,12 @@ class SendSideEstimator:
         self.probe_results: deque[ProbeResult] = deque(maxlen=16)
         #: How many probes finished so far.
         self.probes_finished = 0
+        #: Retransmissions may use this share of the estimate (a token bucket), so that
+        #: NACKs for what a full link lost do not fill it further.
+        self.retransmission_share = 0.25
+        self._rtx_tokens = 0.0
+        self._rtx_at: float | None = None
+        self.retransmissions_refused = 0
 
     # ---- sending ------------------------------------------------------------------------
 
@@ -414,6 +424,26 @@ class SendSideEstimator:
                 estimate = min(limit, estimate * 1.08**dt)
             estimate = max(estimate, 1.25 * acked)
         self._estimate = min(self.max_bitrate, max(self.min_bitrate, estimate))
+
+    def allow_retransmission(self, size: int, now: float) -> bool:
+        """Whether a retransmission of ``size`` bytes fits the budget now (always, while
+        there is no estimate)."""
+        estimate = self.estimate(now)
+        if estimate is None:
+            return True
+        rate = estimate * self.retransmission_share / 8  # bytes per second
+        last = self._rtx_at
+        self._rtx_at = now
+        tokens = self._rtx_tokens
+        if last is not None:
+            tokens += (now - last) * rate
+        tokens = min(tokens, rate * 0.25 + size)  # a quarter-second burst at most
+        if tokens < size:
+            self._rtx_tokens = tokens
+            self.retransmissions_refused += 1
+            return False
+        self._rtx_tokens = tokens - size
+        return True
 
     # ---- probing ------------------------------------------------------------------------
 

@@ -168,6 +168,8 @@ class Consumer:
         self.dropped_temporal = 0
         self.layer_switches = 0
         self.last_sent_at: float | None = None
+        #: When the consumer first forwarded a packet (the loss policy waits an interval).
+        self.first_sent_at: float | None = None
         self.last_sent_ts = 0
         self.created_at = now
         # From the subscriber's receiver reports about this stream.
@@ -318,6 +320,8 @@ class Consumer:
         self._buffer.store(seq, data, now)
         self.packets_sent += 1
         self.octets_sent += len(data) - 12
+        if self.first_sent_at is None:
+            self.first_sent_at = now
         self.last_sent_at = now
         self.last_sent_ts = ts
         self._send(data)
@@ -454,10 +458,13 @@ class Consumer:
         """Answer a NACK from what we sent; returns how many packets went out again."""
         sent = 0
         nacked = self.nacked
+        estimator = self._estimator
         for seq in seqs:
             nacked.add(seq)
             packet = self._buffer.get(seq, now)
             if packet is None:
+                continue
+            if estimator is not None and not estimator.allow_retransmission(len(packet), now):
                 continue
             out = self._rtx_copy(packet, now)
             self._send(out)

@@ -183,14 +183,18 @@ def layer_options(
     max_temporal: int,
     temporal_filtering: bool = True,
 ) -> list[LayerOption]:
-    """The choices of one consumer, cheapest spatial layer first.
+    """The choices of one consumer, cheapest first.
 
     ``rates[s]`` holds stream ``s``'s bitrate per temporal layer (the bits of frames with
     exactly that TID; H264 and streams without TIDs count everything under TID 0), or
     ``None`` for a stream that is not being received. A choice costs the sum of the rates
     of the temporal layers it includes. Only streams up to ``max_spatial`` and temporal
-    layers up to ``max_temporal`` are offered; without ``temporal_filtering`` each stream
-    is offered whole (at ``max_temporal``).
+    layers up to ``max_temporal`` are offered.
+
+    The lowest stream received is offered one temporal layer at a time (video keeps going
+    on the thinnest link, at a lower frame rate); higher streams only whole (up to
+    ``max_temporal``): a bigger picture at a quarter of the frame rate is no upgrade.
+    Without ``temporal_filtering`` every stream is offered whole.
     """
     options: list[LayerOption] = []
     for spatial, per_tid in enumerate(rates):
@@ -201,11 +205,13 @@ def layer_options(
         if not temporal_filtering:
             options.append(LayerOption(spatial, max_temporal, float(sum(per_tid))))
             continue
+        cumulative = []
         total = 0.0
         for temporal in range(max_temporal + 1):
             if temporal < len(per_tid):
                 total += per_tid[temporal]
-            options.append(LayerOption(spatial, temporal, total))
+            cumulative.append(LayerOption(spatial, temporal, total))
+        options += cumulative if not options else cumulative[-1:]
     return options
 
 

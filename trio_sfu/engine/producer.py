@@ -250,6 +250,7 @@ class Producer:
             if nack is not None and nack.on_packet(seq, now):
                 self.request_keyframe(stream.index, now)
         if self.kind == "audio":
+            stream.tid_octets[0] += size
             if self._audio_level_id is not None and self._on_audio_level is not None:
                 try:
                     value = find_extension_untrusted(packet, self._audio_level_id)
@@ -357,9 +358,10 @@ class Producer:
                 span = now - last
                 rates = stream.bitrates
                 weight = min(1.0, span / 0.5)
+                fresh = stream.bitrate == 0.0
                 for tid in range(MAX_TEMPORAL_LAYERS):
                     rate = (octets[tid] - previous[tid]) * 8 / span
-                    rates[tid] += (rate - rates[tid]) * weight
+                    rates[tid] = rate if fresh else rates[tid] + (rate - rates[tid]) * weight
             stream._rate_octets = list(octets)
             if stream.active and now - stream.active_at > ACTIVE_WINDOW:
                 stream.active = False

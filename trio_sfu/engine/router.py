@@ -89,7 +89,7 @@ PROBE_BACKOFF_MAX = 30.0
 #: The share of a transport's estimated bandwidth its consumers are planned to use.
 BUDGET_SHARE = 0.95
 #: How long one probe cluster lasts.
-PROBE_DURATION = 0.3
+PROBE_DURATION = 0.2
 
 
 def new_id() -> str:
@@ -819,7 +819,10 @@ class Router:
             or estimator.feedback_packets == 0
         ):
             return
-        rate = min(entry.desired_bitrate * 1.25, max(estimate * 3, 300_000.0))
+        # Step up at most to twice what arrives (or 1.5 times the estimate): a probe into a
+        # bottleneck costs the media behind it in the queue.
+        acked = estimator.acked_bitrate() or 0.0
+        rate = min(entry.desired_bitrate * 1.2, max(2 * acked, 1.5 * estimate, 300_000.0))
         entry.probing = True
         entry.next_probe_at = now + entry.probe_backoff
         self._nursery_or_fail().start_soon(self._probe, entry, rate)
@@ -872,6 +875,11 @@ class Router:
             for consumer_id, policy in entry.policies.items():
                 consumer = entry.consumers.get(consumer_id)
                 if consumer is None:
+                    continue
+                started = consumer.first_sent_at
+                if started is None or now - started < self.policy.interval:
+                    # The first interval of a consumer is the bandwidth estimate's to
+                    # settle in (what it lost meanwhile says little about the link).
                     continue
                 level = policy.update(down_loss)
                 if level != consumer.network_level:
