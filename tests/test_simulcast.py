@@ -300,7 +300,12 @@ class Call:
 
 @asynccontextmanager
 async def connected(
-    worker: Worker, router_id: str, *, relay: bool = False, downlink: Impairment | None = None
+    worker: Worker,
+    router_id: str,
+    *,
+    relay: bool = False,
+    downlink: Impairment | None = None,
+    uplink: Impairment | None = None,
 ) -> AsyncIterator[tuple[str, ClientTransport, UdpRelay | None]]:
     """A client transport connected to a new server transport, through the impairment
     relay if asked."""
@@ -311,7 +316,7 @@ async def connected(
         if relay:
             server = next(c for c in candidates if c.protocol == "udp")
             the_relay = await stack.enter_async_context(
-                open_udp_relay((server.ip, server.port), downlink=downlink, seed=6)
+                open_udp_relay((server.ip, server.port), downlink=downlink, uplink=uplink, seed=6)
             )
             candidates = the_relay.rewrite_candidates(candidates)
         client = await stack.enter_async_context(
