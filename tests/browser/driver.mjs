@@ -110,6 +110,10 @@ const events = (p, type) =>
 
 /** Wait until `p` decodes video from `from` at `width` and receives its audio. */
 async function waitMedia(p, from, { width = 1280, timeoutMs = MEDIA_TIMEOUT_MS } = {}) {
+  // On failure: the last stats, and what the sender's bandwidth estimate and frame widths
+  // were along the way (one sample per second), to tell congestion control from forwarding.
+  const history = [];
+  const started = Date.now();
   return until(
     `${p.label} receives ${from.label}`,
     async () => {
@@ -118,7 +122,19 @@ async function waitMedia(p, from, { width = 1280, timeoutMs = MEDIA_TIMEOUT_MS }
       const audio = stats.find((s) => s.kind === 'audio');
       const done =
         !!video && !!audio && video.framesDecoded > 0 && video.frameWidth === width && audio.packetsReceived > 0;
-      return { done, video, audio, senderOutbound: done ? undefined : await outbound(from) };
+      if (done) return { done };
+      const sender = await outbound(from);
+      const timeline = await from.page.evaluate(() => window.trioDemo.timeline);
+      const second = Math.floor((Date.now() - started) / 1000);
+      if (history.length === 0 || history[history.length - 1].s !== second) {
+        history.push({
+          s: second,
+          senderBwe: sender.availableOutgoingBitrate,
+          sent: (sender.video ?? []).map((v) => `${v.rid}:${v.frameWidth}`).join(' '),
+          received: video ? `${video.frameWidth}x${video.frameHeight}/${video.framesDecoded}` : null,
+        });
+      }
+      return { done, video, audio, senderOutbound: sender, senderTimeline: timeline, history };
     },
     { timeoutMs },
   );
@@ -193,6 +209,7 @@ async function pageReport(p, from) {
     sent,
     consumers,
     joinToFirstFrameMs: t.firstRemoteFrame === null ? null : t.firstRemoteFrame - t.joinStart,
+    timeline: await p.page.evaluate(() => window.trioDemo.timeline),
   };
 }
 

@@ -80,6 +80,37 @@ def network_interfaces() -> list[str]:
     return sorted(line.split(":", 1)[0].strip() for line in lines)
 
 
+#: Nice values of the server (this process) and of the browsers. On this 2-core machine two
+#: Chromiums encoding 720p simulcast can starve the server for 100 ms at a time; the server
+#: then stamps transport-cc arrival times late, Chromium's delay-based estimator sees a
+#: queue that is not on the network and backs off, and r2 never starts. Browsers run on
+#: other machines in real life; here the server gets the CPU first.
+SERVER_NICE = -10
+BROWSER_NICE = 10
+
+
+def prioritize_server() -> None:
+    """Give this process (the server) CPU priority over the browsers it starts.
+
+    With autogroup scheduling (Linux's default for desktops and these VMs) nice values
+    only weigh within a session's group, so this process gets a session and a group of its
+    own and the group's nice; without autogroup, the plain nice value does it. Best effort:
+    without root the values stay as they are.
+    """
+    with contextlib.suppress(OSError):
+        os.setsid()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(SERVER_NICE))
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, SERVER_NICE)
+
+
+def deprioritize(pid: int) -> None:
+    """The browser side's session group gets BROWSER_NICE (see prioritize_server)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(BROWSER_NICE))
+
+
 def _kill_group(pid: int) -> None:
     """SIGKILL the driver's process group (the driver and whatever it left behind)."""
     with contextlib.suppress(ProcessLookupError):
@@ -112,14 +143,16 @@ async def run_driver(
     out_path, err_path = tmp / "driver.out", tmp / "driver.err"
     timed_out = False
     with out_path.open("wb") as out, err_path.open("wb") as err:
+        relative = BROWSER_NICE - os.getpriority(os.PRIO_PROCESS, 0)
         process = await trio.lowlevel.open_process(
-            ["node", str(DRIVER)],
+            ["nice", "-n", str(relative), "node", str(DRIVER)],
             env=env,
             cwd=str(tmp),
             stdout=out,
             stderr=err,
             start_new_session=True,
         )
+        deprioritize(process.pid)
         try:
             with trio.move_on_after(DRIVER_TIMEOUT * runs + 15) as scope:
                 await process.wait()
@@ -210,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 2
+    prioritize_server()
     result = trio.run(run_scenario, args.scenario, args.runs, args.screenshot)
     print(json.dumps(result))
     return 0 if result.get("ok") else 1

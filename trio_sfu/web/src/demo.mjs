@@ -29,6 +29,8 @@ const demo = {
   events: [],
   /** performance.now() marks: joinStart (click), joined (rtc:joined), published, firstRemoteFrame. */
   timings: { joinStart: null, joined: null, published: null, firstRemoteFrame: null },
+  /** [ms since the Join click, what happened]: the join's steps, for timing and debugging. */
+  timeline: [],
   client: null,
   /** Our producers by kind, and the local MediaStream. */
   local: { audio: null, video: null, stream: null },
@@ -114,6 +116,7 @@ async function join() {
   const codecName = $('codec').value;
   Object.assign(demo, { state: 'joining', error: null, meetingId, codec: codecName });
   demo.timings = { joinStart: performance.now(), joined: null, published: null, firstRemoteFrame: null };
+  demo.timeline = [];
   showMessage('');
   setJoined(true);
   setStatus('joining…');
@@ -133,6 +136,7 @@ async function join() {
   client.on('notification', onNotification);
   client.on('consumerclose', ({ consumer }) => onConsumerClose(consumer));
   client.on('transportstate', ({ direction, state }) => {
+    mark(`${direction} transport ${state}`);
     console.info(`${direction} transport ${state}`);
     if (state === 'failed') showMessage(`the ${direction} transport failed (ICE/DTLS)`);
   });
@@ -145,6 +149,7 @@ async function join() {
   const joined = await client.join({ meetingId, token, displayName: name });
   demo.peerId = joined.peerId;
   demo.timings.joined = performance.now();
+  mark('joined');
   setStatus(`joined ${meetingId} as ${name}`, 'ok');
 
   // Subscribe to what is there already while our own media is being published.
@@ -159,12 +164,14 @@ async function join() {
   const codec = pickVideoCodec(client.device, codecName);
   const [audioTrack] = stream.getAudioTracks();
   const [videoTrack] = stream.getVideoTracks();
+  mark('produce audio');
   demo.local.audio = await client.produce({
     track: audioTrack,
     codecOptions: { opusStereo: true, opusDtx: true, opusFec: true },
     stopTracks: false,
     appData: { source: 'mic' },
   });
+  mark('produced audio');
   demo.local.video = await client.produce({
     track: videoTrack,
     encodings: VIDEO_ENCODINGS,
@@ -174,6 +181,7 @@ async function join() {
     appData: { source: 'camera' },
   });
   demo.timings.published = performance.now();
+  mark('produced video');
   await Promise.allSettled(consuming);
   if (demo.state === 'joining') demo.state = 'joined';
 }
@@ -248,11 +256,18 @@ async function consumeProducer(producerId, peerId) {
 }
 
 function watchFirstFrame(video) {
-  const mark = () => {
-    if (demo.timings.firstRemoteFrame === null) demo.timings.firstRemoteFrame = performance.now();
+  const first = () => {
+    if (demo.timings.firstRemoteFrame === null) {
+      demo.timings.firstRemoteFrame = performance.now();
+      mark('first remote frame');
+    }
   };
-  if ('requestVideoFrameCallback' in video) video.requestVideoFrameCallback(mark);
-  video.addEventListener('loadeddata', mark, { once: true });
+  if ('requestVideoFrameCallback' in video) video.requestVideoFrameCallback(first);
+  video.addEventListener('loadeddata', first, { once: true });
+}
+
+function mark(what) {
+  demo.timeline.push([Math.round(performance.now() - (demo.timings.joinStart ?? 0)), what]);
 }
 
 function onConsumerClose(consumer) {
@@ -491,6 +506,10 @@ demo.outboundStats = async () => {
     const producer = demo.local[kind];
     if (!producer) continue;
     const report = await producer.getStats();
+    if (kind === 'video') {
+      // The send-side bandwidth estimate of the send transport (Chromium: GoogCC).
+      out.availableOutgoingBitrate = selectedPair(report)?.availableOutgoingBitrate ?? null;
+    }
     out[kind] = [];
     report.forEach((s) => {
       if (s.type === 'outbound-rtp' && s.kind === kind) {
