@@ -44,8 +44,8 @@ from trio_sfu.rtp import vp8
 from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI, TRANSPORT_WIDE_CC_URI
 from trio_sfu.rtp.nack import RetransmissionBuffer
 from trio_sfu.rtp.packet import (
+    ExtensionRewriter,
     find_extension_span_untrusted,
-    rewrite_extensions_untrusted,
     rewrite_in_place,
 )
 from trio_sfu.rtp.rewriter import SeqTsRewriter
@@ -133,6 +133,9 @@ class Consumer:
         if estimator is not None and TRANSPORT_WIDE_CC_URI in ours and "transport-cc" in feedback:
             self._twcc_id = ours[TRANSPORT_WIDE_CC_URI]
             self._extension_values[self._twcc_id] = b"\x00\x00"
+        self._rewrite_extensions = ExtensionRewriter(
+            self._extension_ids, self._extension_values
+        ).rewrite_untrusted
         #: The subscriber negotiated a bandwidth feedback (transport-cc or REMB).
         self.bandwidth_feedback = "transport-cc" in feedback or "goog-remb" in feedback
 
@@ -300,16 +303,26 @@ class Consumer:
         if payload_type is None:
             return
         try:
-            out = rewrite_extensions_untrusted(packet, self._extension_ids, self._extension_values)
-            if info is not None:
-                ids = self._vp8.map(info)
-                if ids is None:
-                    return
-                if ids[0] is not None or ids[1] is not None:
-                    offset = len(out) - (len(packet) - payload_start)
-                    vp8.write_picture_id(memoryview(out)[offset:], ids[0], ids[1])
+            out = self._rewrite_extensions(packet)
         except BadPacket:
             return
+        if info is not None:
+            ids = self._vp8.map(info)
+            if ids is None:
+                return
+            # The descriptor was parsed already (info): write the fields in place. The
+            # PictureID follows the two first octets, TL0PICIDX the PictureID.
+            picture_id, tl0picidx = ids
+            at = len(out) - (len(packet) - payload_start) + 2
+            bits = info.picture_id_bits
+            if picture_id is not None:
+                if bits == 15:
+                    out[at] = 0x80 | (picture_id >> 8) & 0x7F
+                    out[at + 1] = picture_id & 0xFF
+                else:
+                    out[at] = picture_id & 0x7F
+            if tl0picidx is not None:
+                out[at + (bits == 15) + (bits != 0)] = tl0picidx
         seq, ts = mapped
         rewrite_in_place(
             out, ssrc=self.ssrc, payload_type=payload_type, sequence_number=seq, timestamp=ts
