@@ -66,6 +66,8 @@ LOSS_LIMIT: Final = 0.5
 P99_LIMIT: Final = 20.0
 #: Load generators above this share of their core (percent) may be the bottleneck.
 GENERATOR_BUSY: Final = 85.0
+#: Other processes using more than this share of a core (percent) make a run "busy".
+BUSY_OTHER_LOAD: Final = 25.0
 #: Targets of issue 7.
 TARGET_PPS: Final = 40_000
 TARGET_RATIO: Final = 0.8
@@ -90,6 +92,8 @@ COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
     ("generator_cpu", "gen CPU %", "{:.0f}"),
     ("other_load_server_core", "other load on server core %", "{:.0f}"),
     ("ratio", "SFU/relay", "{:.2f}"),
+    ("pps_per_core", "pkt/s per core", "{:,.0f}"),
+    ("cost_ratio", "relay µs/SFU µs", "{:.2f}"),
 )
 
 
@@ -175,7 +179,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _pinned(cpu: int | None, command: list[str]) -> list[str]:
+def _pinned(cpu: int | None, command: list[str], nice: int = 0) -> list[str]:
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
     if cpu is None:
         return command
     return ["taskset", "-c", str(cpu), *command]
@@ -276,6 +282,8 @@ class Options:
         self.generator_cpu: int | None = None if args.no_pin else args.generator_cpu
         self.peers_per_process: int = args.peers_per_process
         self.verbose: bool = args.verbose
+        self.nice: int = args.nice
+        self.retry_busy: int = args.retry_busy
         self.workdir = Path(tempfile.mkdtemp(prefix="trio-sfu-bench-"))
 
 
@@ -340,7 +348,7 @@ async def run_one(
             command = [sys.executable, "-m", "trio_sfu.loadgen", "--timeout", "400"]
             log = opts.workdir / f"{scenario.name}-{target}-gen{index}.log"
             child = await open_child(
-                _pinned(opts.generator_cpu, command), log, f"load generator {index}", env
+                _pinned(opts.generator_cpu, command, opts.nice), log, f"load generator {index}", env
             )
             generators.append(child)
             await child.send(dict(base_job, peers=group, seed=index, concurrency=8))
@@ -434,6 +442,8 @@ async def run_one(
         "server_cpus_allowed": cpu_list,
         "srtp_profiles": sorted({p for r in results for p in r.get("srtp_profiles", [])}),
         "ratio": None,
+        "cost_ratio": None,
+        "pps_per_core": 1e6 * forwarded / server_cpu if server_cpu and forwarded else None,
     }
     row["generator_bound"] = row["generator_cpu"] >= GENERATOR_BUSY
     if opts.server_cpu is not None and opts.generator_cpu is not None:
@@ -560,18 +570,27 @@ def targets(rows: Sequence[dict[str, Any]], cap: dict[str, Any]) -> list[tuple[s
         if r["loss"] is not None and r["loss"] < LOSS_LIMIT and (r["p99_ms"] or 1e9) < P99_LIMIT
     ]
     best_ok = max((r["forwarded_pps"] for r in ok_rows), default=0.0)
+    per_core = [r["pps_per_core"] for r in sfu_fanout if r.get("pps_per_core")]
+    best_core = max(per_core, default=0.0)
     out.append(
         (
             f"≥ {TARGET_PPS:,} forwarded SRTP pkt/s in (a) (within the loss/p99 limits)",
-            f"{best_ok:,.0f} pkt/s (most delivered in any (a) run: {best_pps:,.0f})",
+            f"{best_ok:,.0f} pkt/s (most delivered in any (a) run: {best_pps:,.0f}; "
+            f"by CPU cost, one whole core: {best_core:,.0f})",
             best_ok >= TARGET_PPS,
         )
     )
     ratios = [r["ratio"] for r in sfu_fanout if r.get("ratio") is not None]
+    costs = [r["cost_ratio"] for r in sfu_fanout if r.get("cost_ratio") is not None]
     if ratios:
         low = min(ratios)
+        cost_text = f"; by CPU cost {min(costs):.2f}-{max(costs):.2f}" if costs else ""
         out.append(
-            (f"SFU/relay ≥ {TARGET_RATIO}", f"{low:.2f} (lowest of (a))", low >= TARGET_RATIO)
+            (
+                f"SFU/relay ≥ {TARGET_RATIO}",
+                f"{low:.2f} (lowest of (a), by throughput{cost_text})",
+                low >= TARGET_RATIO,
+            )
         )
     if cap["subscribers"]:
         half = cap["subscribers"] / 2
@@ -616,7 +635,8 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         f"(CPUs allowed: {report['server_cpus_allowed']}); load generators pinned to CPU "
         f"{report['generator_cpu']}, {report['peers_per_process']} peers per process",
         f"- SRTP profile negotiated: {', '.join(report['srtp_profiles']) or '-'}",
-        f"- Window: {report['window']:g} s of measurement after {report['warmup']:g} s of warm-up",
+        f"- Window: {report['window']:g} s of measurement after {report['warmup']:g} s of warm-up"
+        + (f"; server and generators at niceness {report['nice']}" if report.get("nice") else ""),
         f"- Command: `{report['command']}`",
         "",
         "Load per publisher: Opus 50 pkt/s (100 B) and simulcast VP8 r0 15, r1 40, r2 150 "
@@ -636,7 +656,10 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         f"≥ {GENERATOR_BUSY:g} %, the generators may be the bottleneck of that row); *other "
         "load on server core* what else kept the server's core busy during the window (other "
         "processes of this shared machine, and kernel work not charged to the server): "
-        "where it is high, the server got less than a core and the row understates it.",
+        "where it is high, the server got less than a core and the row understates it; "
+        "*pkt/s per core* forwarded packets per second of server CPU time (what one whole "
+        "core would forward at this cost per packet: robust to a busy machine); *relay "
+        "µs/SFU µs* the same comparison with the relay by CPU cost instead of throughput.",
         "",
         "## Results",
         "",
@@ -752,14 +775,38 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
 
+    async def run_quiet(scenario: Scenario, target: str) -> dict[str, Any]:
+        """One run; again (up to --retry-busy times) while the machine was busy, keeping
+        the run with the least other load."""
+        best: dict[str, Any] | None = None
+        for attempt in range(opts.retry_busy + 1):
+            row = await run_one(scenario, target, opts)
+            other = max(
+                row["other_load_server_core"] or 0.0, row["other_load_generator_core"] or 0.0
+            )
+            row["attempts"] = attempt + 1
+            if best is None or other < best["_other"]:
+                best = row
+                best["_other"] = other
+            if other <= BUSY_OTHER_LOAD:
+                break
+            if attempt < opts.retry_busy:
+                print(f"{scenario.name} ({target}): {other:.0f} % other load, again", flush=True)
+                await trio.sleep(5)
+        assert best is not None
+        best.pop("_other", None)
+        return best
+
     async def run_pair(scenario: Scenario) -> dict[str, Any]:
-        row = await run_one(scenario, "sfu", opts)
+        row = await run_quiet(scenario, "sfu")
         _print_row(row)
         rows.append(row)
         if not args.no_relay:
-            relay = await run_one(scenario, "relay", opts)
+            relay = await run_quiet(scenario, "relay")
             if relay["forwarded_pps"]:
                 row["ratio"] = row["forwarded_pps"] / relay["forwarded_pps"]
+            if relay["us_per_packet"] and row["us_per_packet"]:
+                row["cost_ratio"] = relay["us_per_packet"] / row["us_per_packet"]
             _print_row(relay)
             rows.append(relay)
         return row
@@ -831,6 +878,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpus_allowed": sfu_rows[0]["server_cpus_allowed"] if sfu_rows else "?",
         "srtp_profiles": sorted({p for r in sfu_rows for p in r["srtp_profiles"]}),
         "peers_per_process": opts.peers_per_process,
+        "nice": opts.nice,
         "window": opts.window,
         "warmup": opts.warmup,
         "command": args.command_line,
@@ -860,6 +908,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generator-cpu", type=int, default=1)
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument("--no-relay", action="store_true", help="skip the reference relay")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="niceness of the server and generators [0]"
+    )
+    parser.add_argument(
+        "--retry-busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rerun a scenario up to N times while other processes load its cores (> 25 %%)",
+    )
     parser.add_argument("--peers-per-process", type=int, default=50)
     parser.add_argument(
         "--capacity-max",

@@ -495,7 +495,7 @@ class _ExtensionPlan:
     (first byte, block header, element headers, padding), the output block with constants
     in place, and which input ranges (values of kept elements) are copied into it."""
 
-    __slots__ = ("check", "copies", "csrc_end", "expected", "payload_start", "template")
+    __slots__ = ("check", "csrc_end", "expected", "payload_start", "segments", "tail")
 
     def __init__(
         self, data: Buffer, out: bytearray, origin: list[int], csrc_end: int, payload_start: int
@@ -513,9 +513,9 @@ class _ExtensionPlan:
         self.csrc_end = csrc_end
         self.payload_start = payload_start
         new_end = len(origin)
-        template = bytearray(out[:new_end])
-        copies: list[tuple[int, int, int]] = []
-        index = csrc_end + 4
+        # The output block as constants between the input ranges copied into it.
+        segments: list[tuple[bytes, int, int]] = []
+        constant_start = index = csrc_end
         while index < new_end:
             src = origin[index]
             if src not in values:  # written anew, or a checked byte: a constant
@@ -524,23 +524,23 @@ class _ExtensionPlan:
             run = 1
             while index + run < new_end and origin[index + run] == src + run:
                 run += 1
-            copies.append((index, src, run))
-            template[index : index + run] = bytes(run)
+            segments.append((bytes(out[constant_start:index]), src, src + run))
             index += run
-        self.template = bytes(template)
-        self.copies = tuple(copies)
+            constant_start = index
+        self.segments = tuple(segments)
+        self.tail = bytes(out[constant_start:new_end])
 
     def apply(self, data: Buffer) -> bytearray | None:
         """The rewritten packet, or None when ``data`` does not have this layout."""
         if len(data) < self.payload_start or self.check(data) != self.expected:
             return None
-        csrc_end = self.csrc_end
-        out = bytearray(self.template)
-        out[:csrc_end] = data[:csrc_end]
-        for dst, src, size in self.copies:
-            out[dst : dst + size] = data[src : src + size]
-        out += data[self.payload_start :]
-        return out
+        parts = [data[: self.csrc_end]]
+        for constant, start, stop in self.segments:
+            parts.append(constant)
+            parts.append(data[start:stop])
+        parts.append(self.tail)
+        parts.append(data[self.payload_start :])
+        return bytearray().join(parts)
 
 
 _MAX_REWRITERS: Final = 4096
