@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_engine_media import device_caps, fixture
 from trio_sfu.client.synthetic import (
@@ -328,3 +330,28 @@ def test_audio_ignores_the_network_level(level: int) -> None:
     pair.consumer.set_network_level(level, 0.0)
     pair.feed(0, [pair.streams[0].opus_frame()], 0.0)
     assert len(pair.sent) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    header=st.binary(min_size=12, max_size=12),
+    body=st.binary(max_size=64),
+    rtx=st.booleans(),
+    codec=st.sampled_from(["vp8", "h264"]),
+)
+def test_any_bytes_from_a_publisher_are_dropped_or_forwarded_never_raise(
+    header: bytes, body: bytes, rtx: bool, codec: str
+) -> None:
+    parameters = rtx_vp8() if codec == "vp8" else h264_simulcast()
+    pair = make_pair(parameters)
+    stream = pair.producer.streams[0]
+    # Keep the version and this stream's SSRC (the router routes by them); the rest is
+    # whatever the network made of it.
+    packet = bytes([0x80 | (header[0] & 0x3F)]) + header[1:8] + stream.ssrc.to_bytes(4, "big")
+    packet += body
+    if rtx:
+        pair.producer.receive_rtx(stream, packet, 1.0)
+    else:
+        pair.producer.receive_rtp(stream, packet, 1.0)
+    for data in pair.sent:
+        RtpPacket.parse_untrusted(data)  # whatever went out is a well-formed packet
