@@ -154,7 +154,19 @@ class SrtpSession:
                 return self._outbound.protect(packet)
             except (pylibsrtp.Error, ValueError, TypeError) as exc:
                 raise BadPacket(f"SRTP protect failed: {exc}") from None
-        return self._call(raw, _lib.srtp_protect, packet, _RTP_TRAILER, "SRTP protect")
+        # _call() inlined: this runs once per forwarded packet.
+        handle, cdata, buffer = raw
+        size = len(packet)
+        if size > _BUFFER_SIZE - _RTP_TRAILER:
+            raise BadPacket("SRTP protect failed: packet is too long")
+        length: Any = self._length
+        length[0] = size
+        buffer[0:size] = packet
+        rc = _lib.srtp_protect(handle, cdata, length)
+        if rc:
+            raise BadPacket(f"SRTP protect failed: {_error(rc)}")
+        result: bytes = buffer[0 : length[0]]
+        return result
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet into SRTCP."""
@@ -200,10 +212,13 @@ class SrtpSession:
         buffer[0:size] = data
         rc = function(handle, cdata, length)
         if rc:
-            message = _ERRORS[rc] if 0 <= rc < len(_ERRORS) else f"libsrtp error {rc}"
-            raise BadPacket(f"{what} failed: {message}")
+            raise BadPacket(f"{what} failed: {_error(rc)}")
         result: bytes = buffer[0 : length[0]]
         return result
+
+
+def _error(rc: int) -> str:
+    return _ERRORS[rc] if 0 <= rc < len(_ERRORS) else f"libsrtp error {rc}"
 
 
 def _raw_session(session: pylibsrtp.Session) -> tuple[Any, Any, Any] | None:

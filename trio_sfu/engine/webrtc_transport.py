@@ -454,7 +454,24 @@ class WebRtcTransport:
         the kernel right here (no task switch, no channel); only a socket that would block
         sends it through the queue and the egress task, which keeps the order.
         """
-        return self._send_media(packet, _KIND_RTP)
+        # _send_media() inlined for RTP: this runs once per forwarded packet.
+        srtp = self._srtp
+        address = self._direct_address
+        if srtp is None or address is None or self._queued:
+            return self._send_media(packet, _KIND_RTP)
+        try:
+            data = srtp.protect_rtp(packet)
+        except BadPacket:
+            self.dropped_egress_protect += 1
+            return False
+        udp = self._udp
+        assert udp is not None
+        if udp.try_sendto(data, address) == SEND_WOULD_BLOCK:
+            return self._enqueue(data, _KIND_PROTECTED + _KIND_RTP)
+        self.rtp_packets_out += 1
+        self.packets_out += 1
+        self.bytes_out += len(data)
+        return True
 
     def send_rtcp_nowait(self, packet: bytes) -> bool:
         """Protect and send (or queue) one RTCP compound packet; as :meth:`send_rtp_nowait`."""
