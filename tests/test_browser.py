@@ -29,7 +29,7 @@ Scenario = Callable[..., dict[str, Any]]
 
 def assert_server_empty(result: dict[str, Any]) -> None:
     """After the pages left, the engine holds no router (so no transport, producer...)."""
-    assert result["serverDump"] == {"routers": []}, result["serverDump"]
+    assert result["serverDump"]["routers"] == [], result["serverDump"]
 
 
 def assert_call(result: dict[str, Any], video_mime: str) -> None:
