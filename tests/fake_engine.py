@@ -363,6 +363,10 @@ class FakeEngine:
             raise NotFoundError(f"{entity_id!r} not found")
         return [{"type": "fake-stats", "id": entity_id, "packetCount": 0}]
 
+    def media_counters(self) -> dict[str, int]:
+        """No media moves through the fake."""
+        return dict.fromkeys(("packets_in", "packets_out", "bytes_in", "bytes_out", "drops"), 0)
+
     def dump(self) -> dict[str, Any]:
         return {
             "routers": [

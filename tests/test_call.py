@@ -16,7 +16,8 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.signaling_harness import live_tasks, make_config, running_server, token
+from tests.signaling_harness import http, live_tasks, make_config, running_server, token
+from tests.test_signaling_admin import metric
 from trio_sfu.client.peer import MediaPeer, RemoteConsumer, open_peer
 from trio_sfu.client.synthetic import (
     SyntheticPublisher,
@@ -83,137 +84,149 @@ def assert_engine_empty(worker: Worker) -> None:
 
 async def test_three_peers_publish_and_consume_each_other() -> None:
     with trio.fail_after(30):
-        async with sfu() as (worker, server), AsyncExitStack() as stack:
-            peers: list[MediaPeer] = []
-            sources: dict[str, tuple[SyntheticPublisher, SyntheticPublisher]] = {}
-            producers: dict[str, tuple[str, str]] = {}
-            for index, name in enumerate(("ann", "bob", "cat")):
-                peer = await stack.enter_async_context(join(server, name))
-                audio_id, audio = await peer.publish(
-                    "audio", audio_rtp_parameters(ssrc=1000 + index)
-                )
-                video_id, video = await peer.publish("video", vp8_simulcast_rtp_parameters())
-                peers.append(peer)
-                sources[peer.peer_id] = (audio, video)
-                producers[peer.peer_id] = (audio_id, video_id)
+        async with sfu() as (worker, server):
+            async with AsyncExitStack() as stack:
+                peers: list[MediaPeer] = []
+                sources: dict[str, tuple[SyntheticPublisher, SyntheticPublisher]] = {}
+                producers: dict[str, tuple[str, str]] = {}
+                for index, name in enumerate(("ann", "bob", "cat")):
+                    peer = await stack.enter_async_context(join(server, name))
+                    audio_id, audio = await peer.publish(
+                        "audio", audio_rtp_parameters(ssrc=1000 + index)
+                    )
+                    video_id, video = await peer.publish("video", vp8_simulcast_rtp_parameters())
+                    peers.append(peer)
+                    sources[peer.peer_id] = (audio, video)
+                    producers[peer.peer_id] = (audio_id, video_id)
 
-            # Each consumes the other two: 4 consumers each, one SSRC each.
-            consumers: dict[str, list[RemoteConsumer]] = {}
-            for peer in peers:
-                consumers[peer.peer_id] = [
-                    await peer.consume(producer_id)
-                    for other, ids in producers.items()
-                    if other != peer.peer_id
-                    for producer_id in ids
-                ]
-                ssrcs = [c.ssrc for c in consumers[peer.peer_id]]
-                assert len(set(ssrcs)) == 4
-                assert sorted(c.type for c in consumers[peer.peer_id]) == [
-                    "simple",
-                    "simple",
-                    "simulcast",
-                    "simulcast",
-                ]
-
-            # Everyone sends a keyframe on every layer, then 29 delta frames, plus audio.
-            frames = 30
-            now = trio.current_time()
-            sent_r2: dict[str, list[bytes]] = defaultdict(list)
-            for frame in range(frames):
+                # Each consumes the other two: 4 consumers each, one SSRC each.
+                consumers: dict[str, list[RemoteConsumer]] = {}
                 for peer in peers:
-                    audio, video = sources[peer.peer_id]
-                    assert peer.send_transport is not None
-                    for layer, stream in enumerate(video.streams):
-                        for packet in stream.vp8_frame(keyframe=frame == 0, size=400, now=now):
-                            peer.send_transport.send_rtp(packet)
-                            if layer == 2:
-                                sent_r2[peer.peer_id].append(
-                                    vp8_body(RtpPacket.parse_untrusted(packet).payload)
-                                )
-                    peer.send_transport.send_rtp(audio.streams[0].opus_frame(now=now))
-                await trio.sleep(0.004)
+                    consumers[peer.peer_id] = [
+                        await peer.consume(producer_id)
+                        for other, ids in producers.items()
+                        if other != peer.peer_id
+                        for producer_id in ids
+                    ]
+                    ssrcs = [c.ssrc for c in consumers[peer.peer_id]]
+                    assert len(set(ssrcs)) == 4
+                    assert sorted(c.type for c in consumers[peer.peer_id]) == [
+                        "simple",
+                        "simple",
+                        "simulcast",
+                        "simulcast",
+                    ]
 
-            owner = {pid: peer_id for peer_id, ids in producers.items() for pid in ids}
-            received: dict[str, dict[int, list[RtpPacket]]] = {}
-            # Every consumer gets its producer's packets, under one SSRC, in sequence.
-            for peer in peers:
-                assert peer.recv_transport is not None
-                by_ssrc: dict[int, list[RtpPacket]] = defaultdict(list)
-                received[peer.peer_id] = by_ssrc
-                wanted = {c.ssrc: c for c in consumers[peer.peer_id]}
+                # Everyone sends a keyframe on every layer, then 29 delta frames, plus audio.
+                frames = 30
+                now = trio.current_time()
+                sent_r2: dict[str, list[bytes]] = defaultdict(list)
+                for frame in range(frames):
+                    for peer in peers:
+                        audio, video = sources[peer.peer_id]
+                        assert peer.send_transport is not None
+                        for layer, stream in enumerate(video.streams):
+                            for packet in stream.vp8_frame(keyframe=frame == 0, size=400, now=now):
+                                peer.send_transport.send_rtp(packet)
+                                if layer == 2:
+                                    sent_r2[peer.peer_id].append(
+                                        vp8_body(RtpPacket.parse_untrusted(packet).payload)
+                                    )
+                        peer.send_transport.send_rtp(audio.streams[0].opus_frame(now=now))
+                    await trio.sleep(0.004)
 
-                with trio.fail_after(5):
-                    while not complete(by_ssrc, wanted, frames, sent_r2, owner):
-                        packet = RtpPacket.parse_untrusted(await peer.recv_transport.receive_rtp())
-                        assert packet.ssrc in wanted, "a packet under an SSRC nobody consumes"
-                        by_ssrc[packet.ssrc].append(packet)
-                for ssrc, consumer in wanted.items():
-                    packets = by_ssrc[ssrc]
-                    seqs = [p.sequence_number for p in packets]
-                    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
-                    pts = {p.payload_type for p in packets}
-                    assert pts == {consumer.rtp_parameters.codecs[0].payload_type}
-                    if consumer.kind == "video":
-                        assert vp8.is_keyframe(packets[0].payload)
+                owner = {pid: peer_id for peer_id, ids in producers.items() for pid in ids}
+                received: dict[str, dict[int, list[RtpPacket]]] = {}
+                # Every consumer gets its producer's packets, under one SSRC, in sequence.
+                for peer in peers:
+                    assert peer.recv_transport is not None
+                    by_ssrc: dict[int, list[RtpPacket]] = defaultdict(list)
+                    received[peer.peer_id] = by_ssrc
+                    wanted = {c.ssrc: c for c in consumers[peer.peer_id]}
 
-            ann, bob, _ = peers
-            assert ann.send_transport and bob.recv_transport and ann.recv_transport
+                    with trio.fail_after(5):
+                        while not complete(by_ssrc, wanted, frames, sent_r2, owner):
+                            packet = RtpPacket.parse_untrusted(
+                                await peer.recv_transport.receive_rtp()
+                            )
+                            assert packet.ssrc in wanted, "a packet under an SSRC nobody consumes"
+                            by_ssrc[packet.ssrc].append(packet)
+                    for ssrc, consumer in wanted.items():
+                        packets = by_ssrc[ssrc]
+                        seqs = [p.sequence_number for p in packets]
+                        assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
+                        pts = {p.payload_type for p in packets}
+                        assert pts == {consumer.rtp_parameters.codecs[0].payload_type}
+                        if consumer.kind == "video":
+                            assert vp8.is_keyframe(packets[0].payload)
 
-            # Sender Reports for bob's consumers; Receiver Reports about ann's streams.
-            reported: set[int] = set()
-            with trio.fail_after(3):
-                while not {c.ssrc for c in consumers[bob.peer_id]} <= reported:
-                    for rtcp in parse_rtcp_untrusted(await bob.recv_transport.receive_rtcp()):
-                        if isinstance(rtcp, SenderReport):
-                            reported.add(rtcp.ssrc)
-            ann_ssrcs = {s.ssrc for src in sources[ann.peer_id] for s in src.streams}
-            blocks: set[int] = set()
-            with trio.fail_after(3):
-                while blocks != ann_ssrcs:
-                    for rtcp in parse_rtcp_untrusted(await ann.send_transport.receive_rtcp()):
-                        if isinstance(rtcp, ReceiverReport):
-                            blocks |= {b.ssrc for b in rtcp.reports}
+                ann, bob, _ = peers
+                assert ann.send_transport and bob.recv_transport and ann.recv_transport
 
-            # Bob's PLIs for ann's video reach ann once (throttled), on her r2 SSRC.
-            ann_video = next(
-                c for c in consumers[bob.peer_id] if c.producer_id == producers[ann.peer_id][1]
-            )
-            for _ in range(5):
-                bob.recv_transport.send_rtcp(build_rtcp([Pli(7, ann_video.ssrc)]))
-            plis: list[int] = []
-            with trio.move_on_after(0.5):
-                while True:
-                    for rtcp in parse_rtcp_untrusted(await ann.send_transport.receive_rtcp()):
-                        if isinstance(rtcp, Pli):
-                            plis.append(rtcp.media_ssrc)
-            assert plis == [sources[ann.peer_id][1].streams[2].ssrc]
+                # Sender Reports for bob's consumers; Receiver Reports about ann's streams.
+                reported: set[int] = set()
+                with trio.fail_after(3):
+                    while not {c.ssrc for c in consumers[bob.peer_id]} <= reported:
+                        for rtcp in parse_rtcp_untrusted(await bob.recv_transport.receive_rtcp()):
+                            if isinstance(rtcp, SenderReport):
+                                reported.add(rtcp.ssrc)
+                ann_ssrcs = {s.ssrc for src in sources[ann.peer_id] for s in src.streams}
+                blocks: set[int] = set()
+                with trio.fail_after(3):
+                    while blocks != ann_ssrcs:
+                        for rtcp in parse_rtcp_untrusted(await ann.send_transport.receive_rtcp()):
+                            if isinstance(rtcp, ReceiverReport):
+                                blocks |= {b.ssrc for b in rtcp.reports}
 
-            # Bob's NACK is answered with a retransmission on the consumer's RTX stream.
-            rtx = ann_video.rtp_parameters.encodings[0].rtx
-            assert rtx is not None
-            stats = await bob.signaling.get_stats(ann_video.consumer_id)
-            assert stats[0]["packetCount"] >= frames
-            original = received[bob.peer_id][ann_video.ssrc][-3]
-            bob.recv_transport.send_rtcp(
-                build_rtcp([GenericNack.from_seqs(7, ann_video.ssrc, [original.sequence_number])])
-            )
-            with trio.fail_after(2):
-                while True:
-                    repaired = RtpPacket.parse_untrusted(await bob.recv_transport.receive_rtp())
-                    if repaired.ssrc == rtx.ssrc:
-                        break
-            assert repaired.payload[:2] == original.sequence_number.to_bytes(2, "big")
-            assert repaired.payload[2:] == original.payload
+                # Bob's PLIs for ann's video reach ann once (throttled), on her r2 SSRC.
+                ann_video = next(
+                    c for c in consumers[bob.peer_id] if c.producer_id == producers[ann.peer_id][1]
+                )
+                for _ in range(5):
+                    bob.recv_transport.send_rtcp(build_rtcp([Pli(7, ann_video.ssrc)]))
+                plis: list[int] = []
+                with trio.move_on_after(0.5):
+                    while True:
+                        for rtcp in parse_rtcp_untrusted(await ann.send_transport.receive_rtcp()):
+                            if isinstance(rtcp, Pli):
+                                plis.append(rtcp.media_ssrc)
+                assert plis == [sources[ann.peer_id][1].streams[2].ssrc]
 
-        assert_engine_empty(worker)
+                # Bob's NACK is answered with a retransmission on the consumer's RTX stream.
+                rtx = ann_video.rtp_parameters.encodings[0].rtx
+                assert rtx is not None
+                stats = await bob.signaling.get_stats(ann_video.consumer_id)
+                assert stats[0]["packetCount"] >= frames
+                original = received[bob.peer_id][ann_video.ssrc][-3]
+                bob.recv_transport.send_rtcp(
+                    build_rtcp(
+                        [GenericNack.from_seqs(7, ann_video.ssrc, [original.sequence_number])]
+                    )
+                )
+                with trio.fail_after(2):
+                    while True:
+                        repaired = RtpPacket.parse_untrusted(await bob.recv_transport.receive_rtp())
+                        if repaired.ssrc == rtx.ssrc:
+                            break
+                assert repaired.payload[:2] == original.sequence_number.to_bytes(2, "big")
+                assert repaired.payload[2:] == original.payload
+
+            assert_engine_empty(worker)
+            # The traffic stays counted after the transports closed.
+            text = (await http(server, "GET", "/metrics")).body.decode()
+            sent = 3 * frames * 4  # three publishers, three video layers and audio each
+            assert metric(text, "trio_sfu_packets_in_total") >= sent
+            assert metric(text, "trio_sfu_packets_out_total") >= 3 * 4 * frames
+            assert metric(text, "trio_sfu_bytes_in_total") > 3 * frames * 3 * 400
 
 
 async def two_peers_in_a_call(
-    stack: AsyncExitStack, server: SfuServer
+    stack: AsyncExitStack, server: SfuServer, consent_interval: float = 5.0
 ) -> tuple[MediaPeer, MediaPeer, str, RemoteConsumer]:
     """Ann publishes audio and simulcast video; Bob consumes both. Returns the video consumer."""
     ann = await stack.enter_async_context(join(server, "ann"))
     bob = await stack.enter_async_context(join(server, "bob"))
+    await bob.open_transport("recv", consent_interval=consent_interval)
     audio_id, _ = await ann.publish("audio", audio_rtp_parameters(ssrc=4242))
     video_id, _ = await ann.publish("video", vp8_simulcast_rtp_parameters())
     await bob.consume(audio_id)
@@ -273,10 +286,9 @@ async def test_consent_timeout_ends_the_peer() -> None:
     with trio.fail_after(20):
         async with sfu(ice_consent_timeout=0.5, ice_close_timeout=0.8) as (worker, server):
             async with AsyncExitStack() as stack:
-                ann, bob, _, video = await two_peers_in_a_call(stack, server)
-                # Bob keeps his consent fresh; Ann's client falls silent (a lost network).
-                assert ann.send_transport is not None and bob.recv_transport is not None
-                bob.recv_transport.consent_refresh = True
+                ann, bob, _, video = await two_peers_in_a_call(stack, server, 0.1)
+                # Ann's client falls silent (a lost network); Bob's keeps consent fresh.
+                assert ann.send_transport is not None
                 ann.send_transport.consent_refresh = False
                 await expect_ann_gone(bob, ann, video)
                 closed = await ann.signaling.wait_closed()

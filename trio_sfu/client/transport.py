@@ -82,6 +82,7 @@ class ClientTransport:
         certificate: DtlsCertificate | None = None,
         receive_queue_size: int = 4096,
         tcp_queue_size: int = 4096,
+        consent_interval: float = 5.0,
     ) -> None:
         if server_dtls_parameters.role == "client":
             raise ValueError("the server wants the DTLS client role; this client is a DTLS client")
@@ -95,6 +96,7 @@ class ClientTransport:
         self._ice = IceControllingClient(
             remote_ufrag=ice_parameters.username_fragment,
             remote_password=ice_parameters.password,
+            consent_interval=consent_interval,
         )
         certificate = certificate if certificate is not None else DtlsCertificate.generate()
         self._dtls = DtlsEndpoint(
@@ -549,12 +551,14 @@ async def open_client_transport(
     srtp_profiles: Sequence[str] = SRTP_PROFILES,
     certificate: DtlsCertificate | None = None,
     receive_queue_size: int = 4096,
+    consent_interval: float = 5.0,
 ) -> AsyncIterator[ClientTransport]:
     """Open a client transport to the server's ``protocol`` candidate and start ICE.
 
     Returns as soon as the socket is open (for TCP: connected) and the first Binding request
     is out; send :attr:`ClientTransport.dtls_parameters` to the server, then
     ``await client.wait_connected()``. Leaving the block closes the transport and its socket.
+    ``consent_interval`` is the period of consent checks once connected (RFC 7675: 5 s).
     Raises ValueError when the server offers no candidate for ``protocol``, OSError when the
     TCP connection is refused.
     """
@@ -566,6 +570,7 @@ async def open_client_transport(
         srtp_profiles=srtp_profiles,
         certificate=certificate,
         receive_queue_size=receive_queue_size,
+        consent_interval=consent_interval,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(client._run)

@@ -176,5 +176,9 @@ class MediaEngine(Protocol):
 
     async def get_stats(self, entity_id: str) -> list[dict[str, Any]]: ...
 
+    def media_counters(self) -> dict[str, int]:
+        """Totals since start: ``packets_in``, ``packets_out``, ``bytes_in``, ``bytes_out``
+        and ``drops`` over every transport, closed ones included."""
+
     def dump(self) -> dict[str, Any]:
         """Every router with its transports, producers and consumers (for leak checks)."""

@@ -227,6 +227,22 @@ class _TransportEntry:
         self.quality: Quality | None = None
 
 
+#: The media counters the engine reports (``Worker.dump()["counters"]``, ``/metrics``).
+MEDIA_COUNTERS = ("packets_in", "packets_out", "bytes_in", "bytes_out", "drops")
+
+
+def new_media_counters() -> dict[str, int]:
+    return dict.fromkeys(MEDIA_COUNTERS, 0)
+
+
+def add_transport_counters(into: dict[str, int], transport: WebRtcTransport) -> None:
+    """Add one transport's traffic (and every packet it dropped) to ``into``."""
+    stats = transport.stats()
+    for key in ("packets_in", "packets_out", "bytes_in", "bytes_out"):
+        into[key] += stats[key]
+    into["drops"] += sum(stats["dropped"].values())
+
+
 @final
 class Router:
     """One meeting's media: transports, producers, consumers. Run it in a nursery."""
@@ -242,8 +258,13 @@ class Router:
         rtcp_interval: float = RTCP_INTERVAL,
         policy: PolicySettings | None = None,
         feedback_interval: float = FEEDBACK_INTERVAL,
+        retired_counters: dict[str, int] | None = None,
     ) -> None:
         self.id = router_id
+        #: Where a closing transport leaves its traffic counters (the worker's totals).
+        self.retired_counters = (
+            retired_counters if retired_counters is not None else new_media_counters()
+        )
         self.rtp_capabilities = rtp_capabilities
         self.closed = False
         self._certificate = certificate
@@ -354,6 +375,7 @@ class Router:
         for consumer in list(entry.consumers.values()):
             self._close_consumer(consumer, "transport_closed")
         entry.transport.close(reason)
+        add_transport_counters(self.retired_counters, entry.transport)
         if notify and not self.closed:
             self._on_event(TransportClosed(self.id, transport_id, reason))
 

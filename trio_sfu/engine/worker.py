@@ -21,7 +21,7 @@ import trio
 from trio_sfu.dtls import DtlsCertificate
 from trio_sfu.engine.api import ConsumerInfo, EventCallback, Kind, TransportInfo
 from trio_sfu.engine.layers import PolicySettings
-from trio_sfu.engine.router import Router, new_id
+from trio_sfu.engine.router import Router, add_transport_counters, new_id, new_media_counters
 from trio_sfu.errors import InvalidStateError, NotFoundError
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
@@ -73,6 +73,8 @@ class Worker:
             list(codecs) if codecs is not None else list(negotiation.DEFAULT_MEDIA_CODECS)
         )
         self._routers: dict[str, Router] = {}
+        #: Traffic of transports that closed; live ones are added at dump time.
+        self._retired_counters = new_media_counters()
         self._nursery: trio.Nursery | None = None
         self._closed = False
 
@@ -125,6 +127,7 @@ class Worker:
                 up_intervals=self.settings.layer_policy_up_intervals,
             ),
             feedback_interval=self.settings.feedback_interval,
+            retired_counters=self._retired_counters,
             transport_options={
                 "listen_ip": self.settings.listen_ip,
                 "announced_ip": self.settings.announced_ip,
@@ -234,6 +237,14 @@ class Worker:
             ):
                 return router.get_stats(entity_id)
         raise NotFoundError(f"{entity_id!r} not found")
+
+    def media_counters(self) -> dict[str, int]:
+        """Packets and bytes in and out, and drops, of every transport this worker ran."""
+        counters = dict(self._retired_counters)
+        for router in self._routers.values():
+            for entry in router.transports.values():
+                add_transport_counters(counters, entry.transport)
+        return counters
 
     def dump(self) -> dict[str, Any]:
         return {"routers": [router.dump() for router in self._routers.values()]}

@@ -44,7 +44,9 @@ class SignalingApp:
         self.config = config
         self.engine = engine
         self.verifier = TokenVerifier.from_config(config)
-        self.metrics = SfuMetrics(counts=lambda: self.rooms.counts(), engine_dump=engine.dump)
+        self.metrics = SfuMetrics(
+            counts=lambda: self.rooms.counts(), media_counters=engine.media_counters
+        )
         self.rooms = RoomManager(engine, config, nursery, count_error=self.metrics.count_error)
         self.sessions: set[Session] = set()
 

@@ -2,8 +2,8 @@
 
 Gauges of the signaling side's books (rooms, peers, transports, producers, consumers) are
 read at scrape time. Media counters (packets and bytes in/out, drops) come from the
-engine: ``engine.dump()["counters"]`` with keys ``packets_in``, ``packets_out``,
-``bytes_in``, ``bytes_out``, ``drops`` when the engine provides them, zero until then.
+engine's ``media_counters()``: keys ``packets_in``, ``packets_out``, ``bytes_in``,
+``bytes_out``, ``drops``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ _MEDIA_COUNTERS: Final = (
 @final
 class _LiveCollector:
     def __init__(
-        self, counts: Callable[[], Counts], engine_dump: Callable[[], Mapping[str, Any]]
+        self, counts: Callable[[], Counts], media_counters: Callable[[], Mapping[str, int]]
     ) -> None:
         self._counts = counts
-        self._engine_dump = engine_dump
+        self._media_counters = media_counters
 
     def collect(self) -> Iterator[Metric]:
         counts = self._counts()
@@ -63,11 +63,9 @@ class _LiveCollector:
             yield GaugeMetricFamily(f"trio_sfu_{name}", help_text, value=getattr(counts, name))
         media: Mapping[str, Any] = {}
         try:
-            found = self._engine_dump().get("counters")
-            if isinstance(found, Mapping):
-                media = found
+            media = self._media_counters()
         except Exception:
-            logger.exception("engine.dump() failed while collecting metrics")
+            logger.exception("engine.media_counters() failed while collecting metrics")
         for key, help_text in _MEDIA_COUNTERS:
             value = media.get(key, 0)
             yield CounterMetricFamily(
@@ -80,7 +78,7 @@ class SfuMetrics:
     """The server's metrics; :meth:`render` is the ``/metrics`` body."""
 
     def __init__(
-        self, counts: Callable[[], Counts], engine_dump: Callable[[], Mapping[str, Any]]
+        self, counts: Callable[[], Counts], media_counters: Callable[[], Mapping[str, int]]
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -103,7 +101,7 @@ class SfuMetrics:
             "connections closed because their outgoing queue was full",
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(counts, engine_dump))
+        self.registry.register(_LiveCollector(counts, media_counters))
 
     def count_request(self, rtype: str) -> None:
         self.requests.labels(rtype if rtype in REQUESTS else "unknown").inc()
