@@ -78,6 +78,12 @@ def test_sfu_client_module_on_node() -> None:
 def test_two_pages_call_with_vp8_simulcast(browser_scenario: Scenario) -> None:
     result = browser_scenario("vp8")
     assert_call(result, "video/VP8")
+    # Bob's layer picker (rtc:setPreferredLayers): 180p brings Alice's video down to r0's
+    # 320 pixels, auto brings it back to 1280.
+    layers = result["layers"]
+    assert (layers["lowWidth"], layers["highWidth"]) == (320, 1280), layers
+    assert layers["lowPreferred"]["spatialLayer"] == 0, layers
+    assert layers["highPreferred"]["spatialLayer"] == 2, layers
 
 
 @pytest.mark.browser

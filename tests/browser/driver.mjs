@@ -217,7 +217,35 @@ async function mediaScenario(browser, codec) {
   const { meeting, a, b } = await twoPeers(browser, codec);
   const [alice, bob] = await Promise.all([pageReport(a, b), pageReport(b, a)]);
   if (env.TRIO_SFU_SCREENSHOT) await b.page.screenshot({ path: env.TRIO_SFU_SCREENSHOT, fullPage: true });
-  return { meeting, codec, pages: { alice, bob } };
+  const layers = codec === 'VP8' ? await layerPicker(b, a) : null;
+  return { meeting, codec, pages: { alice, bob }, layers };
+}
+
+/** Bob picks 180p for Alice's video in the demo's layer picker, then auto again. */
+async function layerPicker(p, from) {
+  const select = `.tile[data-peer-id="${from.peerId}"] select.layers`;
+  const widthIs = (width, step) =>
+    until(
+      step,
+      async () => {
+        const video = pick(await inbound(p), 'video', from.peerId);
+        return { done: video?.frameWidth === width, frameWidth: video?.frameWidth };
+      },
+      { timeoutMs: 15000 },
+    );
+  const preferred = () =>
+    p.page.evaluate((peerId) => window.trioDemo.tiles.get(peerId).preferred, from.peerId);
+  await p.page.selectOption(select, '0');
+  const low = await widthIs(320, `${p.label} picks r0`);
+  const lowPreferred = await preferred();
+  await p.page.selectOption(select, '2');
+  const high = await widthIs(1280, `${p.label} picks auto`);
+  return {
+    lowWidth: low.frameWidth,
+    lowPreferred,
+    highWidth: high.frameWidth,
+    highPreferred: await preferred(),
+  };
 }
 
 async function framesFrom(p, from) {
