@@ -92,7 +92,8 @@ def test_latency_percentile_reads_10us_bins() -> None:
 def test_profile_summary_self_and_total() -> None:
     raw = "\n".join(
         [
-            "run (/repo/trio_sfu/x.py:1);loop (/repo/trio_sfu/engine/a.py:10);protect (/repo/trio_sfu/srtp.py:5) 6",
+            "run (/repo/trio_sfu/x.py:1);loop (/repo/trio_sfu/engine/a.py:10);"
+            "protect (/repo/trio_sfu/srtp.py:5) 6",
             "run (/repo/trio_sfu/x.py:1);loop (/repo/trio_sfu/engine/a.py:12) 3",
             "run (/repo/trio_sfu/x.py:1);recv (/repo/trio_sfu/engine/b.py:3) 1",
         ]
