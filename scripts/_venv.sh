@@ -5,7 +5,18 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
-    "$PY" -m venv "$VENV"
+    if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+        # Debian's python3 ships without ensurepip: its venv module lives in python3-venv.
+        rm -rf "$VENV"
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "python3 -m venv failed: installing Debian's python3-venv" >&2
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+            "$PY" -m venv "$VENV"
+        else
+            echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu) and try again" >&2
+            exit 1
+        fi
+    fi
 fi
 STAMP="$VENV/.trio-sfu-installed"
 HASH="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
