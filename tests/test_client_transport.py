@@ -198,3 +198,25 @@ async def test_client_on_rtp_callback_replaces_the_queue(certificate: DtlsCertif
                 assert got == [rtp_packet(i) for i in range(10)]
                 assert pair.client.stats()["rtp_packets_in"] == 10
             nursery.cancel_scope.cancel()
+
+
+async def test_detached_receive_is_fed_by_the_caller(certificate: DtlsCertificate) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate) as pair:
+                client = pair.client
+                got: list[bytes] = []
+                client.on_rtp = got.append
+                sock = client.detach_receive()
+                await trio.testing.wait_all_tasks_blocked()
+                assert pair.server.send_rtp_nowait(rtp_packet(1))
+                # Nobody reads for the transport any more: the datagram waits in the socket.
+                await trio.lowlevel.wait_readable(sock)
+                await trio.testing.wait_all_tasks_blocked()
+                assert got == []
+                client.receive_datagram(sock.recv(2048))
+                assert got == [rtp_packet(1)]
+                # Garbage fed the same way is counted, never raised.
+                client.receive_datagram(b"\xff\x00")
+                assert client.stats()["dropped"]["noise"] == 1
+            nursery.cancel_scope.cancel()

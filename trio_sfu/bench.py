@@ -66,8 +66,8 @@ LOSS_LIMIT: Final = 0.5
 P99_LIMIT: Final = 20.0
 #: Load generators above this share of their core (percent) may be the bottleneck.
 GENERATOR_BUSY: Final = 85.0
-#: A run whose server or generators waited this share of the window (percent) for a CPU
-#: taken by other processes is "busy" (see --retry-busy).
+#: A run whose server waited this share of the window (percent) for its CPU, taken by
+#: other processes, is "busy" (see --retry-busy).
 BUSY_WAIT: Final = 5.0
 #: Targets of issue 7.
 TARGET_PPS: Final = 40_000
@@ -940,7 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="rerun a run up to N times while its processes wait > 5 %% for a CPU",
+        help="rerun a run up to N times while its server waits > 5 %% for its CPU",
     )
     parser.add_argument("--peers-per-process", type=int, default=50)
     parser.add_argument(

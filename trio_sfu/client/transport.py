@@ -131,6 +131,7 @@ class ClientTransport:
         self._done = trio.Event()
         self._udp: stdlib_socket.socket | None = None
         self._tcp: TcpConnection | None = None
+        self._receive_scope = trio.CancelScope()
         self._dtls_started = False
         self._srtp: SrtpSession | None = None
 
@@ -319,7 +320,7 @@ class ClientTransport:
                     if self._tcp is not None:
                         nursery.start_soon(self._run_tcp, self._tcp)
                     else:
-                        nursery.start_soon(self._udp_loop)
+                        nursery.start_soon(self._run_udp_loop)
                     nursery.start_soon(self._timer_loop)
                     self._send(self._ice.start_check(trio.current_time()))
                     task_status.started()
@@ -330,6 +331,29 @@ class ClientTransport:
         await connection.run(self._handle)
         if not self.closed:
             self._fail("tcp connection closed by the server")
+
+    async def _run_udp_loop(self) -> None:
+        with self._receive_scope:
+            await self._udp_loop()
+
+    def detach_receive(self) -> stdlib_socket.socket:
+        """Stop reading the UDP socket in this transport's own task and return it.
+
+        From now on the caller reads the (non-blocking) socket and hands every datagram
+        to :meth:`receive_datagram`; the transport still owns and closes the socket. For
+        load generators with hundreds of transports in one process: one epoll over all
+        their sockets wakes once per batch of datagrams instead of once per datagram per
+        socket. UDP only (``ValueError`` otherwise).
+        """
+        if self._udp is None:
+            raise ValueError("detach_receive needs a UDP transport")
+        self._receive_scope.cancel()
+        return self._udp
+
+    def receive_datagram(self, data: bytes) -> None:
+        """Handle one datagram read from the socket :meth:`detach_receive` returned
+        (untrusted bytes: bad ones are counted, never raised)."""
+        self._handle(data, self.remote_address)
 
     async def _udp_loop(self) -> None:
         sock = self._udp
