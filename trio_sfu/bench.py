@@ -552,6 +552,15 @@ def format_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _within_limits(row: dict[str, Any]) -> bool:
+    return (
+        row["loss"] is not None
+        and row["loss"] < LOSS_LIMIT
+        and row["p99_ms"] is not None
+        and row["p99_ms"] < P99_LIMIT
+    )
+
+
 def capacity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The largest passing fan-out, whether it is only a lower bound, and what stopped it."""
     fanout = sorted(
@@ -852,6 +861,18 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if size > args.capacity_max:
                 break
             await run_pair(Scenario("fanout", size))
+    for _ in range(args.bisect):
+        # Between the largest fan-out that passed and the smallest that failed.
+        fanout = [r for r in rows if r["target"] == "sfu" and r["kind"] == "fanout"]
+        passed = [r["size"] for r in fanout if _within_limits(r)]
+        failed = [r["size"] for r in fanout if not _within_limits(r)]
+        if not passed or not failed:
+            break
+        low = max(passed)
+        high = min((f for f in failed if f > low), default=None)
+        if high is None or high - low < max(4, low // 8):
+            break
+        await run_pair(Scenario("fanout", (low + high) // 2))
     rows.sort(key=lambda r: (r["kind"] != "fanout", r["size"], r["target"] != "sfu"))
     profile = None
     if args.profile:
@@ -949,6 +970,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="keep raising the fan-out (x1.5) past the list while it passes, up to this",
     )
+    parser.add_argument(
+        "--bisect",
+        type=int,
+        default=2,
+        metavar="K",
+        help="then up to K fan-outs halfway between the last pass and the first failure [2]",
+    )
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="py-spy fanout-N")
     parser.add_argument("--json", type=Path, help="write the report as JSON")
     parser.add_argument("--write-docs", type=Path, help="write the report as Markdown")
@@ -966,6 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     if args.quick:
+        args.bisect = 0
         args.fanout = [2]
         args.meeting = [3]
         args.window = min(args.window, 2.0)

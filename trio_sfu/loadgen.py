@@ -268,23 +268,26 @@ class SocketReader:
 
     async def run(self) -> None:
         epoll = self._epoll
+        poll = epoll.poll
         handlers = self._handlers
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0):
-                    entry = handlers.get(fd)
-                    if entry is None:
-                        continue
-                    sock, handle = entry
-                    for _ in range(64):  # level-triggered: the rest comes next round
+                # Level-triggered: one datagram per ready socket per round, as many rounds
+                # as there is something to read (up to a bound, then trio runs the others).
+                for _ in range(64):
+                    events = poll(0)
+                    if not events:
+                        break
+                    for fd, _ in events:
+                        entry = handlers.get(fd)
+                        if entry is None:
+                            continue
                         try:
-                            data = sock.recv(2048)
-                        except BlockingIOError:
-                            break
-                        except OSError:  # closed at the end, or an ICMP error
-                            break
-                        handle(data)
+                            data = entry[0].recv(2048)
+                        except OSError:  # nothing after all, closed at the end, or ICMP
+                            continue
+                        entry[1](data)
         finally:
             epoll.close()
 
