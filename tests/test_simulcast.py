@@ -16,6 +16,7 @@ acceptance tests of issue 6; without it, the layer-switching tests.
 from __future__ import annotations
 
 import heapq
+import itertools
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -36,7 +37,15 @@ from trio_sfu.client.transport import ClientTransport, open_client_transport
 from trio_sfu.engine.api import ConsumerInfo, ConsumerLayersChanged, EngineEvent, NetworkQuality
 from trio_sfu.engine.worker import Worker, WorkerSettings, open_worker
 from trio_sfu.ortc.types import RtpCapabilities
-from trio_sfu.rtcp import Fir, GenericNack, Pli, build_rtcp, parse_rtcp_untrusted, unix_to_ntp
+from trio_sfu.rtcp import (
+    Fir,
+    GenericNack,
+    Pli,
+    Remb,
+    build_rtcp,
+    parse_rtcp_untrusted,
+    unix_to_ntp,
+)
 from trio_sfu.rtp import vp8
 from trio_sfu.rtp.packet import RtpPacket
 from trio_sfu.testing.impairment import Impairment, UdpRelay, open_udp_relay
@@ -50,6 +59,10 @@ FPS = 30
 #: longer for bigger pictures): a switch that went by arrival times would stutter.
 SEND_DELAY = (0.0, 0.012, 0.024)
 TAG = struct.Struct("!cBd")  # b"L", stream index, capture time
+#: Bits per second of each stream as sent (LAYOUT at FPS): 84, 240 and 960 kbit/s.
+STREAM_BITRATES = tuple(count * size * 8 * FPS for count, size, _ in LAYOUT)
+#: What a publisher that follows the REMB keeps for its audio.
+AUDIO_ALLOWANCE = 64_000
 
 
 @attrs.define
@@ -71,10 +84,19 @@ class Received:
 
 
 class Publisher:
-    """Synthetic simulcast VP8 and Opus in real time through one client transport."""
+    """Synthetic simulcast VP8 and Opus in real time through one client transport.
 
-    def __init__(self, client: ClientTransport, *, transport_cc: bool = True) -> None:
+    With ``follow_remb``, like Chromium: a stream is sent only while the last REMB covers
+    it, every stream below it and the audio (:meth:`sends`).
+    """
+
+    def __init__(
+        self, client: ClientTransport, *, transport_cc: bool = True, follow_remb: bool = False
+    ) -> None:
         self.client = client
+        self.follow_remb = follow_remb
+        #: (arrival time, bitrate) of every REMB from the SFU.
+        self.rembs: list[tuple[float, int]] = []
         counter = TransportWideCounter()
         self.video_parameters = vp8_simulcast_rtp_parameters(transport_cc=transport_cc)
         self.video = SyntheticPublisher(self.video_parameters, transport_counter=counter)
@@ -91,6 +113,12 @@ class Publisher:
         self.level = 40
         self.sent = 0
         self.epoch = 1_700_000_000.0
+
+    def sends(self, index: int) -> bool:
+        """Whether stream ``index`` goes out now."""
+        if not self.follow_remb or not self.rembs:
+            return True
+        return self.rembs[-1][1] >= AUDIO_ALLOWANCE + sum(STREAM_BITRATES[: index + 1])
 
     def stream_index(self, ssrc: int) -> int | None:
         for index, stream in enumerate(self.video.streams):
@@ -115,6 +143,8 @@ class Publisher:
                 next_audio += 0.02
             if now >= next_video:
                 for index, stream in enumerate(self.video.streams):
+                    if not self.sends(index):
+                        continue
                     count, size, (width, height) = LAYOUT[index]
                     keyframe = stream.frames == 0 or index in self.keyframes_wanted
                     self.keyframes_wanted.discard(index)
@@ -164,6 +194,8 @@ class Publisher:
                                 self.client.send_rtp(repaired)
                 else:
                     self.feedback.append(packet)
+                    if isinstance(packet, Remb):
+                        self.rembs.append((trio.current_time(), packet.bitrate))
                 for ssrc in ssrcs:
                     index = self.stream_index(ssrc)
                     if index is not None:
@@ -334,6 +366,7 @@ async def open_call(
     relay: bool = False,
     downlink: Impairment | None = None,
     caps: RtpCapabilities | None = None,
+    follow_remb: bool = False,
 ) -> AsyncIterator[Call]:
     events: list[tuple[float, EngineEvent]] = []
     settings = WorkerSettings(
@@ -352,7 +385,7 @@ async def open_call(
             ),
             trio.open_nursery() as nursery,
         ):
-            publisher = Publisher(pub)
+            publisher = Publisher(pub, follow_remb=follow_remb)
             video_id = await worker.produce(pub_id, "video", publisher.video_parameters)
             audio_id = await worker.produce(pub_id, "audio", publisher.audio_parameters)
             caps = caps or device_caps()
@@ -628,3 +661,49 @@ async def test_a_400_kbps_downlink_settles_on_r1_or_below_and_video_keeps_going(
             transport = (await call.worker.get_stats(call.sub_transport_id))[0]
             assert transport["availableOutgoingBitrate"] < 450_000
             assert call.subscriber.audio_since(since) >= 4.0 * 50 * 0.9
+
+
+async def test_streams_a_publisher_dropped_for_the_remb_come_back_when_wanted_again() -> None:
+    """Chromium stops sending the simulcast streams its estimate, capped by the SFU's REMB,
+    does not cover (the publisher here does the same). The REMB follows what the consumers
+    want: preferring r0 lets the publisher drop r1 and r2, and preferring r2 again must
+    bring them back (a REMB from the layers forwarded now never would: the consumer falls
+    back to the streams that arrive). The REMB goes down at most by half a second; cut at
+    once, Chromium's pacer sends the stream still wanted seconds late (seen in the browser
+    tests)."""
+    with trio.fail_after(40):
+        async with open_call(caps=device_caps(bandwidth_feedback=False), follow_remb=True) as call:
+            worker, consumer_id = call.worker, call.video.consumer_id
+            publisher = call.publisher
+            await call.wait_for(lambda: call.layers() == (2, 2), 5)
+            # The REMB asks for all three streams.
+            await call.wait_for(lambda: len(publisher.rembs) >= 2, 3)
+            assert publisher.sends(2)
+            await worker.set_consumer_preferred_layers(consumer_id, 0, None)
+            assert await call.wait_for(lambda: call.layers()[0] == 0, 3) < 1.0
+            # The REMB comes down to what r0 needs: r2 stops, then r1 (not at once).
+            took_r2 = await call.wait_for(lambda: not publisher.sends(2), 5)
+            took_r1 = await call.wait_for(lambda: not publisher.sends(1), 5)
+            assert took_r2 >= 0.5 and took_r1 >= 1.0, (took_r2, took_r1, publisher.rembs)
+            assert publisher.sends(0)
+            since = trio.current_time()
+            await trio.sleep(1.5)  # the SFU notices that r1 and r2 stopped
+            assert {r.layer for r in call.subscriber.video_since(since) if r.start} == {0}
+
+            await worker.set_consumer_preferred_layers(consumer_id, 2, None)
+            assert await call.wait_for(lambda: call.layers() == (2, 2), 5) < 2.0
+            assert publisher.sends(2)
+            await trio.sleep(0.3)
+            points = list(switch_points(call.subscriber.video))
+            assert [(old.layer, new.layer) for old, new in points][-2:] in (
+                [(2, 0), (0, 2)],
+                [(0, 1), (1, 2)],  # r1 came back first
+            )
+            for _old, new in points:
+                assert new.packet.keyframe, new
+            assert_continuous(call.subscriber.video)
+
+            rembs = publisher.rembs
+            assert len(rembs) >= 10
+            for (t0, b0), (t1, b1) in itertools.pairwise(rembs):
+                assert b1 >= 0.95 * b0 * 0.5 ** (t1 - t0), (t1 - t0, b0, b1)

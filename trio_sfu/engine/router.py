@@ -90,6 +90,12 @@ PROBE_BACKOFF_MAX = 30.0
 BUDGET_SHARE = 0.95
 #: How long one probe cluster lasts.
 PROBE_DURATION = 0.2
+#: The REMB toward a publisher falls at most to this share of itself per second. Cut at
+#: once (from what three streams need to what one needs), Chromium's pacer is left with a
+#: queue of frames encoded for the old rate and sends even the stream still wanted seconds
+#: late; the keyframe that ends such a queue jumps its timestamps forward and the
+#: subscribers' jitter buffers hold their frames until they catch up.
+REMB_DECREASE_PER_SECOND = 0.5
 
 
 def new_id() -> str:
@@ -194,6 +200,8 @@ class _TransportEntry:
         "probing",
         "producers",
         "quality",
+        "remb_at",
+        "remb_bitrate",
         "transport",
         "twcc_id",
         "twcc_recorder",
@@ -224,6 +232,9 @@ class _TransportEntry:
         self.twcc_recorder: TwccRecorder | None = None
         #: Per producer stream: (expected, received) at the last policy tick.
         self.uplink_prior: dict[tuple[str, int], tuple[int, int]] = {}
+        #: The last REMB sent toward the publisher, and when.
+        self.remb_bitrate: float | None = None
+        self.remb_at = 0.0
         self.quality: Quality | None = None
 
 
@@ -692,7 +703,7 @@ class Router:
             packets: list[RtcpPacket] = []
             for start in range(0, len(blocks), 31):
                 packets.append(ReceiverReport(ROUTER_RTCP_SSRC, tuple(blocks[start : start + 31])))
-            remb = self._remb_for(entry)
+            remb = self._remb_for(entry, now)
             if remb is not None:
                 packets.append(remb)
             chunks = []
@@ -716,8 +727,9 @@ class Router:
                 for start in range(0, len(packets), 16):
                     entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 16]))
 
-    def _remb_for(self, entry: _TransportEntry) -> Remb | None:
-        """REMB toward a publisher: what the consumers of its producers can take."""
+    def _remb_for(self, entry: _TransportEntry, now: float) -> Remb | None:
+        """REMB toward a publisher: what the consumers of its producers can take, going
+        down no faster than ``REMB_DECREASE_PER_SECOND`` (up at once)."""
         total = 0.0
         ssrcs: list[int] = []
         wanted = False
@@ -728,6 +740,12 @@ class Router:
             total += _producer_demand(producer)
         if not wanted or not ssrcs:
             return None
+        last = entry.remb_bitrate
+        if last is not None and total < last:
+            elapsed = max(0.0, now - entry.remb_at)
+            total = max(total, last * REMB_DECREASE_PER_SECOND**elapsed)
+        entry.remb_bitrate = total
+        entry.remb_at = now
         return Remb(ROUTER_RTCP_SSRC, int(total), tuple(ssrcs[:255]))
 
     # ---- feedback, bandwidth, speakers -------------------------------------------------
@@ -1042,13 +1060,20 @@ def _layer_rates(producer: Producer) -> list[list[float] | None]:
 
 def _producer_demand(producer: Producer) -> float:
     """What a publisher should send for a producer: every stream up to the highest one a
-    consumer targets (all of them while nobody consumes), with 20 % headroom."""
+    consumer wants (all of them while nobody consumes), with 20 % headroom.
+
+    "Wants" is the preference under the loss policy (:meth:`Consumer.layer_options_cap`),
+    not the target: the target falls back to the streams that arrive, and which streams
+    arrive follows this demand (Chromium drops the simulcast streams its estimate does not
+    cover), so a demand from targets could never bring back a stream once it stopped.
+    """
     streams = producer.streams
     if producer.kind == "audio":
         return max(producer.bitrate(), 64_000.0) * 1.2
     consumers = [c for c in producer.consumers if c.active]
     if consumers:
-        top = max((c.target_spatial for c in consumers if c.target_spatial is not None), default=0)
+        wanted = [cap[0] for c in consumers if (cap := c.layer_options_cap()) is not None]
+        top = max(wanted, default=0)
     else:
         top = len(streams) - 1
     total = 0.0
