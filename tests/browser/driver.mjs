@@ -4,7 +4,7 @@
 //   TRIO_SFU_URL          the server, http://127.0.0.1:<port>
 //   TRIO_SFU_ADMIN_TOKEN  the admin API's bearer token
 //   TRIO_SFU_WEB_DIR      trio_sfu/web (playwright-core is in its node_modules)
-//   TRIO_SFU_SCENARIO     vp8 | h264 | mute | leave | join
+//   TRIO_SFU_SCENARIO     vp8 | h264 | mute | leave | join | layers | layers-loss
 //   TRIO_SFU_RUNS         joins to time (join)
 //   TRIO_SFU_CHROMIUM     the browser, /usr/bin/chromium (never a downloaded one)
 //   TRIO_SFU_TIMEOUT_MS   the bound on the whole run
@@ -12,8 +12,13 @@
 //
 // Every step waits with a deadline; on failure the JSON says which step, with the pages'
 // state, getStats excerpts and console output, so a failure reads like webrtc-internals.
+//
+// Control: in the relayed scenarios (layers-loss) the runner answers requests about the
+// impairment relays in front of the pages' receive transports: `control(op, args)` prints
+// `@control {json}` on stdout and reads the answer, one JSON line, from stdin.
 
 import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
 
 const env = process.env;
 const require = createRequire(`${env.TRIO_SFU_WEB_DIR}/package.json`);
@@ -60,6 +65,35 @@ async function until(step, probe, { timeoutMs = MEDIA_TIMEOUT_MS, intervalMs = 2
     if (Date.now() > deadline) throw new StepFailed(step, `not done in ${timeoutMs} ms`, { last });
     await sleep(intervalMs);
   }
+}
+
+// ---- control of the runner --------------------------------------------------------------
+
+let controlLines = null;
+const controlWaiters = [];
+
+/** Ask the runner (tests/browser/run.py, RelayedEngine.control); its answer, or a failed step. */
+async function control(op, args = {}) {
+  if (controlLines === null) {
+    controlLines = createInterface({ input: process.stdin });
+    controlLines.on('line', (line) => controlWaiters.shift()?.(line));
+  }
+  let waiter;
+  const answer = new Promise((resolve) => {
+    waiter = resolve;
+    controlWaiters.push(resolve);
+  });
+  process.stdout.write(`@control ${JSON.stringify({ op, ...args })}\n`);
+  const line = await Promise.race([answer, sleep(10000).then(() => null)]);
+  if (line === null) controlWaiters.splice(controlWaiters.indexOf(waiter), 1); // never answered
+  const result = line === null ? { ok: false, error: 'no answer in 10 s' } : JSON.parse(line);
+  if (!result.ok) throw new StepFailed(`control ${op}`, result.error ?? 'refused', { args, result });
+  return result;
+}
+
+function closeControl() {
+  controlLines?.close();
+  process.stdin.destroy();
 }
 
 // ---- pages -------------------------------------------------------------------------------
@@ -383,12 +417,288 @@ async function joinScenario(browser) {
   return { runs, medianJoinToFirstFrameMs: sorted[Math.floor(sorted.length / 2)] };
 }
 
+// ---- simulcast layers: preferred layers and the weak-network policy -----------------------
+
+/** Sampling period of the receiving page's inbound-rtp video stats. */
+const SAMPLE_MS = 100;
+/** How long Bob stays on r0 before asking for r2 again. */
+const LOW_HOLD_MS = 6000;
+
+/**
+ * Start sampling, inside `p`'s page every SAMPLE_MS, the inbound-rtp stats of its consumer
+ * `consumerId` (a video one): framesDecoded and frame size, with the stats' own timestamp.
+ */
+async function startSampler(p, consumerId) {
+  await p.page.evaluate(
+    ({ id, period }) => {
+      const consumer = window.trioDemo.client.consumers.get(id);
+      const sampler = { samples: [], errors: 0, busy: false };
+      const tick = async () => {
+        if (sampler.busy || consumer.closed) return; // a slow getStats: no pile-up
+        sampler.busy = true;
+        try {
+          const report = await consumer.getStats();
+          let s = null;
+          report.forEach((x) => {
+            if (x.type === 'inbound-rtp' && x.kind === 'video') s = x;
+          });
+          if (s) {
+            sampler.samples.push({
+              t: performance.now(),
+              ts: s.timestamp,
+              framesDecoded: s.framesDecoded ?? 0,
+              keyFramesDecoded: s.keyFramesDecoded ?? 0,
+              frameWidth: s.frameWidth ?? 0,
+              frameHeight: s.frameHeight ?? 0,
+              packetsReceived: s.packetsReceived ?? 0,
+              packetsLost: s.packetsLost ?? 0,
+              nackCount: s.nackCount ?? 0,
+              pliCount: s.pliCount ?? 0,
+              freezeCount: s.freezeCount ?? 0,
+              framesReceived: s.framesReceived ?? 0,
+              framesDropped: s.framesDropped ?? 0,
+              jitterBufferDelay: s.jitterBufferDelay ?? 0,
+              jitterBufferEmittedCount: s.jitterBufferEmittedCount ?? 0,
+            });
+          }
+        } catch {
+          sampler.errors += 1;
+        } finally {
+          sampler.busy = false;
+        }
+      };
+      sampler.timer = setInterval(tick, period);
+      window.trioSampler = sampler;
+    },
+    { id: consumerId, period: SAMPLE_MS },
+  );
+}
+
+/** Sample, every 250 ms in `p`'s page, its video producer's streams and send-side
+ * estimate: to tell a publisher that stopped a simulcast stream from a forwarding problem. */
+async function startSenderSampler(p) {
+  await p.page.evaluate(() => {
+    const sampler = { samples: [], busy: false };
+    sampler.timer = setInterval(async () => {
+      if (sampler.busy) return;
+      sampler.busy = true;
+      try {
+        const out = await window.trioDemo.outboundStats();
+        sampler.samples.push({
+          wall: (performance.timeOrigin + performance.now()) / 1000,
+          bwe: out.availableOutgoingBitrate,
+          streams: Object.fromEntries(
+            (out.video ?? []).map((v) => [v.rid, [v.framesEncoded, v.frameWidth, v.qualityLimitationReason]]),
+          ),
+        });
+      } catch {
+        // the page is leaving
+      } finally {
+        sampler.busy = false;
+      }
+    }, 250);
+    window.trioSenderSampler = sampler;
+  });
+}
+
+/** The sender sampler's samples, `t` in ms since `startWall` (Unix seconds). */
+async function senderSamples(p, startWall) {
+  const samples = await p.page.evaluate(() => window.trioSenderSampler.samples);
+  return samples
+    .filter((s) => s.wall >= startWall)
+    .map(({ wall, ...s }) => ({ t: Math.round((wall - startWall) * 1000), ...s }));
+}
+
+/** The sampler's samples from `fromT` (page clock, performance.now()) on. */
+const samplesSince = (p, fromT = 0) =>
+  p.page.evaluate((t) => window.trioSampler.samples.filter((s) => s.t >= t), fromT);
+const pageNow = (p) => p.page.evaluate(() => performance.now());
+/** The page clock's `t` as Unix time in seconds (to line up with the server's timeline). */
+const pageWall = (p, t) => p.page.evaluate((x) => (performance.timeOrigin + x) / 1000, t);
+
+/**
+ * What the samples say about decoding: the longest time framesDecoded stayed flat (from the
+ * first to the last sample with one value, on the stats' clock; at most one sampling period
+ * shorter than the real stall), where, and the longest gap between samples.
+ */
+function decoding(samples) {
+  let maxFlatMs = 0;
+  let flatAt = null;
+  let maxGapMs = 0;
+  let first = null;
+  for (let i = 0; i < samples.length; i += 1) {
+    const s = samples[i];
+    if (i > 0) maxGapMs = Math.max(maxGapMs, s.ts - samples[i - 1].ts);
+    if (first === null || s.framesDecoded !== first.framesDecoded) first = s;
+    const flat = s.ts - first.ts;
+    if (flat > maxFlatMs) {
+      maxFlatMs = flat;
+      flatAt = { from: first.t, to: s.t, framesDecoded: s.framesDecoded, frameWidth: s.frameWidth };
+    }
+  }
+  const a = samples[0];
+  const b = samples[samples.length - 1];
+  return {
+    samples: samples.length,
+    maxFlatMs: Math.round(maxFlatMs),
+    flatAt,
+    maxGapMs: Math.round(maxGapMs),
+    framesDecoded: a && b ? b.framesDecoded - a.framesDecoded : 0,
+    seconds: a && b ? (b.ts - a.ts) / 1000 : 0,
+    widths: [...new Set(samples.map((s) => s.frameWidth))],
+  };
+}
+
+/** Wait until the sampler sees frames `width` wide; ms from `sinceT` to that sample. */
+async function waitWidth(p, width, sinceT, step, timeoutMs) {
+  try {
+    const found = await until(
+      step,
+      async () => {
+        const samples = await samplesSince(p, sinceT);
+        const hit = samples.find((s) => s.frameWidth === width);
+        return hit ? { done: true, ms: Math.round(hit.t - sinceT) } : { done: false, last: samples.at(-1) };
+      },
+      { timeoutMs, intervalMs: 100 },
+    );
+    return found.ms;
+  } catch (error) {
+    if (error instanceof StepFailed) error.details.server = await serverLayers(p).catch(String);
+    throw error;
+  }
+}
+
+/** The server's view of `p`'s video consumer (rtc:getStats): layers, level, loss. */
+async function serverLayers(p) {
+  const stats = await p.page.evaluate(
+    (id) => window.trioDemo.client.getServerStats(id),
+    p.videoConsumerId,
+  );
+  const s = stats.find((x) => x.type === 'outbound-rtp') ?? stats[0] ?? {};
+  return {
+    currentLayers: s.currentLayers ?? null,
+    targetLayers: s.targetLayers ?? null,
+    preferredLayers: s.preferredLayers ?? null,
+    networkLevel: s.networkLevel ?? null,
+    fractionLost: s.fractionLost ?? null,
+    packetsRetransmitted: s.packetsRetransmitted ?? null,
+  };
+}
+
+/** Alice and Bob in a VP8 call; Bob's consumer of Alice's video sampled from now on. */
+async function layersCall(browser) {
+  const { meeting, a, b } = await twoPeers(browser, 'VP8');
+  b.videoConsumerId = (await b.page.evaluate(() => window.trioDemo.consumerList())).find(
+    (c) => c.peerId === a.peerId && c.kind === 'video' && !c.closed,
+  )?.id;
+  if (!b.videoConsumerId) throw new StepFailed('bob finds his video consumer', 'none');
+  await Promise.all([startSampler(b, b.videoConsumerId), startSenderSampler(a)]);
+  return { meeting, a, b };
+}
+
+const setPreferred = (p, spatialLayer) =>
+  p.page.evaluate(
+    ({ id, spatial }) => window.trioDemo.client.setPreferredLayers(id, spatial),
+    { id: p.videoConsumerId, spatial: spatialLayer },
+  );
+
+/**
+ * Bob prefers r0 for Alice's video, then r2 again (rtc:setPreferredLayers): how long each
+ * took to reach the decoder (frameWidth 320, then 1280) and how decoding went meanwhile.
+ */
+async function layersScenario(browser) {
+  const { meeting, a, b } = await layersCall(browser);
+  const start = await pageNow(b);
+  await sleep(1500); // a stretch of steady 1280-wide decoding before the first switch
+  const lowAt = await pageNow(b);
+  const lowAnswer = await setPreferred(b, 0);
+  const lowMs = await waitWidth(b, 320, lowAt, 'bob decodes r0', 10000);
+  // Long enough for the server's REMB to bring Alice down to r0 alone (it halves per
+  // second), so that going back up needs her to start r1 and r2 again.
+  await sleep(LOW_HOLD_MS);
+  const lowServer = await serverLayers(b);
+  const lowSteady = decoding(await samplesSince(b, lowAt + lowMs));
+  const highAt = await pageNow(b);
+  const highAnswer = await setPreferred(b, 2);
+  const highMs = await waitWidth(b, 1280, highAt, 'bob decodes r2', 15000);
+  await sleep(2000);
+  const highServer = await serverLayers(b);
+  const all = await samplesSince(b, start);
+  const startWall = await pageWall(b, start);
+  return {
+    meeting,
+    alicePeerId: a.peerId,
+    bobPeerId: b.peerId,
+    aliceSent: await senderSamples(a, startWall),
+    low: { preferred: lowAnswer, ms: lowMs, server: lowServer, steady: lowSteady },
+    high: { preferred: highAnswer, ms: highMs, server: highServer },
+    decoding: decoding(all),
+    startWall,
+    marks: { low: Math.round(lowAt - start), high: Math.round(highAt - start) },
+    samples: all.map((s) => ({ ...s, t: Math.round(s.t - start), ts: undefined })),
+  };
+}
+
+/**
+ * Bob's downlink (the relay in front of his receive transport) loses 15 %: the policy takes
+ * Alice's video down to r0 and Bob keeps decoding it; then the loss stops and it climbs
+ * back to r2.
+ */
+async function layersLossScenario(browser) {
+  const { meeting, a, b } = await layersCall(browser);
+  const start = await pageNow(b);
+  await sleep(1500);
+  const clean = decoding(await samplesSince(b, start));
+  const lossAt = await pageNow(b);
+  await control('downlink', { peerId: b.peerId, loss: 0.15 });
+  const downMs = await waitWidth(b, 320, lossAt, 'bob decodes r0 under 15 % loss', 20000);
+  // Settled: at least two policy intervals (3 s each) at r0, decoding all along.
+  const settledAt = lossAt + downMs;
+  await sleep(7000);
+  const settledSamples = await samplesSince(b, settledAt);
+  const settledServer = await serverLayers(b);
+  const relaysUnderLoss = (await control('relays')).relays;
+  const healAt = await pageNow(b);
+  await control('downlink', { peerId: b.peerId, loss: 0 });
+  const upMs = await waitWidth(b, 1280, healAt, 'bob climbs back to r2', 40000);
+  await sleep(1000);
+  const healedServer = await serverLayers(b);
+  const all = await samplesSince(b, start);
+  const startWall = await pageWall(b, start);
+  const seconds = [];
+  for (let t = settledAt; t + 1000 <= settledAt + 7000; t += 1000) {
+    const window = settledSamples.filter((s) => s.t >= t && s.t < t + 1000);
+    seconds.push(window.length ? window[window.length - 1].framesDecoded - window[0].framesDecoded : 0);
+  }
+  return {
+    meeting,
+    alicePeerId: a.peerId,
+    bobPeerId: b.peerId,
+    aliceSent: await senderSamples(a, startWall),
+    clean,
+    down: { ms: downMs },
+    settled: {
+      decoding: decoding(settledSamples),
+      framesPerSecond: seconds,
+      server: settledServer,
+      relays: relaysUnderLoss,
+    },
+    healed: { ms: upMs, server: healedServer },
+    underLoss: decoding(all.filter((s) => s.t >= lossAt && s.t < healAt)),
+    startWall,
+    marks: { loss: Math.round(lossAt - start), heal: Math.round(healAt - start) },
+    samples: all.map((s) => ({ ...s, t: Math.round(s.t - start), ts: undefined })),
+  };
+}
+
 const SCENARIOS = {
   vp8: (browser) => mediaScenario(browser, 'VP8'),
   h264: (browser) => mediaScenario(browser, 'H264'),
   mute: muteScenario,
   leave: leaveScenario,
   join: joinScenario,
+  layers: layersScenario,
+  'layers-loss': layersLossScenario,
 };
 
 // ---- main --------------------------------------------------------------------------------
@@ -409,6 +719,7 @@ async function dumpPages(browser) {
               consumers: d.consumerList(),
               inbound: await d.inboundStats(),
               outbound: await d.outboundStats(),
+              samples: window.trioSampler?.samples.slice(-80) ?? null,
             };
           })
           .catch((e) => ({ error: String(e) })),
@@ -451,6 +762,7 @@ async function main() {
   result.elapsedMs = Date.now() - started;
   result.console = consoleLog.slice(-80);
   clearTimeout(guard);
+  closeControl();
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

@@ -17,7 +17,16 @@ every process left (Chromium's helpers included) down with it.
 
 Scenarios: ``vp8``, ``h264`` (two pages publish and decode each other), ``mute`` (camera
 paused and resumed), ``leave`` (a page closes, then the other leaves; admin API checks),
-``join`` (``--runs N`` joins, timing join to first decoded remote frame).
+``join`` (``--runs N`` joins, timing join to first decoded remote frame), ``layers``
+(Bob's preferred layers for Alice's video: r0, then r2 again, framesDecoded sampled every
+100 ms), ``layers-loss`` (Bob receives through an impairment relay whose downlink loses
+15 %: the weak-network policy takes Alice's video to r0, and back up when it heals).
+
+In the relayed scenarios (:data:`RELAYED`) every receive transport is announced behind a
+:class:`~trio_sfu.testing.impairment.UdpRelay` of its own (:class:`RelayedEngine` wraps the
+worker), and the driver controls the relays through its stdin/stdout: a stdout line
+``@control {json}`` is a request (:meth:`RelayedEngine.control`), answered with one JSON
+line on the driver's stdin.
 """
 
 from __future__ import annotations
@@ -31,24 +40,35 @@ import secrets
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine import create_engine
+from trio_sfu.engine.api import TransportInfo
+from trio_sfu.engine.worker import Worker
+from trio_sfu.errors import SfuError
 from trio_sfu.server import serve_sfu
 from trio_sfu.signaling.web import WEB_DIR
+from trio_sfu.testing.impairment import Impairment, UdpRelay
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parent / "driver.mjs"
 CHROMIUM = "/usr/bin/chromium"
-SCENARIOS = ("vp8", "h264", "mute", "leave", "join")
+SCENARIOS = ("vp8", "h264", "mute", "leave", "join", "layers", "layers-loss")
+#: Scenarios whose receive transports go through impairment relays.
+RELAYED = frozenset({"layers-loss"})
 #: Bound on one driver run per scenario (and per join run for ``join``).
 DRIVER_TIMEOUT = 150.0
+#: A driver stdout line starting with this is a request to the runner (JSON after it).
+CONTROL_PREFIX = "@control "
 
 
 def namespace_command(python: str, scenario: str, *extra: str) -> list[str]:
@@ -111,6 +131,106 @@ def deprioritize(pid: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text(str(BROWSER_NICE))
 
 
+@attrs.define(eq=False)
+class RelayedTransport:
+    """One receive transport behind its relay; ``scope`` ends the relay."""
+
+    transport_id: str
+    peer_id: str | None
+    relay: UdpRelay
+    scope: trio.CancelScope
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "transportId": self.transport_id,
+            "peerId": self.peer_id,
+            "downlink": attrs.asdict(self.relay.downlink),
+            "downlinkStats": attrs.asdict(self.relay.downlink_stats),
+            "uplinkStats": attrs.asdict(self.relay.uplink_stats),
+        }
+
+
+class RelayedEngine:
+    """The worker, with every receive transport announced behind an impairment relay.
+
+    ``create_webrtc_transport`` for a ``recv`` transport (the signaling side passes
+    ``{"peerId", "direction"}`` as app data) starts a :class:`UdpRelay` to the transport's
+    UDP candidate and answers with the relay's address instead (TCP candidates dropped),
+    so the page's every packet to and from that transport crosses the relay; the relay
+    starts lossless. Everything else is the worker's. The relays run in ``nursery`` and
+    end with the transport or with the nursery.
+    """
+
+    def __init__(self, worker: Worker, nursery: trio.Nursery, seed: int = 1) -> None:
+        self._worker = worker
+        self._nursery = nursery
+        self._seed = seed
+        self.relays: dict[str, RelayedTransport] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._worker, name)
+
+    async def create_webrtc_transport(
+        self, router_id: str, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
+    ) -> TransportInfo:
+        info = await self._worker.create_webrtc_transport(
+            router_id, force_tcp=force_tcp, app_data=app_data
+        )
+        app_data = app_data or {}
+        udp = [c for c in info.ice_candidates if c.protocol == "udp"]
+        if app_data.get("direction") != "recv" or not udp:
+            return info
+        relay = UdpRelay(
+            (udp[0].ip, udp[0].port),
+            downlink=Impairment(loss_model="spread"),
+            seed=self._seed + len(self.relays),
+        )
+        scope = await self._nursery.start(self._run_relay, relay)
+        peer_id = app_data.get("peerId")
+        self.relays[info.transport_id] = RelayedTransport(
+            info.transport_id, peer_id if isinstance(peer_id, str) else None, relay, scope
+        )
+        return attrs.evolve(info, ice_candidates=relay.rewrite_candidates(info.ice_candidates))
+
+    @staticmethod
+    async def _run_relay(
+        relay: UdpRelay, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(relay.run)
+                task_status.started(scope)
+
+    async def close_transport(self, transport_id: str) -> None:
+        await self._worker.close_transport(transport_id)
+        relayed = self.relays.get(transport_id)
+        if relayed is not None:
+            relayed.scope.cancel()
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request of the driver (a JSON object with ``op``).
+
+        ``{"op": "downlink", "peerId": P, "loss": L}``: the relays of P's receive
+        transports lose the share L of what the server sends P from now on ("spread" model:
+        very nearly L of any few hundred packets); answers which transports changed.
+        ``{"op": "relays"}``: every relay's settings and counters.
+        """
+        op = request.get("op")
+        if op == "relays":
+            return {"ok": True, "relays": [r.report() for r in self.relays.values()]}
+        if op == "downlink":
+            loss = request.get("loss")
+            if not isinstance(loss, int | float) or not 0 <= loss < 1:
+                return {"ok": False, "error": f"bad loss {loss!r}"}
+            chosen = [r for r in self.relays.values() if r.peer_id == request.get("peerId")]
+            if not chosen:
+                return {"ok": False, "error": f"no relay for peer {request.get('peerId')!r}"}
+            for relayed in chosen:
+                relayed.relay.downlink.loss = float(loss)
+            return {"ok": True, "relays": [r.report() for r in chosen]}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
 def _kill_group(pid: int) -> None:
     """SIGKILL the driver's process group (the driver and whatever it left behind)."""
     with contextlib.suppress(ProcessLookupError):
@@ -124,8 +244,13 @@ async def run_driver(
     tmp: Path,
     runs: int,
     screenshot: str | None = None,
+    engine: RelayedEngine | None = None,
 ) -> dict[str, Any]:
-    """Run driver.mjs once; its last stdout line is the result (JSON)."""
+    """Run driver.mjs once; its last stdout line is the result (JSON).
+
+    Stdout lines starting with :data:`CONTROL_PREFIX` are requests for ``engine``
+    (:meth:`RelayedEngine.control`), answered on the driver's stdin as they come.
+    """
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp),
@@ -140,30 +265,43 @@ async def run_driver(
     }
     if screenshot:
         env["TRIO_SFU_SCREENSHOT"] = screenshot
-    out_path, err_path = tmp / "driver.out", tmp / "driver.err"
+    err_path = tmp / "driver.err"
+    lines: list[str] = []
     timed_out = False
-    with out_path.open("wb") as out, err_path.open("wb") as err:
+    with err_path.open("wb") as err:
         relative = BROWSER_NICE - os.getpriority(os.PRIO_PROCESS, 0)
         process = await trio.lowlevel.open_process(
             ["nice", "-n", str(relative), "node", str(DRIVER)],
             env=env,
             cwd=str(tmp),
-            stdout=out,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=err,
             start_new_session=True,
         )
         deprioritize(process.pid)
         try:
             with trio.move_on_after(DRIVER_TIMEOUT * runs + 15) as scope:
-                await process.wait()
+                async with trio.open_nursery() as nursery:
+                    read_all = trio.Event()
+                    nursery.start_soon(_read_driver, process, engine, lines, read_all)
+                    await process.wait()
+                    # The rest of its stdout (unless something it left holds the pipe).
+                    _kill_group(process.pid)
+                    with trio.move_on_after(5):
+                        await read_all.wait()
+                    nursery.cancel_scope.cancel()
             timed_out = scope.cancelled_caught
         finally:
             _kill_group(process.pid)
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await process.wait()
-    stdout = out_path.read_text(errors="replace").strip()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(trio.BrokenResourceError, OSError):
+                        await stream.aclose()
     stderr = err_path.read_text(errors="replace")
-    last = stdout.splitlines()[-1] if stdout else ""
+    last = lines[-1] if lines else ""
     try:
         result: dict[str, Any] = json.loads(last)
     except ValueError:
@@ -173,6 +311,101 @@ async def run_driver(
     if stderr.strip():
         result["driverStderr"] = stderr[-4000:]
     return result
+
+
+async def _read_driver(
+    process: trio.Process, engine: RelayedEngine | None, lines: list[str], read_all: trio.Event
+) -> None:
+    """Collect the driver's stdout lines into ``lines`` until its end (then ``read_all``
+    is set); answer its control requests."""
+    assert process.stdout is not None and process.stdin is not None
+    buffer = bytearray()
+    async for chunk in process.stdout:
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            line = buffer[:end].decode(errors="replace").strip()
+            del buffer[: end + 1]
+            if not line.startswith(CONTROL_PREFIX):
+                if line:
+                    lines.append(line)
+                continue
+            try:
+                request = json.loads(line[len(CONTROL_PREFIX) :])
+                if engine is None:
+                    answer = {"ok": False, "error": "no relays in this scenario"}
+                elif not isinstance(request, dict):
+                    answer = {"ok": False, "error": "a request is a JSON object"}
+                else:
+                    answer = engine.control(request)
+            except ValueError as error:
+                answer = {"ok": False, "error": f"bad request: {error}"}
+            # The driver may be gone already; its result (or its absence) tells.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await process.stdin.send_all(json.dumps(answer).encode() + b"\n")
+    if buffer.strip():
+        lines.append(buffer.decode(errors="replace").strip())
+    read_all.set()
+
+
+#: Scenarios whose result carries the server's view of its video consumers over time.
+TIMELINED = frozenset({"layers", "layers-loss"})
+#: Period of that timeline, seconds.
+TIMELINE_PERIOD = 0.2
+
+
+async def record_timeline(
+    worker: Worker, timeline: list[dict[str, Any]], *, period: float = TIMELINE_PERIOD
+) -> None:
+    """Every ``period``: each video consumer's layers, level and counters with its
+    transport's bandwidth estimate, and each video producer's streams (bitrate, packets),
+    from the engine's public stats (``rtc:getStats`` answers the same), until cancelled."""
+    start = trio.current_time()
+    while True:
+        await trio.sleep(period)
+        consumers: list[dict[str, Any]] = []
+        producers: list[dict[str, Any]] = []
+        for router in worker.dump()["routers"]:
+            for transport in router["transports"]:
+                # Entities may close between the dump and a stats call: skip those.
+                with contextlib.suppress(SfuError):
+                    for producer_id in transport["producerIds"]:
+                        streams = await worker.get_stats(producer_id)
+                        if streams and streams[0]["kind"] == "video":
+                            producers.append(
+                                {
+                                    "id": producer_id,
+                                    "streams": [
+                                        [s["rid"], round(s["bitrate"]), s["packetCount"]]
+                                        for s in streams
+                                    ],
+                                }
+                            )
+                    for consumer_id in transport["consumerIds"]:
+                        c = (await worker.get_stats(consumer_id))[0]
+                        if c["kind"] != "video":
+                            continue
+                        t = (await worker.get_stats(transport["id"]))[0]
+                        consumers.append(
+                            {
+                                "id": consumer_id,
+                                "current": c["currentLayers"],
+                                "target": c["targetLayers"],
+                                "preferred": c["preferredLayers"],
+                                "level": c["networkLevel"],
+                                "sent": c["packetCount"],
+                                "rtx": c["packetsRetransmitted"],
+                                "fractionLost": c["fractionLost"],
+                                "bwe": t.get("availableOutgoingBitrate"),
+                            }
+                        )
+        timeline.append(
+            {
+                "t": round(trio.current_time() - start, 2),
+                "wall": round(time.time(), 3),
+                "consumers": consumers,
+                "producers": producers,
+            }
+        )
 
 
 async def run_scenario(
@@ -192,11 +425,21 @@ async def run_scenario(
     tmp = Path(tempfile.mkdtemp(prefix="trio-sfu-browser-"))
     try:
         async with create_engine(config) as worker, trio.open_nursery() as nursery:
-            server = await nursery.start(serve_sfu, config, worker)
+            engine = RelayedEngine(worker, nursery) if scenario in RELAYED else None
+            server = await nursery.start(serve_sfu, config, engine or worker)
+            timeline: list[dict[str, Any]] = []
             try:
-                result = await run_driver(
-                    scenario, server.http_url, admin_token, tmp, runs, screenshot
-                )
+                async with trio.open_nursery() as recording:
+                    if scenario in TIMELINED:
+                        recording.start_soon(record_timeline, worker, timeline)
+                    result = await run_driver(
+                        scenario, server.http_url, admin_token, tmp, runs, screenshot, engine
+                    )
+                    recording.cancel_scope.cancel()
+                if scenario in TIMELINED:
+                    result["serverTimeline"] = timeline
+                if engine is not None:
+                    result["relays"] = [r.report() for r in engine.relays.values()]
                 # Give the server a moment to finish cleaning up after the last page.
                 with trio.move_on_after(5):
                     while worker.dump()["routers"]:  # noqa: ASYNC110 (no event to wait on)
@@ -204,6 +447,9 @@ async def run_scenario(
                 result["serverDump"] = worker.dump()
             finally:
                 server.shutdown()
+                if engine is not None:
+                    for relayed in engine.relays.values():
+                        relayed.scope.cancel()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
