@@ -38,6 +38,7 @@ from trio_sfu.engine.layers import (
     PolicySettings,
     Quality,
     allocate,
+    interval_loss,
     layer_options,
     network_quality,
 )
@@ -946,25 +947,16 @@ class Router:
                 )
 
     def _downlink_loss(self, entry: _TransportEntry) -> tuple[float | None, float | None]:
-        """Loss of what the router sent on this transport over the last interval: the
-        subscriber's receiver reports (lost / expected), or its NACKs (distinct sequence
-        numbers / packets sent) where they say more; and the mean RTT."""
-        expected = lost = sent = nacked = 0
+        """Loss of what the router sent on this transport over the last interval, from
+        the subscriber's receiver reports and NACKs of every stream
+        (:func:`~trio_sfu.engine.layers.interval_loss`); and the mean RTT."""
+        samples = []
         rtts = []
         for consumer in entry.consumers.values():
-            e, lo, s, n = consumer.loss_sample()
-            expected += e
-            lost += lo
-            sent += s
-            nacked += n
+            samples.append(consumer.loss_sample())
             if consumer.rtt is not None:
                 rtts.append(consumer.rtt)
-        candidates = []
-        if expected >= MIN_LOSS_PACKETS:
-            candidates.append(lost / expected)
-        if sent >= MIN_LOSS_PACKETS and nacked:
-            candidates.append(min(1.0, nacked / sent))
-        loss = max(candidates) if candidates else None
+        loss = interval_loss(samples, MIN_LOSS_PACKETS)
         rtt = sum(rtts) / len(rtts) if rtts else None
         return loss, rtt
 
