@@ -561,10 +561,17 @@ def _within_limits(row: dict[str, Any]) -> bool:
     )
 
 
+def _starved(row: dict[str, Any]) -> bool:
+    """Other processes took the server's core for more than BUSY_WAIT of the window: the
+    row's loss and latency say nothing about the server's capacity."""
+    return (row.get("server_wait") or 0.0) > BUSY_WAIT
+
+
 def capacity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The largest passing fan-out, whether it is only a lower bound, and what stopped it."""
+    """The largest passing fan-out, whether it is only a lower bound, and what stopped it.
+    Runs whose server was starved of its core count neither way."""
     fanout = sorted(
-        (r for r in rows if r["target"] == "sfu" and r["kind"] == "fanout"),
+        (r for r in rows if r["target"] == "sfu" and r["kind"] == "fanout" and not _starved(r)),
         key=lambda r: r["size"],
     )
     best: dict[str, Any] | None = None
@@ -581,6 +588,11 @@ def capacity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         elif not ok and failed is None:
             failed = row
     return {
+        "starved": sorted(
+            r["scenario"]
+            for r in rows
+            if r["target"] == "sfu" and r["kind"] == "fanout" and _starved(r)
+        ),
         "subscribers": best["size"] if best else None,
         "forwarded_pps": best["forwarded_pps"] if best else None,
         "lower_bound": failed is None,
@@ -623,7 +635,8 @@ def targets(rows: Sequence[dict[str, Any]], cap: dict[str, Any]) -> list[tuple[s
         )
     if cap["subscribers"]:
         half = cap["subscribers"] / 2
-        near = min(sfu_fanout, key=lambda r: abs(r["size"] - half))
+        candidates = [r for r in sfu_fanout if not _starved(r)] or sfu_fanout
+        near = min(candidates, key=lambda r: abs(r["size"] - half))
         p99 = near["p99_ms"]
         out.append(
             (
@@ -708,6 +721,11 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         )
     else:
         lines.append("No scenario (a) run stayed within the limits.")
+    if cap.get("starved"):
+        lines.append(
+            f"Not counted (the server waited > {BUSY_WAIT:g} % of the window for its core, "
+            f"taken by other processes of this shared machine): {', '.join(cap['starved'])}."
+        )
     if cap["first_failure"]:
         lines.append(
             f"First run past the limits: {cap['first_failure']}"
@@ -863,7 +881,9 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             await run_pair(Scenario("fanout", size))
     for _ in range(args.bisect):
         # Between the largest fan-out that passed and the smallest that failed.
-        fanout = [r for r in rows if r["target"] == "sfu" and r["kind"] == "fanout"]
+        fanout = [
+            r for r in rows if r["target"] == "sfu" and r["kind"] == "fanout" and not _starved(r)
+        ]
         passed = [r["size"] for r in fanout if _within_limits(r)]
         failed = [r["size"] for r in fanout if not _within_limits(r)]
         if not passed or not failed:
@@ -982,6 +1002,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-docs", type=Path, help="write the report as Markdown")
     parser.add_argument("--compare", type=Path, help="a previous --json report: before/after")
     parser.add_argument("--label", default="", help="a word on this run, for --compare")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="no run: write --write-docs from a saved --json report (capacity recomputed)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny and short")
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -1002,7 +1028,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_pin and (shutil.which("taskset") is None or (os.cpu_count() or 1) < 2):
         print("taskset or a second CPU is missing: running unpinned", file=sys.stderr)
         args.no_pin = True
-    report = trio.run(run_benchmark, args)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        report["capacity"] = capacity(report["rows"])
+        report["targets"] = targets(report["rows"], report["capacity"])
+    else:
+        report = trio.run(run_benchmark, args)
     print()
     print("\n".join(format_table(report["rows"])))
     cap = report["capacity"]
