@@ -24,12 +24,13 @@ SETTINGS = PolicySettings()
 
 # One policy interval (3 s) of Chromium receiving 180p VP8 and Opus through a relay that
 # loses 15 % of the packets (the browser test layers-loss), per stream
-# (expected, lost, sent, nacked): video from its receiver reports (RTX repairs count as
-# lost there) and NACKs; Opus NACKed too, but resent on its own SSRC, so its reports say
-# nothing is lost, and Chromium reports on audio only every few seconds (none this time).
-CHROMIUM_VIDEO_180P = (94, 19, 90, 18)
-CHROMIUM_OPUS_NO_REPORT = (0, 0, 150, 24)
-CHROMIUM_OPUS_REPORTED = (317, 0, 150, 21)
+# (expected, lost, sent, nacked). The relay dropped 20 of the 92 video packets and 22 of
+# the 173 Opus ones (151 sent, 22 resent) in the interval. Video: Chromium's last two
+# receiver reports span 115 packets, 30 of them lost (26 %: the stretch between reports
+# is not the interval); Opus: NACKed, then resent on its own SSRC, so its reports say
+# nothing is lost.
+CHROMIUM_VIDEO_180P = (115, 30, 92, 20)
+CHROMIUM_OPUS = (268, 0, 151, 22)
 
 
 @pytest.mark.parametrize(
@@ -195,27 +196,23 @@ def test_allocate_with_no_options_answers_minus_one() -> None:
     assert allocate(None, 0, [[]]) == [-1]
 
 
-def test_interval_loss_pools_every_stream_of_the_downlink() -> None:
-    # Taken alone, the video's reports read 19 / 94 = 20.2 % (video paused); with the
-    # audio's NACKs the interval's 244 packets read 17.6 %: r0, as 15 % loss should.
-    assert CHROMIUM_VIDEO_180P[1] / CHROMIUM_VIDEO_180P[0] > SETTINGS.pause_loss
-    loss = interval_loss([CHROMIUM_VIDEO_180P, CHROMIUM_OPUS_NO_REPORT])
-    assert loss == pytest.approx((19 + 24) / (94 + 150))
+def test_interval_loss_pools_the_nacks_of_every_stream() -> None:
+    # Read from the reports, the interval would be (30 + 0) / (115 + 268) = 7.8 % (r1),
+    # or 26 % for the video alone (paused); the NACKs read (20 + 22) / (92 + 151) = 17 %:
+    # r0, as 15 % loss should (the NACKs count packets lost again when resent).
+    loss = interval_loss([CHROMIUM_VIDEO_180P, CHROMIUM_OPUS])
+    assert loss == pytest.approx((20 + 22) / (92 + 151))
     assert level_for_loss(loss, SETTINGS) == LEVEL_R0  # type: ignore[arg-type]
 
 
-def test_interval_loss_takes_the_reading_that_saw_more_per_stream() -> None:
-    # Audio: its report (0 of 317 lost: repaired on the same SSRC) gives way to its NACKs
-    # (21 of 150); video: 29 of 189 reported lost (15.3 %), 17 of 100 NACKed (17 %).
-    loss = interval_loss([(189, 29, 100, 17), CHROMIUM_OPUS_REPORTED])
-    assert loss == pytest.approx((17 + 21) / (100 + 150))
-    loss = interval_loss([(189, 40, 100, 17), CHROMIUM_OPUS_REPORTED])
-    assert loss == pytest.approx((40 + 21) / (189 + 150))
-    # A receiver that never NACKs: its reports alone.
+def test_interval_loss_falls_back_to_reports_without_nacks() -> None:
+    # A receiver that never NACKs: its reports.
     assert interval_loss([(200, 30, 210, 0)]) == pytest.approx(0.15)
+    # One stream NACKed, the other did not (it lost nothing, its report says so).
+    assert interval_loss([(90, 9, 100, 10), (150, 0, 150, 0)]) == pytest.approx(10 / 250)
     # NACKs of more sequence numbers than were sent (repeats of older ones) count as all.
     assert interval_loss([(0, 0, 20, 25)]) == 1.0
-    # Streams with nothing to say are left out rather than counted as lossless.
+    # A stream with nothing to say is left out rather than counted as lossless.
     assert interval_loss([(100, 10, 100, 10), (0, 0, 150, 0)]) == pytest.approx(0.10)
 
 

@@ -142,26 +142,23 @@ def interval_loss(
     streams' ``(expected, lost, sent, nacked)``: packets its receiver reports expected and
     lost, packets sent and distinct sequence numbers NACKed (``Consumer.loss_sample``).
 
-    A stream's receiver reports and its NACKs are two readings of one loss, and each can
-    miss some: a report counts a packet repaired on the stream's own SSRC as received
-    (Chromium's Opus, NACKed and resent as it was), NACKs leave out what the receiver did
-    not ask for. Each stream counts with the reading that saw more; then the streams are
-    pooled, so that the decision rests on every packet of the interval. (Taken apart, a
-    180p stream carries some 90 packets in 3 s: 15 % loss then reads 20 % now and then.)
-    ``None`` below ``min_packets`` packets.
+    A stream the receiver NACKed counts with its NACKs (NACKed of sent): they cover the
+    interval itself, while a receiver report covers the stretch between two reports, a
+    second or more off (a 180p stream carries some 90 packets in 3 s, so that stretch
+    alone can read 15 % loss as 25 %), and a report counts a packet repaired on the
+    stream's own SSRC as received (Chromium's Opus, NACKed and resent as it was). A
+    stream without NACKs counts with its reports. The streams are pooled, so that the
+    decision rests on every packet of the interval. ``None`` below ``min_packets``.
     """
     lost_total = 0
     packets = 0
     for expected, lost, sent, nacked in samples:
-        readings = []
-        if expected > 0:
-            readings.append((lost / expected, lost, expected))
         if sent > 0 and nacked > 0:
-            readings.append((min(1.0, nacked / sent), min(nacked, sent), sent))
-        if readings:
-            _, stream_lost, stream_packets = max(readings)
-            lost_total += stream_lost
-            packets += stream_packets
+            lost_total += min(nacked, sent)
+            packets += sent
+        elif expected > 0:
+            lost_total += lost
+            packets += expected
     if packets < min_packets:
         return None
     return lost_total / packets
