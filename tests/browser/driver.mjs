@@ -421,6 +421,8 @@ async function joinScenario(browser) {
 
 /** Sampling period of the receiving page's inbound-rtp video stats. */
 const SAMPLE_MS = 100;
+/** Gaps between samples longer than this are reported with the freezes they hold. */
+const LONG_GAP_MS = 300;
 /** How long Bob stays on r0 before asking for r2 again. */
 const LOW_HOLD_MS = 6000;
 
@@ -455,6 +457,7 @@ async function startSampler(p, consumerId) {
               nackCount: s.nackCount ?? 0,
               pliCount: s.pliCount ?? 0,
               freezeCount: s.freezeCount ?? 0,
+              totalFreezesDuration: s.totalFreezesDuration ?? 0,
               framesReceived: s.framesReceived ?? 0,
               framesDropped: s.framesDropped ?? 0,
               jitterBufferDelay: s.jitterBufferDelay ?? 0,
@@ -519,16 +522,28 @@ const pageWall = (p, t) => p.page.evaluate((x) => (performance.timeOrigin + x) /
 /**
  * What the samples say about decoding: the longest time framesDecoded stayed flat (from the
  * first to the last sample with one value, on the stats' clock; at most one sampling period
- * shorter than the real stall), where, and the longest gap between samples.
+ * shorter than the real stall), where, and the longest gap between samples. A gap longer
+ * than LONG_GAP_MS (a starved page) could hide a stall: `longGaps` lists them with the
+ * freezes Chromium counted meanwhile (`totalFreezesDuration`, its own frame-interval
+ * measure), which a hidden stall would show in.
  */
 function decoding(samples) {
   let maxFlatMs = 0;
   let flatAt = null;
   let maxGapMs = 0;
+  const longGaps = [];
   let first = null;
   for (let i = 0; i < samples.length; i += 1) {
     const s = samples[i];
-    if (i > 0) maxGapMs = Math.max(maxGapMs, s.ts - samples[i - 1].ts);
+    if (i > 0) {
+      const before = samples[i - 1];
+      const gap = s.ts - before.ts;
+      maxGapMs = Math.max(maxGapMs, gap);
+      if (gap > LONG_GAP_MS) {
+        const freezeMs = (s.totalFreezesDuration - before.totalFreezesDuration) * 1000;
+        longGaps.push({ at: before.t, ms: Math.round(gap), freezeMs: Math.round(freezeMs) });
+      }
+    }
     if (first === null || s.framesDecoded !== first.framesDecoded) first = s;
     const flat = s.ts - first.ts;
     if (flat > maxFlatMs) {
@@ -543,6 +558,7 @@ function decoding(samples) {
     maxFlatMs: Math.round(maxFlatMs),
     flatAt,
     maxGapMs: Math.round(maxGapMs),
+    longGaps,
     framesDecoded: a && b ? b.framesDecoded - a.framesDecoded : 0,
     seconds: a && b ? (b.ts - a.ts) / 1000 : 0,
     widths: [...new Set(samples.map((s) => s.frameWidth))],
