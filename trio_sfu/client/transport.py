@@ -38,6 +38,7 @@ from trio_sfu.ortc.types import (
     IceParameters,
 )
 from trio_sfu.srtp import SRTP_PROFILES, SrtpSession
+from trio_sfu.timers import DeadlineTimer
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ class ClientTransport:
         self.closed = False
         self.failure: str | None = None
         self._scope = trio.CancelScope()
-        self._timer_scope: trio.CancelScope | None = None
-        self._last_timer = -math.inf
+        self._timer = DeadlineTimer(self._next_deadline, self._on_timer)
         self._done = trio.Event()
         self._udp: stdlib_socket.socket | None = None
         self._tcp: TcpConnection | None = None
@@ -268,7 +268,7 @@ class ClientTransport:
             remote_password=ice_parameters.password,
         )
         self._send(self._ice.start_check(trio.current_time()))
-        self._reschedule()
+        self._timer.reschedule()
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class ClientTransport:
                         nursery.start_soon(self._run_tcp, self._tcp)
                     else:
                         nursery.start_soon(self._run_udp_loop)
-                    nursery.start_soon(self._timer_loop)
+                    nursery.start_soon(self._timer.run)
                     self._send(self._ice.start_check(trio.current_time()))
                     task_status.started()
         finally:
@@ -475,7 +475,7 @@ class ClientTransport:
                 return
             for record in records:
                 self._send(record)
-        self._reschedule()
+        self._timer.reschedule()
 
     def _handle_dtls(self, data: bytes) -> None:
         if not self._dtls_started:
@@ -513,7 +513,7 @@ class ClientTransport:
         elif state == "closed":
             self._fail("dtls_closed")
             return
-        self._reschedule()
+        self._timer.reschedule()
 
     # ---- timers ------------------------------------------------------------------------
 
@@ -524,22 +524,7 @@ class ClientTransport:
             dtls_deadline = self._dtls.next_deadline(trio.current_time())
             if dtls_deadline is not None and dtls_deadline < result:
                 result = dtls_deadline
-        return max(result, self._last_timer + 0.001)
-
-    def _reschedule(self) -> None:
-        scope = self._timer_scope
-        if scope is not None:
-            scope.deadline = self._next_deadline()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            with trio.CancelScope(deadline=self._next_deadline()) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            now = trio.current_time()
-            self._last_timer = now
-            self._on_timer(now)
+        return result
 
     def _on_timer(self, now: float) -> None:
         ice = self._ice

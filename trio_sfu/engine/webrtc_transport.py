@@ -66,6 +66,7 @@ from trio_sfu.ortc.types import (
     IceParameters,
 )
 from trio_sfu.srtp import SrtpSession
+from trio_sfu.timers import DeadlineTimer
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class WebRtcTransport:
         self.close_reason: str | None = None
         self._started = False
         self._scope = trio.CancelScope()
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = DeadlineTimer(self._next_deadline, self._on_timer)
         self._udp: UdpListener | None = None
         self._tcp: TcpListener | None = None
         self._egress_send, self._egress_receive = trio.open_memory_channel[tuple[bytes, int]](
@@ -194,7 +195,6 @@ class WebRtcTransport:
         self._early_dtls: list[tuple[bytes, Address]] = []
         self._srtp: SrtpSession | None = None
         self._selected_is_tcp = False
-        self._last_timer = -math.inf
 
         # Counters (plain attributes: the receive path increments them per packet).
         self.bytes_in = 0
@@ -303,7 +303,7 @@ class WebRtcTransport:
                     if self._tcp is not None:
                         self._tcp.on_connection_closed = self._tcp_connection_closed
                         await nursery.start(self._tcp.serve, self.handle_datagram)
-                    nursery.start_soon(self._timer_loop)
+                    nursery.start_soon(self._timer.run)
                     nursery.start_soon(self._egress_loop)
                     task_status.started()
                     started = True
@@ -430,7 +430,7 @@ class WebRtcTransport:
                 if self.closed:
                     break
                 self._handle_dtls(data, address)
-        self._reschedule()
+        self._timer.reschedule()
 
     def restart_ice(self) -> IceParameters:
         """New ICE credentials; media keeps flowing on the old tuple until a check with the
@@ -716,7 +716,7 @@ class WebRtcTransport:
                 self.close("dtls_closed")
                 return
         self._refresh_direct()
-        self._reschedule()
+        self._timer.reschedule()
 
     def _set_dtls_state(self, state: str) -> None:
         if state != self._dtls_state:
@@ -740,7 +740,7 @@ class WebRtcTransport:
                     return
         self._refresh_direct()
         self._maybe_start_dtls_client()
-        self._reschedule()
+        self._timer.reschedule()
 
     def _maybe_start_dtls_client(self) -> None:
         dtls = self._dtls
@@ -792,23 +792,7 @@ class WebRtcTransport:
             dtls_deadline = dtls.next_deadline(trio.current_time())
             if dtls_deadline is not None and dtls_deadline < result:
                 result = dtls_deadline
-        # Never spin: a deadline that did not move after firing waits a millisecond.
-        return max(result, self._last_timer + 0.001)
-
-    def _reschedule(self) -> None:
-        scope = self._timer_scope
-        if scope is not None:
-            scope.deadline = self._next_deadline()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            with trio.CancelScope(deadline=self._next_deadline()) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            now = trio.current_time()
-            self._last_timer = now
-            self._on_timer(now)
+        return result
 
     def _on_timer(self, now: float) -> None:
         self._ice.poll(now)
