@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.transport_helpers import open_pair, rtp_packet, task_names
+from tests.transport_helpers import open_pair, rtcp_receiver_report, rtp_packet, task_names
 from trio_sfu.client import ClientTransportError, open_client_transport, pick_candidate
 from trio_sfu.dtls import DtlsCertificate
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
@@ -219,4 +219,32 @@ async def test_detached_receive_is_fed_by_the_caller(certificate: DtlsCertificat
                 # Garbage fed the same way is counted, never raised.
                 client.receive_datagram(b"\xff\x00")
                 assert client.stats()["dropped"]["noise"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_send_counts_each_kind_and_each_drop(certificate: DtlsCertificate) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate, connect=False) as pair:
+                client = pair.client
+                assert not client.send_rtp(rtp_packet(0))
+                assert not client.send_rtcp(rtcp_receiver_report(0))
+                assert client.stats()["dropped"]["not_ready"] == 2
+                pair.server.connect(client.dtls_parameters)
+                await client.wait_connected()
+                assert all(client.send_rtp(rtp_packet(i)) for i in range(3))
+                assert all(client.send_rtcp(rtcp_receiver_report(i)) for i in range(2))
+                # Bytes SRTP refuses are a counted drop, never an exception.
+                assert not client.send_rtp(rtp_packet(0, size=70_000))
+                assert not client.send_rtcp(b"\x81")
+                stats = client.stats()
+                assert stats["rtp_packets_out"] == 3
+                assert stats["rtcp_packets_out"] == 2
+                assert stats["dropped"]["not_ready"] == 2
+                assert stats["dropped"]["send"] == 2
+                await pair.server_received.wait_for(
+                    lambda: (
+                        len(pair.server_received.rtp) == 3 and len(pair.server_received.rtcp) == 2
+                    )
+                )
             nursery.cancel_scope.cancel()

@@ -213,35 +213,29 @@ class ClientTransport:
     def send_rtp(self, packet: bytes) -> bool:
         """Protect and send one RTP packet now. Never blocks: ``False`` (counted) when SRTP
         is not up yet or the socket / TCP queue is full."""
-        srtp = self._srtp
-        if srtp is None:
-            self.dropped_not_ready += 1
-            return False
-        try:
-            data = srtp.protect_rtp(packet)
-        except BadPacket:
-            self.dropped_send += 1
-            return False
-        if self._send(data):
-            self.rtp_packets_out += 1
-            return True
-        return False
+        return self._protect_and_send(packet, rtcp=False)
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect and send one RTCP compound packet now; as :meth:`send_rtp`."""
+        return self._protect_and_send(packet, rtcp=True)
+
+    def _protect_and_send(self, packet: bytes, *, rtcp: bool) -> bool:
         srtp = self._srtp
         if srtp is None:
             self.dropped_not_ready += 1
             return False
         try:
-            data = srtp.protect_rtcp(packet)
+            data = srtp.protect_rtcp(packet) if rtcp else srtp.protect_rtp(packet)
         except BadPacket:
             self.dropped_send += 1
             return False
-        if self._send(data):
+        if not self._send(data):
+            return False
+        if rtcp:
             self.rtcp_packets_out += 1
-            return True
-        return False
+        else:
+            self.rtp_packets_out += 1
+        return True
 
     async def receive_rtp(self) -> bytes:
         """The next decrypted RTP packet (unless ``on_rtp`` is set). Raises
