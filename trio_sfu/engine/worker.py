@@ -19,7 +19,14 @@ import attrs
 import trio
 
 from trio_sfu.dtls import DtlsCertificate
-from trio_sfu.engine.api import ConsumerInfo, EventCallback, Kind, TransportInfo
+from trio_sfu.engine.api import (
+    ConsumerInfo,
+    EngineEvent,
+    EventCallback,
+    Kind,
+    TransportClosed,
+    TransportInfo,
+)
 from trio_sfu.engine.layers import PolicySettings
 from trio_sfu.engine.router import Router, add_transport_counters, new_id, new_media_counters
 from trio_sfu.errors import InvalidStateError, NotFoundError
@@ -63,7 +70,17 @@ class WorkerSettings:
 
 @final
 class Worker:
-    """The media engine: routers by id, and the index of every entity to its router."""
+    """The media engine: routers by id, and the index of every entity to its router.
+
+    The index only says which router to ask: the router's tables (``transports``,
+    ``producers``, ``consumers``) are the truth, and every lookup checks them. Ids enter the
+    index when the worker creates them; a router's ids leave it together with the router,
+    and the ones its tables no longer hold are dropped (:meth:`_prune`) after each close
+    the worker asks for, after each transport that closed by itself (its
+    ``TransportClosed`` event, at the end of its cascade), and when a lookup misses. So
+    whenever a call returns or a transport's close has cascaded, the index holds exactly
+    the live entities; lookups cost one dict access, not a scan of every router.
+    """
 
     def __init__(self, settings: WorkerSettings | None = None) -> None:
         self.settings = settings or WorkerSettings()
@@ -73,6 +90,10 @@ class Worker:
             list(codecs) if codecs is not None else list(negotiation.DEFAULT_MEDIA_CODECS)
         )
         self._routers: dict[str, Router] = {}
+        #: Transport, producer and consumer id -> the router that holds it.
+        self._index: dict[str, Router] = {}
+        #: The ids in ``_index``, per router id (a key for every router in ``_routers``).
+        self._indexed: dict[str, set[str]] = {}
         #: Traffic of transports that closed; live ones are added at dump time.
         self._retired_counters = new_media_counters()
         self._nursery: trio.Nursery | None = None
@@ -96,6 +117,8 @@ class Worker:
         for router in list(self._routers.values()):
             router.close()
         self._routers.clear()
+        self._index.clear()
+        self._indexed.clear()
 
     # ---- lookups -----------------------------------------------------------------------
 
@@ -106,21 +129,63 @@ class Worker:
         return router
 
     def _router_of(self, entity_id: str, table: str, what: str) -> Router:
-        for router in self._routers.values():
+        router = self._index.get(entity_id)
+        if router is not None:
             if entity_id in getattr(router, table):
                 return router
+            self._prune(router)
         raise NotFoundError(f"{what} {entity_id!r} not found")
+
+    # ---- the index ---------------------------------------------------------------------
+
+    def _remember(self, router: Router, entity_id: str) -> None:
+        ids = self._indexed.get(router.id)
+        if ids is not None:  # else the router went while the entity was being created
+            ids.add(entity_id)
+            self._index[entity_id] = router
+
+    def _prune(self, router: Router) -> None:
+        """Forget the router's ids that its tables no longer hold (closed, or closed by a
+        cascade: a transport takes its producers and consumers, a producer its consumers)."""
+        ids = self._indexed.get(router.id)
+        if ids is None:
+            return
+        # Every live entity was created through the worker, so the index holds it: when the
+        # counts agree nothing closed, and the sweep below is skipped.
+        if len(ids) == len(router.transports) + len(router.producers) + len(router.consumers):
+            return
+        gone = [
+            entity_id
+            for entity_id in ids
+            if entity_id not in router.transports
+            and entity_id not in router.producers
+            and entity_id not in router.consumers
+        ]
+        ids.difference_update(gone)
+        for entity_id in gone:
+            del self._index[entity_id]
+
+    def _forget_router(self, router_id: str) -> Router | None:
+        for entity_id in self._indexed.pop(router_id, ()):
+            del self._index[entity_id]
+        return self._routers.pop(router_id, None)
 
     # ---- MediaEngine -------------------------------------------------------------------
 
     async def create_router(self, on_event: EventCallback) -> str:
         if self._closed or self._nursery is None:
             raise InvalidStateError("the worker is not running")
+
+        def on_router_event(event: EngineEvent) -> None:
+            if isinstance(event, TransportClosed):  # closed by itself, cascade done
+                self._prune(router)
+            on_event(event)
+
         router = Router(
             router_id=new_id(),
             rtp_capabilities=self.rtp_capabilities,
             certificate=self.certificate,
-            on_event=on_event,
+            on_event=on_router_event,
             rtcp_interval=self.settings.rtcp_interval,
             policy=PolicySettings(
                 interval=self.settings.layer_policy_interval,
@@ -140,6 +205,7 @@ class Worker:
             },
         )
         self._routers[router.id] = router
+        self._indexed[router.id] = set()
         await self._nursery.start(self._run_router, router)
         return router.id
 
@@ -147,10 +213,10 @@ class Worker:
         try:
             await router.run(task_status=task_status)
         finally:
-            self._routers.pop(router.id, None)
+            self._forget_router(router.id)
 
     async def close_router(self, router_id: str) -> None:
-        router = self._routers.pop(router_id, None)
+        router = self._forget_router(router_id)
         if router is not None:
             router.close()
 
@@ -160,9 +226,10 @@ class Worker:
     async def create_webrtc_transport(
         self, router_id: str, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
     ) -> TransportInfo:
-        return await self._router(router_id).create_webrtc_transport(
-            force_tcp=force_tcp, app_data=app_data
-        )
+        router = self._router(router_id)
+        info = await router.create_webrtc_transport(force_tcp=force_tcp, app_data=app_data)
+        self._remember(router, info.transport_id)
+        return info
 
     async def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
         router = self._router_of(transport_id, "transports", "transport")
@@ -172,8 +239,10 @@ class Worker:
         return self._router_of(transport_id, "transports", "transport").restart_ice(transport_id)
 
     async def close_transport(self, transport_id: str) -> None:
-        for router in self._routers.values():
+        router = self._index.get(transport_id)
+        if router is not None:
             router.close_transport(transport_id)
+            self._prune(router)
 
     async def produce(
         self,
@@ -184,11 +253,15 @@ class Worker:
         paused: bool = False,
     ) -> str:
         router = self._router_of(transport_id, "transports", "transport")
-        return router.produce(transport_id, kind, rtp_parameters, paused=paused)
+        producer_id = router.produce(transport_id, kind, rtp_parameters, paused=paused)
+        self._remember(router, producer_id)
+        return producer_id
 
     async def close_producer(self, producer_id: str) -> None:
-        for router in self._routers.values():
+        router = self._index.get(producer_id)
+        if router is not None:
             router.close_producer(producer_id)
+            self._prune(router)
 
     async def pause_producer(self, producer_id: str) -> None:
         self._router_of(producer_id, "producers", "producer").pause_producer(producer_id)
@@ -210,11 +283,15 @@ class Worker:
         paused: bool = True,
     ) -> ConsumerInfo:
         router = self._router_of(transport_id, "transports", "transport")
-        return router.consume(transport_id, producer_id, rtp_capabilities, paused=paused)
+        info = router.consume(transport_id, producer_id, rtp_capabilities, paused=paused)
+        self._remember(router, info.consumer_id)
+        return info
 
     async def close_consumer(self, consumer_id: str) -> None:
-        for router in self._routers.values():
+        router = self._index.get(consumer_id)
+        if router is not None:
             router.close_consumer(consumer_id)
+            self._prune(router)
 
     async def pause_consumer(self, consumer_id: str) -> None:
         self._router_of(consumer_id, "consumers", "consumer").pause_consumer(consumer_id)
@@ -229,13 +306,15 @@ class Worker:
         return router.set_consumer_preferred_layers(consumer_id, spatial_layer, temporal_layer)
 
     async def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
-        for router in self._routers.values():
+        router = self._index.get(entity_id)
+        if router is not None:
             if (
                 entity_id in router.transports
                 or entity_id in router.producers
                 or entity_id in router.consumers
             ):
                 return router.get_stats(entity_id)
+            self._prune(router)
         raise NotFoundError(f"{entity_id!r} not found")
 
     def media_counters(self) -> dict[str, int]:
