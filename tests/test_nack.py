@@ -1,11 +1,11 @@
-"""NackGenerator (which seqs to NACK, when) and RetransmissionBuffer (answering NACKs)."""
+"""NackGenerator: which sequence numbers to NACK, and when."""
 
 from __future__ import annotations
 
 import pytest
 
 from trio_sfu.rtcp import nack_pairs_from_seqs
-from trio_sfu.rtp.nack import NackGenerator, RetransmissionBuffer
+from trio_sfu.rtp.nack import NackGenerator
 
 
 def arrive(gen: NackGenerator, seqs: list[int], now: float = 0.0) -> list[bool]:
@@ -143,114 +143,3 @@ def test_each_seq_has_its_own_schedule() -> None:
     assert gen.get_nacks(0.11) == [2]
     assert gen.get_nacks(0.12) == []  # 4 is due at 0.15
     assert gen.get_nacks(0.16) == [4]
-
-
-# -- RetransmissionBuffer ----------------------------------------------------------------------
-
-
-def test_store_and_get() -> None:
-    buf = RetransmissionBuffer(16)
-    assert buf.get(1) is None
-    for seq in range(1, 6):
-        buf.store(seq, b"p%d" % seq)
-    assert buf.get(3) == b"p3"
-    assert buf.get(6) is None  # newer than anything sent
-    assert buf.get(0) is None  # never stored
-
-
-def test_wrap() -> None:
-    buf = RetransmissionBuffer(16)
-    for seq in [*range(65530, 65536), *range(6)]:
-        buf.store(seq, seq.to_bytes(2, "big"))
-    assert buf.get(65533) == b"\xff\xfd"
-    assert buf.get(2) == b"\x00\x02"
-    assert buf.get(65529) is None
-
-
-def test_only_the_newest_size_packets_are_kept() -> None:
-    buf = RetransmissionBuffer(16)
-    for seq in range(41):
-        buf.store(seq, bytes([seq]))
-    assert buf.get(24) is None  # 40 - 24 = 16 behind
-    assert buf.get(25) == bytes([25])
-    assert buf.get(40) == bytes([40])
-
-
-def test_forward_jump_forgets_older_packets() -> None:
-    buf = RetransmissionBuffer(16)
-    for seq in range(11):
-        buf.store(seq, bytes([seq]))
-    buf.store(5000, b"new")
-    assert buf.get(10) is None
-    assert buf.get(5000) == b"new"
-    assert buf.get(4999) is None  # slot holds nothing for that number
-
-
-def test_stale_slot_after_a_full_wrap_is_not_returned() -> None:
-    buf = RetransmissionBuffer(16)
-    buf.store(5, b"old")
-    # Move forward by a whole 2^16 cycle plus 3 without storing 5 again.
-    for step in (0x4000, 0x8000, 0xC000, 0x10000 + 3):
-        buf.store((5 + step) & 0xFFFF, b"x")
-    assert buf.get(5) is None  # same 16-bit number, same slot, 65536 packets older
-    buf.store(5 + 4, b"y")
-    buf.store(5, b"late")  # a late packet within the window is kept
-    assert buf.get(5) == b"late"
-
-
-def test_late_packet_within_the_window() -> None:
-    buf = RetransmissionBuffer(16)
-    buf.store(10, b"a")
-    buf.store(12, b"c")
-    buf.store(11, b"b")
-    assert [buf.get(s) for s in (10, 11, 12)] == [b"a", b"b", b"c"]
-
-
-def test_backward_restart() -> None:
-    buf = RetransmissionBuffer(16)
-    for seq in range(1000, 1011):
-        buf.store(seq, b"old")
-    buf.store(100, b"restarted")  # 910 behind: a new stream, not a late packet
-    assert buf.get(100) == b"restarted"
-    assert buf.get(1010) is None
-    buf.store(101, b"next")
-    assert buf.get(101) == b"next"
-
-
-def test_max_age() -> None:
-    buf = RetransmissionBuffer(16, max_age=1.0)
-    buf.store(1, b"a", now=10.0)
-    assert buf.get(1, now=10.5) == b"a"
-    assert buf.get(1, now=11.5) is None
-    assert buf.get(1) == b"a"  # without now, age is not checked
-
-
-def test_clear_and_size_validation() -> None:
-    buf = RetransmissionBuffer(16)
-    buf.store(1, b"a")
-    buf.clear()
-    assert buf.get(1) is None
-    buf.store(7, b"b")
-    assert buf.get(7) == b"b"
-    for size in (0, 1000, 1 << 16):
-        with pytest.raises(ValueError):
-            RetransmissionBuffer(size)
-
-
-def test_backward_restart_needs_two_packets_in_a_row() -> None:
-    gen = NackGenerator(max_packets_behind=1000)
-    arrive(gen, [30000, 30002])
-    assert gen.missing == [30001]
-    gen.on_packet(100, 0.0)  # a lone stray far behind: ignored
-    assert gen.missing == [30001]
-    gen.on_packet(30003, 0.0)
-    gen.on_packet(200, 0.0)
-    gen.on_packet(201, 0.0)  # two in a row: the sender restarted at 200
-    assert gen.missing == []
-    assert gen.dropped == 1
-    gen.on_packet(203, 0.0)
-    assert gen.missing == [202]
-    # Retransmissions far behind never restart anything.
-    gen.on_packet(5, 0.0, retransmitted=True)
-    gen.on_packet(6, 0.0, retransmitted=True)
-    assert gen.missing == [202]

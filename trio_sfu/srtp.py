@@ -146,12 +146,12 @@ class SrtpSession:
         self._inbound_raw = _raw_session(self._inbound)
         self._length = _ffi.new("int *") if _ffi is not None else None
 
-    def protect_rtp(self, packet: bytes) -> bytes:
+    def protect_rtp(self, packet: bytes | bytearray) -> bytes:
         """Encrypt and authenticate one RTP packet; BadPacket if libsrtp refuses it."""
         raw = self._outbound_raw
         if raw is None:
             try:
-                return self._outbound.protect(packet)
+                return self._outbound.protect(bytes(packet))
             except (pylibsrtp.Error, ValueError, TypeError) as exc:
                 raise BadPacket(f"SRTP protect failed: {exc}") from None
         # _call() inlined: this runs once per forwarded packet.
@@ -168,10 +168,10 @@ class SrtpSession:
         result: bytes = buffer[0 : length[0]]
         return result
 
-    def protect_rtcp(self, packet: bytes) -> bytes:
+    def protect_rtcp(self, packet: bytes | bytearray) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet into SRTCP."""
         try:
-            return self._outbound.protect_rtcp(packet)
+            return self._outbound.protect_rtcp(bytes(packet))
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise BadPacket(f"SRTCP protect failed: {exc}") from None
 

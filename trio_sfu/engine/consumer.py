@@ -41,13 +41,15 @@ from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import is_rtx, parse_scalability_mode
 from trio_sfu.ortc.types import MediaKind, RtpParameters
 from trio_sfu.rtp import vp8
-from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI, TRANSPORT_WIDE_CC_URI
-from trio_sfu.rtp.nack import RetransmissionBuffer
-from trio_sfu.rtp.packet import (
-    ExtensionRewriter,
-    find_extension_span_untrusted,
-    rewrite_in_place,
+from trio_sfu.rtp.egress import (
+    NO_VP8_IDS,
+    ForwardHistory,
+    pack_vp8_ids,
+    unpack_vp8_ids,
+    write_header,
 )
+from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI, TRANSPORT_WIDE_CC_URI
+from trio_sfu.rtp.packet import find_extension_span_untrusted, rtp_layout_untrusted
 from trio_sfu.rtp.rewriter import SeqTsRewriter
 from trio_sfu.rtp.rtx import rtx_wrap
 
@@ -60,6 +62,10 @@ _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_C
 #: How often the packet path may ask the producer for a keyframe it waits for.
 _KEYFRAME_RETRY: Final = 0.25
 _TS_MASK: Final = 0xFFFFFFFF
+#: Packets a consumer can retransmit: 512 is about 3 s of 720p (2 s at 2.5 Mbps), which
+#: is longer than a NACK is worth answering; audio is rarely NACKed at all.
+_HISTORY_VIDEO: Final = 512
+_HISTORY_AUDIO: Final = 128
 _TWO_POW_32: Final = float(1 << 32)
 
 
@@ -79,7 +85,7 @@ class Consumer:
         transport_id: str,
         rtp_parameters: RtpParameters,
         paused: bool,
-        send_rtp: Callable[[bytes], bool],
+        send_rtp: Callable[[bytes | bytearray], bool],
         now: float,
         on_layers_changed: Callable[[Consumer], None] | None = None,
         estimator: SendSideEstimator | None = None,
@@ -123,19 +129,21 @@ class Consumer:
             for their_id, uri in producer.mapping.header_extensions.items()
             if uri in ours and uri not in _NOT_FORWARDED
         }
-        self._extension_values: dict[int, bytes] = {}
+        mid_id: int | None = None
+        self._mid = b""
         if rtp_parameters.mid is not None and MID_URI in ours:
-            self._extension_values[ours[MID_URI]] = rtp_parameters.mid.encode()
+            mid_id = ours[MID_URI]
+            self._mid = rtp_parameters.mid.encode()
         #: Our transport-wide sequence number extension id (the estimator numbers packets).
         self._twcc_id: int | None = None
         self._estimator = estimator
         feedback = {fb.type for fb in media[0].rtcp_feedback}
         if estimator is not None and TRANSPORT_WIDE_CC_URI in ours and "transport-cc" in feedback:
             self._twcc_id = ours[TRANSPORT_WIDE_CC_URI]
-            self._extension_values[self._twcc_id] = b"\x00\x00"
-        self._rewrite_extensions = ExtensionRewriter(
-            self._extension_ids, self._extension_values
-        ).rewrite_untrusted
+        #: The extension rewrite, shared with every consumer of the producer alike.
+        self._template = producer.header_template(
+            self._extension_ids, mid_id, len(self._mid), self._twcc_id
+        )
         #: The subscriber negotiated a bandwidth feedback (transport-cc or REMB).
         self.bandwidth_feedback = "transport-cc" in feedback or "goog-remb" in feedback
 
@@ -162,7 +170,12 @@ class Consumer:
 
         self._rewriter = SeqTsRewriter()
         self._vp8 = vp8.Vp8Continuity()
-        self._buffer = RetransmissionBuffer(1024 if self.kind == "video" else 256)
+        #: How recent packets were made, to answer NACKs (None: NACK was not negotiated).
+        self._history: ForwardHistory | None = None
+        if any(fb.type == "nack" and not fb.parameter for fb in media[0].rtcp_feedback):
+            self._history = ForwardHistory(
+                _HISTORY_VIDEO if self.kind == "video" else _HISTORY_AUDIO
+            )
         self._rtx_seq = 0
         self._probe_cursor = 0
         self.packets_sent = 0
@@ -188,7 +201,7 @@ class Consumer:
         self.nacked: set[int] = set()
 
         self.send_rtp: Callable[
-            [ProducerStream, bytes, int, vp8.Vp8Info | None, bool, float], None
+            [ProducerStream, bytes, int, int, int, vp8.Vp8Info | None, bool, float], None
         ] = self._send_audio if self.kind == "audio" else self._send_video
         self._forwarding = False
         self._update_forwarding()
@@ -227,6 +240,8 @@ class Consumer:
         self,
         stream: ProducerStream,
         packet: bytes,
+        seq: int,
+        ts: int,
         payload_start: int,
         info: vp8.Vp8Info | None,
         keyframe: bool,
@@ -237,16 +252,18 @@ class Consumer:
         if self._current is not stream:
             if stream.ssrc is None:
                 return
-            self._splice(stream, packet, now)
+            self._splice(stream, seq, ts, now)
             self._current = stream
             self.current_spatial = 0
             self.current_temporal = 0
-        self._forward(packet, payload_start, None, now)
+        self._forward(packet, seq, ts, payload_start, None, now)
 
     def _send_video(
         self,
         stream: ProducerStream,
         packet: bytes,
+        seq: int,
+        ts: int,
         payload_start: int,
         info: vp8.Vp8Info | None,
         keyframe: bool,
@@ -262,7 +279,7 @@ class Consumer:
                     self._keyframe_retry_at = now + _KEYFRAME_RETRY
                     self.producer.request_keyframe(stream.index, now)
                 return
-            self._splice(stream, packet, now)
+            self._splice(stream, seq, ts, now)
             if info is not None:
                 self._vp8.switch_to(info)
             self._current = stream
@@ -286,34 +303,79 @@ class Consumer:
                             current = tid
                             self._set_current(self.current_spatial, current)
                 if tid > current:
-                    seq = (packet[2] << 8) | packet[3]
                     self._rewriter.drop(seq)
                     self._vp8.drop_picture(info)
                     self.dropped_temporal += 1
                     return
-        self._forward(packet, payload_start, info, now)
+        self._forward(packet, seq, ts, payload_start, info, now)
 
     def _forward(
-        self, packet: bytes, payload_start: int, info: vp8.Vp8Info | None, now: float
+        self,
+        packet: bytes,
+        seq: int,
+        ts: int,
+        payload_start: int,
+        info: vp8.Vp8Info | None,
+        now: float,
     ) -> None:
-        mapped = self._rewriter.rewrite((packet[2] << 8) | packet[3], int.from_bytes(packet[4:8]))
+        mapped = self._rewriter.rewrite(seq, ts)
         if mapped is None:
             return
         payload_type = self._payload_types.get(packet[1] & 0x7F)
         if payload_type is None:
             return
-        try:
-            out = self._rewrite_extensions(packet)
-        except BadPacket:
+        built = self._template.build(packet)
+        if built is None:
             return
+        ids = None
         if info is not None:
             ids = self._vp8.map(info)
             if ids is None:
                 return
+        out_seq, out_ts = mapped
+        size = len(packet) - payload_start
+        out = self._finish(built, size, info, ids, payload_type, out_seq, out_ts)
+        twcc_at = built[2]
+        if twcc_at >= 0:
+            estimator = self._estimator
+            if estimator is not None:
+                twcc_seq = estimator.on_sent(len(out), now)
+                out[twcc_at] = twcc_seq >> 8
+                out[twcc_at + 1] = twcc_seq & 0xFF
+        history = self._history
+        if history is not None:
+            packed = NO_VP8_IDS if ids is None else pack_vp8_ids(ids[0], ids[1])
+            history.store(out_seq, packet, out_ts, packed)
+        self.packets_sent += 1
+        self.octets_sent += len(out) - 12
+        if self.first_sent_at is None:
+            self.first_sent_at = now
+        self.last_sent_at = now
+        self.last_sent_ts = out_ts
+        self._send(out)
+
+    def _finish(
+        self,
+        built: tuple[bytearray, int, int],
+        payload_size: int,
+        info: vp8.Vp8Info | None,
+        ids: tuple[int | None, int | None] | None,
+        payload_type: int,
+        seq: int,
+        ts: int,
+    ) -> bytearray:
+        """Our packet from the shared template: MID, VP8 ids and the RTP header fields
+        written (the transport-wide sequence number is left to the caller)."""
+        template, mid_at, _ = built
+        out = template[:]
+        if mid_at >= 0:
+            mid = self._mid
+            out[mid_at : mid_at + len(mid)] = mid
+        if info is not None and ids is not None:
             # The descriptor was parsed already (info): write the fields in place. The
             # PictureID follows the two first octets, TL0PICIDX the PictureID.
             picture_id, tl0picidx = ids
-            at = len(out) - (len(packet) - payload_start) + 2
+            at = len(out) - payload_size + 2
             bits = info.picture_id_bits
             if picture_id is not None:
                 if bits == 15:
@@ -323,24 +385,11 @@ class Consumer:
                     out[at] = picture_id & 0x7F
             if tl0picidx is not None:
                 out[at + (bits == 15) + (bits != 0)] = tl0picidx
-        seq, ts = mapped
-        rewrite_in_place(
-            out, ssrc=self.ssrc, payload_type=payload_type, sequence_number=seq, timestamp=ts
-        )
-        if self._twcc_id is not None:
-            self._stamp(out, now)
-        data = bytes(out)
-        self._buffer.store(seq, data, now)
-        self.packets_sent += 1
-        self.octets_sent += len(data) - 12
-        if self.first_sent_at is None:
-            self.first_sent_at = now
-        self.last_sent_at = now
-        self.last_sent_ts = ts
-        self._send(data)
+        write_header(out, payload_type, seq, ts, self.ssrc)
+        return out
 
     def _stamp(self, out: bytearray, now: float) -> None:
-        """Write the next transport-wide sequence number into ``out``."""
+        """Write the next transport-wide sequence number into ``out`` (found by a walk)."""
         estimator = self._estimator
         twcc_id = self._twcc_id
         if estimator is None or twcc_id is None:
@@ -355,13 +404,10 @@ class Consumer:
         out[span[0]] = seq >> 8
         out[span[0] + 1] = seq & 0xFF
 
-    def _splice(self, stream: ProducerStream, packet: bytes, now: float) -> None:
-        """Make ``packet`` of ``stream`` the next one out, at the right timestamp."""
+    def _splice(self, stream: ProducerStream, seq: int, ts: int, now: float) -> None:
+        """Make packet ``seq`` / ``ts`` of ``stream`` the next one out, at the right time."""
         assert stream.ssrc is not None
-        ts = int.from_bytes(packet[4:8])
-        self._rewriter.switch_to(
-            stream.ssrc, (packet[2] << 8) | packet[3], ts, self._ts_delta(stream, ts, now)
-        )
+        self._rewriter.switch_to(stream.ssrc, seq, ts, self._ts_delta(stream, ts, now))
 
     def _ts_delta(self, stream: ProducerStream, ts: int, now: float) -> int:
         """How far after the last timestamp sent the first packet of ``stream`` goes.
@@ -474,33 +520,57 @@ class Consumer:
         estimator = self._estimator
         for seq in seqs:
             nacked.add(seq)
-            packet = self._buffer.get(seq, now)
+            packet = self._rebuild(seq)
             if packet is None:
                 continue
             if estimator is not None and not estimator.allow_retransmission(len(packet), now):
                 continue
-            out = self._rtx_copy(packet, now)
-            self._send(out)
+            self._send(self._rtx_copy(packet, now))
             sent += 1
         self.retransmitted += sent
         return sent
 
-    def _rtx_copy(self, packet: bytes, now: float) -> bytes:
+    def _rebuild(self, seq: int) -> bytearray | None:
+        """Outgoing packet ``seq`` as it went out (but for its transport-wide sequence
+        number), made again from the producer's packet; None when it is not kept."""
+        history = self._history
+        if history is None:
+            return None
+        entry = history.get(seq)
+        if entry is None:
+            return None
+        original, ts, packed_ids = entry
+        payload_type = self._payload_types.get(original[1] & 0x7F)
+        built = self._template.build_uncached(original)
+        if payload_type is None or built is None:
+            return None
+        info = None
+        try:
+            _, start, end = rtp_layout_untrusted(original)
+            if packed_ids != NO_VP8_IDS:
+                info = vp8.summarize_untrusted(memoryview(original)[start:end])
+        except BadPacket:
+            return None
+        ids = unpack_vp8_ids(packed_ids)
+        return self._finish(built, len(original) - start, info, ids, payload_type, seq, ts)
+
+    def _rtx_copy(self, packet: bytearray, now: float) -> bytearray:
         if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
-            packet = rtx_wrap(
-                packet,
-                rtx_ssrc=self.rtx_ssrc,
-                rtx_payload_type=self.rtx_payload_type,
-                rtx_sequence_number=self._rtx_seq,
+            out = bytearray(
+                rtx_wrap(
+                    packet,
+                    rtx_ssrc=self.rtx_ssrc,
+                    rtx_payload_type=self.rtx_payload_type,
+                    rtx_sequence_number=self._rtx_seq,
+                )
             )
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-        if self._twcc_id is None:
-            return packet
-        out = bytearray(packet)
+        else:
+            out = packet
         self._stamp(out, now)
-        return bytes(out)
+        return out
 
-    def probe_packet(self, now: float) -> bytes | None:
+    def probe_packet(self, now: float) -> bytearray | None:
         """An RTX copy of a recent packet, to probe the path's bandwidth (None: nothing to
         send, or no RTX)."""
         if self.rtx_ssrc is None or self.packets_sent == 0 or self.last_sent_at is None:
@@ -509,9 +579,9 @@ class Consumer:
         if last is None:
             return None
         self._probe_cursor = (self._probe_cursor + 1) % 32
-        packet = self._buffer.get((last - 1 - self._probe_cursor) & 0xFFFF)
+        packet = self._rebuild((last - 1 - self._probe_cursor) & 0xFFFF)
         if packet is None:
-            packet = self._buffer.get((last - 1) & 0xFFFF)
+            packet = self._rebuild((last - 1) & 0xFFFF)
             if packet is None:
                 return None
         return self._rtx_copy(packet, now)

@@ -30,6 +30,7 @@ from trio_sfu.ortc.negotiation import RtpMapping
 from trio_sfu.ortc.types import MediaKind, RtpParameters
 from trio_sfu.rtcp import Fir, GenericNack, Pli, build_rtcp
 from trio_sfu.rtp import h264, vp8
+from trio_sfu.rtp.egress import HeaderTemplate
 from trio_sfu.rtp.extensions import SSRC_AUDIO_LEVEL_URI, TRANSPORT_WIDE_CC_URI
 from trio_sfu.rtp.nack import NackGenerator
 from trio_sfu.rtp.packet import find_extension_untrusted, rtp_layout_untrusted
@@ -49,6 +50,8 @@ ACTIVE_WINDOW: Final = 1.0
 #: When media starts, consumers wait this long for the stream they want before taking a
 #: lower one that happens to come first (publishers start all their streams at once).
 STARTUP_WAIT: Final = 0.5
+#: Distinct consumer extension layouts kept per producer (a handful in practice).
+_MAX_TEMPLATES: Final = 64
 #: Temporal layers counted separately (VP8's TID is two bits).
 MAX_TEMPORAL_LAYERS: Final = 4
 
@@ -220,6 +223,7 @@ class Producer:
         self.dropped_bad = 0
         #: When the first packet arrived (None: not yet).
         self.media_started_at: float | None = None
+        self._templates: dict[tuple[object, ...], HeaderTemplate] = {}
 
     # ---- packets ---------------------------------------------------------------------
 
@@ -240,12 +244,13 @@ class Producer:
                 self._on_streams_changed(self, now)
         stream.active_at = now
         seq = (packet[2] << 8) | packet[3]
+        ts = int.from_bytes(packet[4:8])
         if retransmitted:
             # Counted as received (it was repaired), left out of the jitter estimate.
             stream.stats.received += 1
             stream.retransmitted += 1
         else:
-            stream.stats.update(seq, int.from_bytes(packet[4:8], "big"), now, stream.clock_rate)
+            stream.stats.update(seq, ts, now, stream.clock_rate)
             nack = stream.nack
             if nack is not None and nack.on_packet(seq, now):
                 self.request_keyframe(stream.index, now)
@@ -261,7 +266,7 @@ class Producer:
             if self.paused:
                 return
             for consumer in self.consumers:
-                consumer.send_rtp(stream, packet, 0, None, False, now)
+                consumer.send_rtp(stream, packet, seq, ts, 0, None, False, now)
             return
         try:
             _, start, end = rtp_layout_untrusted(packet)
@@ -286,7 +291,20 @@ class Producer:
         if self.paused:
             return
         for consumer in self.consumers:
-            consumer.send_rtp(stream, packet, start, info, keyframe, now)
+            consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+
+    def header_template(
+        self, id_map: dict[int, int], mid_id: int | None, mid_size: int, twcc_id: int | None
+    ) -> HeaderTemplate:
+        """The header-extension rewrite shared by the consumers with these ids and value
+        sizes (see :class:`~trio_sfu.rtp.egress.HeaderTemplate`)."""
+        key = (tuple(sorted(id_map.items())), mid_id, mid_size, twcc_id)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _MAX_TEMPLATES:
+                self._templates.clear()  # their consumers keep theirs
+            template = self._templates[key] = HeaderTemplate(id_map, mid_id, mid_size, twcc_id)
+        return template
 
     def receive_rtx(self, stream: ProducerStream, packet: bytes, now: float) -> None:
         """An RTX packet of ``stream`` from the publisher: forward the packet it repairs

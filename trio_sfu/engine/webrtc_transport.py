@@ -178,9 +178,9 @@ class WebRtcTransport:
         self._timer = DeadlineTimer(self._next_deadline, self._on_timer)
         self._udp: UdpListener | None = None
         self._tcp: TcpListener | None = None
-        self._egress_send, self._egress_receive = trio.open_memory_channel[tuple[bytes, int]](
-            egress_queue_size
-        )
+        self._egress_send, self._egress_receive = trio.open_memory_channel[
+            tuple[bytes | bytearray, int]
+        ](egress_queue_size)
         #: Entries in the egress queue or being sent by the egress task: while there are
         #: any, new packets queue behind them.
         self._queued = 0
@@ -446,7 +446,7 @@ class WebRtcTransport:
 
     # ---- egress ------------------------------------------------------------------------
 
-    def send_rtp_nowait(self, packet: bytes) -> bool:
+    def send_rtp_nowait(self, packet: bytes | bytearray) -> bool:
         """Protect and send one RTP packet, or queue it. Never blocks; ``False`` (and a
         counted drop) when SRTP is not ready yet or the queue is full.
 
@@ -477,7 +477,7 @@ class WebRtcTransport:
         """Protect and send (or queue) one RTCP compound packet; as :meth:`send_rtp_nowait`."""
         return self._send_media(packet, _KIND_RTCP)
 
-    def _send_media(self, packet: bytes, kind: int) -> bool:
+    def _send_media(self, packet: bytes | bytearray, kind: int) -> bool:
         srtp = self._srtp
         if srtp is None:
             self.dropped_egress_not_ready += 1
@@ -503,7 +503,7 @@ class WebRtcTransport:
             return True
         return self._enqueue(packet, kind)
 
-    def _enqueue(self, packet: bytes, kind: int) -> bool:
+    def _enqueue(self, packet: bytes | bytearray, kind: int) -> bool:
         try:
             self._egress_send.send_nowait((packet, kind))
         except trio.WouldBlock:
@@ -551,7 +551,9 @@ class WebRtcTransport:
                 # Until now, later packets queued behind these rather than overtake them.
                 self._queued -= len(batch)
 
-    async def _send_batch(self, batch: list[tuple[bytes, int]], address: Address | None) -> None:
+    async def _send_batch(
+        self, batch: list[tuple[bytes | bytearray, int]], address: Address | None
+    ) -> None:
         srtp = self._srtp
         if srtp is None or address is None or not self._ice.is_connected:
             self.dropped_egress_not_ready += len(batch)
@@ -574,8 +576,8 @@ class WebRtcTransport:
                 elif kind == _KIND_RTCP:
                     out.append(protect_rtcp(packet))
                     rtcp += 1
-                else:  # protected already, when the socket would have blocked
-                    out.append(packet)
+                else:  # protected already (bytes), when the socket would have blocked
+                    out.append(packet if isinstance(packet, bytes) else bytes(packet))
                     rtcp += kind == _KIND_PROTECTED + _KIND_RTCP
             except BadPacket:
                 self.dropped_egress_protect += 1

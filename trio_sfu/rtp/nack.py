@@ -1,14 +1,10 @@
-"""NACK generation for incoming streams and the retransmission buffer for outgoing ones.
+"""NACK generation for incoming streams (answering NACKs: :mod:`trio_sfu.rtp.egress`).
 
 :class:`NackGenerator` (receiver side, RFC 4585 generic NACK): fed every sequence number
 that arrives, it remembers the gaps, forgets the ones that get filled (late or by RTX), and
 says which sequence numbers to NACK now, with a retry limit, a minimum interval between
 retries of one number (from the RTT), an age limit, and a cap on the list: a gap too large
 to repair is dropped and reported as "ask for a keyframe instead".
-
-:class:`RetransmissionBuffer` (sender side): the last N packets sent on a stream, by
-sequence number, for answering NACKs. Storing is two list writes and a little arithmetic
-on the hot path; no object per packet beyond the bytes.
 
 Sequence numbers are 16-bit on the wire and extended to unbounded ints inside, so the wrap
 from 65535 to 0 is ordinary. Sans-IO and clock-free: ``now`` is a parameter (seconds on
@@ -19,7 +15,7 @@ from __future__ import annotations
 
 from typing import final
 
-__all__ = ["NackGenerator", "RetransmissionBuffer"]
+__all__ = ["NackGenerator"]
 
 
 @final
@@ -206,70 +202,3 @@ class NackGenerator:
             del missing[ext]
         self.dropped += len(expired)
         return result
-
-
-@final
-class RetransmissionBuffer:
-    """The last ``size`` packets of one outgoing stream, by RTP sequence number.
-
-    ``size`` must be a power of two, at most 32768. A packet is found while it is among
-    the ``size`` newest sequence numbers and, if ``max_age`` is set and :meth:`get` is
-    given ``now``, younger than ``max_age`` seconds. A backward jump of ``size`` or more is
-    taken as a restarted stream: it starts afresh from that number.
-    """
-
-    __slots__ = ("_exts", "_highest", "_mask", "_packets", "_times", "max_age", "size")
-
-    def __init__(self, size: int = 1024, *, max_age: float | None = None) -> None:
-        if size <= 0 or size & (size - 1) or size > 0x8000:
-            raise ValueError("size must be a power of two, at most 32768")
-        self.size = size
-        self.max_age = max_age
-        self._mask = size - 1
-        self._packets: list[bytes | None] = [None] * size
-        self._exts: list[int] = [-1] * size
-        self._times: list[float] = [0.0] * size
-        self._highest = -1
-
-    def store(self, seq: int, packet: bytes, now: float = 0.0) -> None:
-        """Keep ``packet`` (the finished RTP packet, before SRTP) as sequence ``seq``."""
-        highest = self._highest
-        if highest < 0:
-            # Start extended numbers one wrap up, so that late packets stay >= 0.
-            ext = 0x10000 | (seq & 0xFFFF)
-            self._highest = ext
-        else:
-            delta = (seq - highest) & 0xFFFF
-            if delta < 0x8000:
-                ext = highest + delta
-                self._highest = ext
-            elif 0x10000 - delta < self.size:
-                ext = highest - (0x10000 - delta)
-            else:
-                # Far behind: a restarted stream. Move past everything stored.
-                ext = highest + delta
-                self._highest = ext
-        index = ext & self._mask
-        self._exts[index] = ext
-        self._packets[index] = packet
-        self._times[index] = now
-
-    def get(self, seq: int, now: float | None = None) -> bytes | None:
-        """The stored packet with sequence number ``seq``, or None if gone or never sent."""
-        highest = self._highest
-        behind = (highest - seq) & 0xFFFF
-        if highest < 0 or behind >= self.size:
-            return None
-        ext = highest - behind
-        index = ext & self._mask
-        if self._exts[index] != ext:
-            return None
-        if self.max_age is not None and now is not None and now - self._times[index] > self.max_age:
-            return None
-        return self._packets[index]
-
-    def clear(self) -> None:
-        """Forget every packet (the next store starts afresh)."""
-        self._packets = [None] * self.size
-        self._exts = [-1] * self.size
-        self._highest = -1
