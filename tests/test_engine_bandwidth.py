@@ -186,3 +186,32 @@ def test_sequence_numbers_wrap() -> None:
     seqs = [estimator.on_sent(100, 0.0) for _ in range(0x10002)]
     assert seqs[:2] == [0, 1] and seqs[-3:] == [0xFFFF, 0, 1]
     assert estimator.bytes_sent == 100 * 0x10002
+
+
+def _acked_feedback(estimator: SendSideEstimator, first: int, count: int, at: float) -> None:
+    recorder = TwccRecorder()
+    for seq in range(first, first + count):
+        recorder.record(seq & 0xFFFF, at + (seq - first) * 1e-4)
+    for feedback in recorder.feedback(1, 2):
+        estimator.on_feedback(feedback, at + 0.2)
+
+
+def test_history_starts_small_and_grows_with_the_rate_between_feedbacks() -> None:
+    estimator = SendSideEstimator(history=2048)
+    assert estimator.history_size == 256  # a subscriber's transport: a few KiB
+    for _ in range(100):
+        estimator.on_sent(1000, 1.0)
+    _acked_feedback(estimator, 0, 100, 1.0)
+    assert estimator.history_size == 256  # 100 packets a feedback: room enough
+    # A busy transport: 900 packets between two feedbacks. The history doubles at each
+    # feedback until half of it holds them, and keeps what it remembered.
+    for round_ in range(4):
+        first = 100 + round_ * 900
+        for _ in range(900):
+            estimator.on_sent(1000, 2.0 + round_)
+        remembered = sum(
+            estimator._sent_seq[seq & estimator._mask] == seq for seq in range(first, first + 900)
+        )
+        assert remembered == min(900, estimator.history_size)
+        _acked_feedback(estimator, first, 900, 2.0 + round_)
+    assert estimator.history_size == 2048  # capped at ``history``

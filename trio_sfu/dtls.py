@@ -408,6 +408,9 @@ class DtlsCertificate:
                 | SSL.OP_CIPHER_SERVER_PREFERENCE
             )
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            # Media goes through SRTP, not through this connection: once the handshake is
+            # over its record buffers (tens of KiB per transport) are given back.
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify)
             self._contexts[(role, profiles)] = context
         return context

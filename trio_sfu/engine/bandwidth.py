@@ -35,6 +35,7 @@ Times are seconds on one monotonic clock, passed in as ``now``.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from typing import Final, final
 
@@ -45,6 +46,8 @@ __all__ = ["ProbeResult", "SendSideEstimator", "TwccRecorder"]
 #: Most packets one feedback packet reports.
 MAX_FEEDBACK_PACKETS: Final = 1000
 _MAX_DELTA_US: Final = 8_000_000
+#: Sent packets a transport remembers for transport-cc feedback at first (it grows).
+_INITIAL_HISTORY: Final = 256
 
 
 @final
@@ -201,6 +204,7 @@ class SendSideEstimator:
         "_last_decrease",
         "_last_update",
         "_mask",
+        "_max_history",
         "_min_owd",
         "_next_cluster",
         "_overuse_count",
@@ -211,6 +215,7 @@ class SendSideEstimator:
         "_rtx_tokens",
         "_sent_cluster",
         "_sent_seq",
+        "_sent_since_feedback",
         "_sent_size",
         "_sent_time",
         "_seq",
@@ -250,12 +255,18 @@ class SendSideEstimator:
         self.overuse_delay = overuse_delay
         self.decrease_interval = decrease_interval
         self.remb_lifetime = remb_lifetime
-        self._mask = history - 1
         self._seq = 0
-        self._sent_seq = [-1] * history
-        self._sent_time = [0.0] * history
-        self._sent_size = [0] * history
-        self._sent_cluster = [0] * history
+        # Per sent packet, in arrays (20 bytes a slot, not five Python objects); they start
+        # small and double (up to ``history``) while the packets sent between two feedbacks
+        # are more than half of them.
+        self._max_history = history
+        self._sent_since_feedback = 0
+        size = min(history, _INITIAL_HISTORY)
+        self._mask = size - 1
+        self._sent_seq = array("i", [-1]) * size
+        self._sent_time = array("d", [0.0]) * size
+        self._sent_size = array("i", [0]) * size
+        self._sent_cluster = array("i", [0]) * size
         self._estimate: float | None = None
         self._acked: deque[tuple[float, int]] = deque()
         self._acked_bits = 0
@@ -296,6 +307,7 @@ class SendSideEstimator:
         """Note a packet of ``size`` bytes going out now; returns its transport-wide seq."""
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF
+        self._sent_since_feedback += 1
         self.bytes_sent += size
         index = seq & self._mask
         self._sent_seq[index] = seq
@@ -315,6 +327,28 @@ class SendSideEstimator:
 
     # ---- feedback -----------------------------------------------------------------------
 
+    def _grow_history(self) -> None:
+        old_seq, old_time = self._sent_seq, self._sent_time
+        old_size, old_cluster = self._sent_size, self._sent_cluster
+        size = min(self._max_history, len(old_seq) * 2)
+        self._mask = mask = size - 1
+        self._sent_seq = array("i", [-1]) * size
+        self._sent_time = array("d", [0.0]) * size
+        self._sent_size = array("i", [0]) * size
+        self._sent_cluster = array("i", [0]) * size
+        for old_index, seq in enumerate(old_seq):
+            if seq >= 0:
+                index = seq & mask
+                self._sent_seq[index] = seq
+                self._sent_time[index] = old_time[old_index]
+                self._sent_size[index] = old_size[old_index]
+                self._sent_cluster[index] = old_cluster[old_index]
+
+    @property
+    def history_size(self) -> int:
+        """How many sent packets are remembered for feedback now."""
+        return len(self._sent_seq)
+
     def on_remb(self, bitrate: float, now: float) -> None:
         self._remb = float(bitrate)
         self._remb_at = now
@@ -322,6 +356,9 @@ class SendSideEstimator:
     def on_feedback(self, feedback: TransportCcFeedback, now: float) -> None:
         """Read one transport-cc feedback packet from the subscriber."""
         self.feedback_packets += 1
+        if self._sent_since_feedback * 2 > len(self._sent_seq) < self._max_history:
+            self._grow_history()
+        self._sent_since_feedback = 0
         mask = self._mask
         sent_seq = self._sent_seq
         sent_time = self._sent_time
@@ -451,7 +488,7 @@ class SendSideEstimator:
         """Count the packets sent from now on in a new probe cluster; returns its id."""
         self.end_probe(now)
         cluster_id = self._next_cluster
-        self._next_cluster += 1
+        self._next_cluster = cluster_id % 0x7FFFFFFF + 1  # never 0, fits the array
         self._clusters[cluster_id] = _Cluster(cluster_id, now)
         self.active_cluster = cluster_id
         return cluster_id
