@@ -12,6 +12,7 @@ see :data:`trio_sfu.config.ENV_VARS` for the whole list (limits, TURN, admin tok
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -182,6 +183,10 @@ async def _serve_with(config: ServerConfig, engine: Any, signals: Any, out: Text
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_sfu, config, engine)
+        # Everything made so far (modules, classes, generated converters: most of the
+        # heap) lives as long as the process: keep it out of the cyclic collector's full
+        # passes, which otherwise scan it again and again while media flows.
+        gc.freeze()
         print(f"trio-sfu: listening on {server.http_url} (WebSocket {server.ws_url})", file=out)
         out.flush()
         nursery.start_soon(

@@ -199,6 +199,7 @@ class SendSideEstimator:
     __slots__ = (
         "_acked",
         "_acked_bits",
+        "_acked_sizes",
         "_clusters",
         "_estimate",
         "_last_decrease",
@@ -268,7 +269,10 @@ class SendSideEstimator:
         self._sent_size = array("i", [0]) * size
         self._sent_cluster = array("i", [0]) * size
         self._estimate: float | None = None
-        self._acked: deque[tuple[float, int]] = deque()
+        # Arrival times and sizes (bits) of acknowledged packets over the last second, in
+        # two deques of plain numbers: nothing for the cyclic garbage collector to scan.
+        self._acked: deque[float] = deque()
+        self._acked_sizes: deque[int] = deque()
         self._acked_bits = 0
         # (feedback time, smallest one-way delay in it): the base for queueing delay.
         self._min_owd: deque[tuple[float, float]] = deque()
@@ -366,6 +370,7 @@ class SendSideEstimator:
         sent_cluster = self._sent_cluster
         clusters = self._clusters
         acked = self._acked
+        acked_sizes = self._acked_sizes
         min_owd: float | None = None
         owd_sum = 0.0
         owd_count = 0
@@ -386,7 +391,8 @@ class SendSideEstimator:
                 min_owd = owd
             owd_sum += owd
             owd_count += 1
-            acked.append((arrival, size * 8))
+            acked.append(arrival)
+            acked_sizes.append(size * 8)
             self._acked_bits += size * 8
             if newest_arrival is None or arrival > newest_arrival:
                 newest_arrival = arrival
@@ -400,8 +406,9 @@ class SendSideEstimator:
                 cluster.received_bytes += size
             sent_seq[index] = -1  # reported once
         if newest_arrival is not None:
-            while acked and acked[0][0] < newest_arrival - 1.0:
-                self._acked_bits -= acked.popleft()[1]
+            while acked and acked[0] < newest_arrival - 1.0:
+                acked.popleft()
+                self._acked_bits -= acked_sizes.popleft()
         if min_owd is not None:
             history = self._min_owd
             history.append((now, min_owd))
@@ -427,10 +434,10 @@ class SendSideEstimator:
         acked = self._acked
         if len(acked) < 2:
             return None
-        span = acked[-1][0] - acked[0][0]
+        span = acked[-1] - acked[0]
         if span < min_span or span <= 0:
             return None
-        return (self._acked_bits - acked[0][1]) / span
+        return (self._acked_bits - self._acked_sizes[0]) / span
 
     def _update(self, now: float) -> None:
         last = self._last_update

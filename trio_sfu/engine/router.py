@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, final
 
 import trio
@@ -82,6 +83,9 @@ RTCP_INTERVAL = 1.0
 FEEDBACK_INTERVAL = 0.05
 #: How often the dominant speaker is re-evaluated.
 SPEAKER_INTERVAL = 0.3
+#: Periodic passes (reports, feedback, policy) handle this many transports between two
+#: checkpoints, so that the packet path runs in between.
+TICK_SLICE = 16
 #: A receiver report must cover this many packets before its loss counts.
 MIN_LOSS_PACKETS = 10
 #: Probing: the first wait after a failed probe, and the longest.
@@ -681,52 +685,68 @@ class Router:
     async def _rtcp_loop(self) -> None:
         while True:
             await trio.sleep(self._rtcp_interval)
-            self.send_reports(trio.current_time())
+            await self._in_slices(self._send_reports_to)
+
+    async def _in_slices(self, tick: Callable[[_TransportEntry, float], None]) -> None:
+        """Run ``tick`` for every transport, ``TICK_SLICE`` at a time with a checkpoint in
+        between: a periodic pass over hundreds of transports in one go would hold the
+        packets arriving meanwhile for milliseconds."""
+        entries = list(self.transports.items())
+        for start in range(0, len(entries), TICK_SLICE):
+            if start:
+                await trio.lowlevel.checkpoint()
+            now = trio.current_time()
+            for transport_id, entry in entries[start : start + TICK_SLICE]:
+                if self.transports.get(transport_id) is entry:  # not closed meanwhile
+                    tick(entry, now)
 
     def send_reports(self, now: float) -> None:
         """Receiver Reports (and REMB) for every producer stream, Sender Reports for every
         consumer."""
-        ntp = self.ntp_now(now)
         for entry in list(self.transports.values()):
-            blocks = []
-            for producer in entry.producers.values():
-                for stream in producer.streams:
-                    if stream.ssrc is None or stream.packets == 0:
-                        continue
-                    blocks.append(
-                        stream.stats.make_report_block(
-                            stream.ssrc,
-                            now,
-                            ntp_to_compact(stream.last_sr_ntp) if stream.last_sr_ntp else 0,
-                            stream.last_sr_arrival if stream.last_sr_ntp else None,
-                        )
-                    )
-            packets: list[RtcpPacket] = []
-            for start in range(0, len(blocks), 31):
-                packets.append(ReceiverReport(ROUTER_RTCP_SSRC, tuple(blocks[start : start + 31])))
-            remb = self._remb_for(entry, now)
-            if remb is not None:
-                packets.append(remb)
-            chunks = []
-            for consumer in entry.consumers.values():
-                if consumer.packets_sent == 0:
+            self._send_reports_to(entry, now)
+
+    def _send_reports_to(self, entry: _TransportEntry, now: float) -> None:
+        ntp = self.ntp_now(now)
+        blocks = []
+        for producer in entry.producers.values():
+            for stream in producer.streams:
+                if stream.ssrc is None or stream.packets == 0:
                     continue
-                packets.append(
-                    SenderReport(
-                        ssrc=consumer.ssrc,
-                        ntp_timestamp=ntp,
-                        rtp_timestamp=consumer.sender_report_timestamp(now),
-                        packet_count=consumer.packets_sent & 0xFFFFFFFF,
-                        octet_count=consumer.octets_sent & 0xFFFFFFFF,
+                blocks.append(
+                    stream.stats.make_report_block(
+                        stream.ssrc,
+                        now,
+                        ntp_to_compact(stream.last_sr_ntp) if stream.last_sr_ntp else 0,
+                        stream.last_sr_arrival if stream.last_sr_ntp else None,
                     )
                 )
-                chunks.append(SdesChunk.with_cname(consumer.ssrc, consumer.cname))
-            if chunks:
-                packets.append(Sdes(tuple(chunks)))
-            if packets:
-                # Keep each compound under a typical MTU: SRs are 28 bytes, blocks 24.
-                for start in range(0, len(packets), 16):
-                    entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 16]))
+        packets: list[RtcpPacket] = []
+        for start in range(0, len(blocks), 31):
+            packets.append(ReceiverReport(ROUTER_RTCP_SSRC, tuple(blocks[start : start + 31])))
+        remb = self._remb_for(entry, now)
+        if remb is not None:
+            packets.append(remb)
+        chunks = []
+        for consumer in entry.consumers.values():
+            if consumer.packets_sent == 0:
+                continue
+            packets.append(
+                SenderReport(
+                    ssrc=consumer.ssrc,
+                    ntp_timestamp=ntp,
+                    rtp_timestamp=consumer.sender_report_timestamp(now),
+                    packet_count=consumer.packets_sent & 0xFFFFFFFF,
+                    octet_count=consumer.octets_sent & 0xFFFFFFFF,
+                )
+            )
+            chunks.append(SdesChunk.with_cname(consumer.ssrc, consumer.cname))
+        if chunks:
+            packets.append(Sdes(tuple(chunks)))
+        if packets:
+            # Keep each compound under a typical MTU: SRs are 28 bytes, blocks 24.
+            for start in range(0, len(packets), 16):
+                entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 16]))
 
     def _remb_for(self, entry: _TransportEntry, now: float) -> Remb | None:
         """REMB toward a publisher: what the consumers of its producers can take, going
@@ -754,51 +774,51 @@ class Router:
     async def _feedback_loop(self) -> None:
         while True:
             await trio.sleep(self._feedback_interval)
-            self.feedback_tick(trio.current_time())
+            await self._in_slices(self._feedback_to)
+            self._speaker_tick(trio.current_time())
 
     def feedback_tick(self, now: float) -> None:
         """NACKs and transport-cc feedback to publishers; rates; bandwidth plans; probes."""
         for entry in list(self.transports.values()):
-            packets: list[RtcpPacket] = []
-            for producer in entry.producers.values():
-                if producer.update_rates(now):
-                    self._on_streams_changed(producer, now)
-                if producer.nack_enabled:
-                    packets += producer.nack_feedback(now)
-            recorder = entry.twcc_recorder
-            if recorder is not None:
-                media_ssrc = next(
-                    (
-                        s.ssrc
-                        for p in entry.producers.values()
-                        for s in p.streams
-                        if s.ssrc is not None
-                    ),
-                    0,
-                )
-                packets += recorder.feedback(ROUTER_RTCP_SSRC, media_ssrc)
-            for start in range(0, len(packets), 8):
-                entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 8]))
-            if entry.consumers:
-                estimate = entry.estimator.estimate(now)
-                last = entry.last_estimate
-                if (
-                    not entry.planned
-                    or (estimate is None) != (last is None)
-                    or (
-                        estimate is not None
-                        and last is not None
-                        and abs(estimate - last) > 0.05 * last
-                    )
-                    or now - entry.allocated_at >= 1.0
-                ):
-                    self._plan(entry, now)
-                self._maybe_probe(entry, now)
+            self._feedback_to(entry, now)
+        self._speaker_tick(now)
+
+    def _speaker_tick(self, now: float) -> None:
         if now - self._speaker_at >= SPEAKER_INTERVAL:
             self._speaker_at = now
             change = self.speakers.tick(now)
             if change is not None:
                 self._emit(ActiveSpeaker(self.id, change[0], change[1]))
+
+    def _feedback_to(self, entry: _TransportEntry, now: float) -> None:
+        packets: list[RtcpPacket] = []
+        for producer in entry.producers.values():
+            if producer.update_rates(now):
+                self._on_streams_changed(producer, now)
+            if producer.nack_enabled:
+                packets += producer.nack_feedback(now)
+        recorder = entry.twcc_recorder
+        if recorder is not None:
+            media_ssrc = next(
+                (s.ssrc for p in entry.producers.values() for s in p.streams if s.ssrc is not None),
+                0,
+            )
+            packets += recorder.feedback(ROUTER_RTCP_SSRC, media_ssrc)
+        for start in range(0, len(packets), 8):
+            entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 8]))
+        if entry.consumers:
+            estimate = entry.estimator.estimate(now)
+            last = entry.last_estimate
+            if (
+                not entry.planned
+                or (estimate is None) != (last is None)
+                or (
+                    estimate is not None and last is not None and abs(estimate - last) > 0.05 * last
+                )
+                or now - entry.allocated_at >= 1.0
+            ):
+                self._plan(entry, now)
+            self._maybe_probe(entry, now)
 
     def _plan(self, entry: _TransportEntry, now: float) -> None:
         """Share the transport's estimated bandwidth among its video consumers."""
@@ -906,45 +926,49 @@ class Router:
     async def _policy_loop(self) -> None:
         while True:
             await trio.sleep(self.policy.interval)
-            self.policy_tick(trio.current_time())
+            await self._in_slices(self._policy_for)
 
     def policy_tick(self, now: float) -> None:
         """Once per policy interval: the loss of each transport's downlink sets its video
         consumers' levels; network quality goes out when it changed."""
-        for transport_id, entry in list(self.transports.items()):
-            down_loss, rtt = self._downlink_loss(entry)
-            for consumer_id, policy in entry.policies.items():
-                consumer = entry.consumers.get(consumer_id)
-                if consumer is None:
-                    continue
-                started = consumer.first_sent_at
-                if started is None or now - started < self.policy.interval:
-                    # The first interval of a consumer is the bandwidth estimate's to
-                    # settle in (what it lost meanwhile says little about the link).
-                    continue
-                level = policy.update(down_loss)
-                if level != consumer.network_level:
-                    consumer.set_network_level(level, now)
-                    entry.planned = False
-            if not entry.planned:
-                self._plan(entry, now)
-            up_loss = self._uplink_loss(entry)
-            losses = [x for x in (down_loss, up_loss) if x is not None]
-            if not losses:
+        for entry in list(self.transports.values()):
+            self._policy_for(entry, now)
+
+    def _policy_for(self, entry: _TransportEntry, now: float) -> None:
+        transport_id = entry.transport.id
+        down_loss, rtt = self._downlink_loss(entry)
+        for consumer_id, policy in entry.policies.items():
+            consumer = entry.consumers.get(consumer_id)
+            if consumer is None:
                 continue
-            loss = max(losses)
-            quality = network_quality(loss, None if rtt is None else rtt * 1000)
-            if quality != entry.quality:
-                entry.quality = quality
-                self._emit(
-                    NetworkQuality(
-                        self.id,
-                        transport_id,
-                        round(loss, 4),
-                        round((rtt or 0.0) * 1000, 1),
-                        quality,
-                    )
+            started = consumer.first_sent_at
+            if started is None or now - started < self.policy.interval:
+                # The first interval of a consumer is the bandwidth estimate's to
+                # settle in (what it lost meanwhile says little about the link).
+                continue
+            level = policy.update(down_loss)
+            if level != consumer.network_level:
+                consumer.set_network_level(level, now)
+                entry.planned = False
+        if not entry.planned:
+            self._plan(entry, now)
+        up_loss = self._uplink_loss(entry)
+        losses = [x for x in (down_loss, up_loss) if x is not None]
+        if not losses:
+            return
+        loss = max(losses)
+        quality = network_quality(loss, None if rtt is None else rtt * 1000)
+        if quality != entry.quality:
+            entry.quality = quality
+            self._emit(
+                NetworkQuality(
+                    self.id,
+                    transport_id,
+                    round(loss, 4),
+                    round((rtt or 0.0) * 1000, 1),
+                    quality,
                 )
+            )
 
     def _downlink_loss(self, entry: _TransportEntry) -> tuple[float | None, float | None]:
         """Loss of what the router sent on this transport over the last interval, from
