@@ -296,6 +296,7 @@ class Options:
         self.verbose: bool = args.verbose
         self.nice: int = args.nice
         self.retry_busy: int = args.retry_busy
+        self.pacing: bool = not args.burst
         self.workdir = Path(tempfile.mkdtemp(prefix="trio-sfu-bench-"))
 
 
@@ -363,7 +364,9 @@ async def run_one(
                 _pinned(opts.generator_cpu, command, opts.nice), log, f"load generator {index}", env
             )
             generators.append(child)
-            await child.send(dict(base_job, peers=group, seed=index, concurrency=8))
+            await child.send(
+                dict(base_job, peers=group, seed=index, concurrency=8, pacing=opts.pacing)
+            )
         setup_started = time.monotonic()
         producers: dict[str, list[str]] = {}
         with trio.fail_after(60 + 0.5 * len(scenario.peers())):
@@ -682,7 +685,15 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         f"- Command: `{report['command']}`",
         "",
         "Load per publisher: Opus 50 pkt/s (100 B) and simulcast VP8 r0 15, r1 40, r2 150 "
-        "pkt/s (about 1,160 B), a keyframe every 3 s and on PLI. Subscribers take r2 and "
+        "pkt/s (about 1,160 B), a keyframe every 3 s and on PLI. "
+        + (
+            "Video leaves each publisher through a pacer as a browser's does (WebRTC's paced "
+            "sender: a leaky bucket at 2.5 times the video bitrate; the five packets of an "
+            "r2 frame about 2 ms apart). "
+            if report.get("pacing", False)
+            else "Each video frame is sent in one burst (`--burst`: no pacer). "
+        )
+        + "Subscribers take r2 and "
         f"audio ({FORWARDED_PPS:g} pkt/s per subscription). The relay is a bare Trio UDP relay "
         "(`await recvfrom`, `await sendto` per destination, no crypto, no parsing) at the same "
         "fan-out; its publishers send only audio and r2, so that it forwards the same "
@@ -691,7 +702,9 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         "Columns: *fwd pkt/s* what the subscribers received of the packets sent in the "
         "window, per second; *server µs/pkt* the server process's CPU time (user + system, "
         "`/proc/<pid>/stat`) per forwarded packet; *loss %* against what the publishers "
-        "sent; *p50/p99* send-to-receive latency on one clock (the relay's row is the "
+        "sent; *p50/p99* latency from the publisher's send to the datagram's arrival at the "
+        "subscriber's socket (the kernel's receive timestamp, `SO_TIMESTAMPNS`, so that the "
+        "generators' own scheduling is left out), on one clock (the relay's row is the "
         "baseline of what the load generators and the kernel add); *RSS/consumer* the "
         "server's RSS growth from idle divided by consumers (transports, sessions and "
         "buffers included); *gen CPU %* the load generators' CPU on their one core (⚠: "
@@ -944,6 +957,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "srtp_profiles": sorted({p for r in sfu_rows for p in r["srtp_profiles"]}),
         "peers_per_process": opts.peers_per_process,
         "nice": opts.nice,
+        "pacing": opts.pacing,
         "window": opts.window,
         "warmup": opts.warmup,
         "command": args.command_line,
@@ -984,6 +998,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rerun a run up to N times while its server waits > 5 %% for its CPU",
     )
     parser.add_argument("--peers-per-process", type=int, default=50)
+    parser.add_argument(
+        "--burst", action="store_true", help="send each video frame in one burst (no pacer)"
+    )
     parser.add_argument(
         "--capacity-max",
         type=int,

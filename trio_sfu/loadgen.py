@@ -21,15 +21,21 @@ Every step is bounded in time (``--timeout`` seconds for the whole process, defa
 The media is what a browser sends: per publisher Opus (50 packets/s, 100 B) and three
 simulcast VP8 streams (r0 15 frames/s of one packet, r1 20 frames/s of two, r2 30 frames/s
 of five: 15, 40 and 150 packets/s of about 1,160 B), a keyframe on every layer every 3 s
-and on a PLI/FIR. Each packet's payload ends with a layer byte and the send time (``!Bd``,
-``time.monotonic()``), so a subscriber knows what it got and how late, whatever the SFU
-rewrote in the header. Subscribers are cheap on purpose: their ``on_rtp`` only counts,
-reads those nine bytes and bumps a latency histogram (10 µs bins).
+and on a PLI/FIR. Video leaves through a pacer, as a browser's does (WebRTC's paced sender: a
+leaky bucket at 2.5 times the media bitrate, audio ahead of it): the five packets of an r2
+frame go out about 2 ms apart instead of in one burst. ``"pacing": false`` in the job sends
+each frame in one burst. Each packet's payload ends with a layer byte and the send time
+(``!Bd``, ``time.monotonic()``, taken right before the send), so a subscriber knows what it
+got and how late, whatever the SFU rewrote in the header. Subscribers are cheap on purpose:
+their ``on_rtp`` only counts, reads those nine bytes and bumps a latency histogram (10 µs
+bins). The arrival time is the kernel's receive timestamp of the datagram
+(``SO_TIMESTAMPNS``), so the generators' own scheduling delay is not counted as latency.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 import json
 import math
@@ -87,6 +93,12 @@ PLI_MIN_INTERVAL: Final = 0.3
 VIDEO_PACKET_SIZE: Final = 1130
 AUDIO_PACKET_SIZE: Final = 100
 RELAY_HELLO: Final = b"HELLO"
+#: The pacer sends video at this multiple of the publisher's video bitrate (WebRTC's
+#: default pacing factor).
+PACING_FACTOR: Final = 2.5
+# Linux: a receive timestamp (struct timespec, CLOCK_REALTIME) with every datagram.
+_SO_TIMESTAMPNS: Final = 35
+_TIMESPEC: Final = struct.Struct("@qq")
 
 
 @final
@@ -135,9 +147,12 @@ class Subscriber:
     or is called with the datagrams of the relay.
     """
 
-    __slots__ = ("hist", "late", "outside", "received", "unknown", "w0", "w1")
+    __slots__ = ("arrival", "hist", "late", "outside", "received", "unknown", "w0", "w1")
 
     def __init__(self) -> None:
+        #: When the datagram being handled arrived (``time.monotonic()`` seconds, from the
+        #: kernel's timestamp; set by :class:`SocketReader`), None: now.
+        self.arrival: float | None = None
         self.w0 = math.inf
         self.w1 = -math.inf
         self.received = [0, 0, 0, 0]
@@ -147,7 +162,9 @@ class Subscriber:
         self.hist = [0] * HIST_BINS
 
     def on_rtp(self, packet: bytes) -> None:
-        now = time.monotonic()
+        now = self.arrival
+        if now is None:
+            now = time.monotonic()
         try:
             layer, sent = TAIL.unpack_from(packet, len(packet) - 9)
         except struct.error:
@@ -168,13 +185,16 @@ class Subscriber:
 
 @final
 class Publisher:
-    """Sends the STREAMS of one publisher through ``send(packet) -> bool``."""
+    """Sends the STREAMS of one publisher through ``send(packet) -> bool``; video through a
+    pacer unless ``pacing`` is False."""
 
     def __init__(
         self,
         streams: dict[int, SyntheticStream],
         send: Callable[[bytes], bool],
         rng: random.Random,
+        *,
+        pacing: bool = True,
     ) -> None:
         self.streams = streams
         self.send = send
@@ -187,6 +207,15 @@ class Publisher:
         self._last_pli: dict[int, float] = {}
         self._next_keyframe = dict.fromkeys(streams, 0.0)
         self._by_ssrc = {stream.ssrc: layer for layer, stream in streams.items()}
+        # The three simulcast layers' bitrate, also for the relay's publishers (they send
+        # only r2): the same spacing on both paths.
+        video_bps = sum(spec.pps * spec.size * 8 for spec in STREAMS if spec.layer != LAYER_AUDIO)
+        #: Bits per second the pacer lets out (0: no pacing).
+        self.pacing_rate = PACING_FACTOR * video_bps if pacing else 0.0
+        self._paced: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._pacer_free_at = 0.0
+        #: Whether the send loop has a wake-up for the pacer queued.
+        self.pacer_scheduled = False
 
     def on_pli(self, media_ssrc: int) -> None:
         layer = self._by_ssrc.get(media_ssrc)
@@ -198,36 +227,57 @@ class Publisher:
             self._want_keyframe.add(layer)
 
     def frame(self, spec: StreamSpec, w0: float, w1: float) -> None:
+        """Make one frame of ``spec``: audio goes out now, video to the pacer (or now)."""
         stream = self.streams.get(spec.layer)
         if stream is None:
             return
         now = time.monotonic()
         if spec.layer == LAYER_AUDIO:
-            packets = [stream.opus_frame(size=spec.size, now=now)]
+            self._send(spec.layer, stream.opus_frame(size=spec.size, now=now), w0, w1)
+            return
+        keyframe = spec.layer in self._want_keyframe or now >= self._next_keyframe[spec.layer]
+        if keyframe:
+            self._want_keyframe.discard(spec.layer)
+            self._next_keyframe[spec.layer] = now + KEYFRAME_INTERVAL
+            self.keyframes += 1
+        packets = stream.vp8_frame(
+            keyframe=keyframe, size=spec.size, packets=spec.packets, tid=None, now=now
+        )
+        if not self.pacing_rate:
+            for packet in packets:
+                self._send(spec.layer, packet, w0, w1)
+            return
+        self._paced.extend((spec.layer, packet) for packet in packets)
+
+    def pace(self, w0: float, w1: float) -> float | None:
+        """Send what the pacer lets out now; when to call again (None: nothing queued)."""
+        queue = self._paced
+        now = time.monotonic()
+        free_at = self._pacer_free_at
+        while queue and free_at <= now:
+            layer, packet = queue.popleft()
+            self._send(layer, packet, w0, w1)
+            free_at = max(free_at, now) + len(packet) * 8 / self.pacing_rate
+        self._pacer_free_at = free_at
+        return free_at if queue else None
+
+    def _send(self, layer: int, packet: bytes, w0: float, w1: float) -> None:
+        sent = time.monotonic()
+        if self.send(stamp(packet, layer, sent)):
+            self.sent += 1
+            if w0 <= sent < w1:
+                self.sent_in_window[layer] += 1
         else:
-            keyframe = spec.layer in self._want_keyframe or now >= self._next_keyframe[spec.layer]
-            if keyframe:
-                self._want_keyframe.discard(spec.layer)
-                self._next_keyframe[spec.layer] = now + KEYFRAME_INTERVAL
-                self.keyframes += 1
-            packets = stream.vp8_frame(
-                keyframe=keyframe, size=spec.size, packets=spec.packets, tid=None, now=now
-            )
-        counts = self.sent_in_window
-        for packet in packets:
-            sent = time.monotonic()
-            if self.send(stamp(packet, spec.layer, sent)):
-                self.sent += 1
-                if w0 <= sent < w1:
-                    counts[spec.layer] += 1
-            else:
-                self.send_failed += 1
+            self.send_failed += 1
+
+
+_PACER: Final = -1  # a send-loop entry for a publisher's pacer, not a stream
 
 
 async def _send_media(
     publishers: list[Publisher], start: float, w0: float, w1: float, stop: float
 ) -> None:
-    """Every publisher's streams on their schedule (one task for all of them)."""
+    """Every publisher's streams on their schedule, and their pacers (one task for all)."""
     if not publishers:
         return
     offset = trio.current_time() - time.monotonic()
@@ -244,8 +294,18 @@ async def _send_media(
             break
         if due > time.monotonic():
             await trio.sleep_until(due + offset)
-        heapq.heapreplace(queue, (due + 1 / STREAMS[spec_index].fps, index, spec_index))
-        publishers[index].frame(STREAMS[spec_index], w0, w1)
+        publisher = publishers[index]
+        if spec_index == _PACER:
+            heapq.heappop(queue)
+            publisher.pacer_scheduled = False
+        else:
+            heapq.heapreplace(queue, (due + 1 / STREAMS[spec_index].fps, index, spec_index))
+            publisher.frame(STREAMS[spec_index], w0, w1)
+        if not publisher.pacer_scheduled:
+            wake = publisher.pace(w0, w1)
+            if wake is not None:
+                publisher.pacer_scheduled = True
+                heapq.heappush(queue, (wake, index, _PACER))
 
 
 @final
@@ -256,23 +316,42 @@ class SocketReader:
     one wakeup per batch of ready sockets, no per-datagram re-arming, instead of one task
     wakeup and epoll update per datagram per socket. This is what keeps a load generator
     with hundreds of subscribers cheaper than the server it measures.
+
+    A socket added with its :class:`Subscriber` is read with ``recvmsg`` and its kernel
+    receive timestamp (``SO_TIMESTAMPNS``) goes to ``subscriber.arrival`` before the
+    handler runs.
     """
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._handlers: dict[int, tuple[stdlib_socket.socket, Callable[[bytes], None]]] = {}
+        self._handlers: dict[
+            int, tuple[stdlib_socket.socket, Callable[[bytes], None], Subscriber | None]
+        ] = {}
 
-    def add(self, sock: stdlib_socket.socket, handler: Callable[[bytes], None]) -> None:
-        self._handlers[sock.fileno()] = (sock, handler)
+    def add(
+        self,
+        sock: stdlib_socket.socket,
+        handler: Callable[[bytes], None],
+        subscriber: Subscriber | None = None,
+    ) -> None:
+        if subscriber is not None:
+            try:
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            except OSError:  # not Linux: the subscriber reads the clock itself
+                subscriber = None
+        self._handlers[sock.fileno()] = (sock, handler, subscriber)
         self._epoll.register(sock.fileno(), select.EPOLLIN)
 
     async def run(self) -> None:
         epoll = self._epoll
         poll = epoll.poll
         handlers = self._handlers
+        unpack = _TIMESPEC.unpack_from
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
+                # CLOCK_REALTIME -> time.monotonic(), read again at every wakeup.
+                offset = time.time() - time.monotonic()
                 # Level-triggered: one datagram per ready socket per round, as many rounds
                 # as there is something to read (up to a bound, then trio runs the others).
                 for _ in range(64):
@@ -283,11 +362,21 @@ class SocketReader:
                         entry = handlers.get(fd)
                         if entry is None:
                             continue
+                        sock, handler, subscriber = entry
                         try:
-                            data = entry[0].recv(2048)
+                            if subscriber is None:
+                                data = sock.recv(2048)
+                            else:
+                                data, ancillary, _, _ = sock.recvmsg(2048, 64)
+                                arrival = None
+                                for _level, kind, value in ancillary:
+                                    if kind == _SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                                        seconds, nanoseconds = unpack(value)
+                                        arrival = seconds + nanoseconds * 1e-9 - offset
+                                subscriber.arrival = arrival
                         except OSError:  # nothing after all, closed at the end, or ICMP
                             continue
-                        entry[1](data)
+                        handler(data)
         finally:
             epoll.close()
 
@@ -368,7 +457,8 @@ def _ignore(packet: bytes) -> None:
 
 @final
 class _SfuPeer:
-    def __init__(self, spec: dict[str, Any], rng: random.Random) -> None:
+    def __init__(self, spec: dict[str, Any], rng: random.Random, pacing: bool = True) -> None:
+        self.pacing = pacing
         self.name: str = spec["name"]
         self.publish: bool = spec.get("publish", False)
         self.subscribe: bool = spec.get("subscribe", False)
@@ -384,7 +474,7 @@ class _SfuPeer:
             _, recv = await peer.open_transport("recv")
             recv.on_rtp = self.subscriber.on_rtp
             recv.on_rtcp = _ignore
-            reader.add(recv.detach_receive(), recv.receive_datagram)
+            reader.add(recv.detach_receive(), recv.receive_datagram, self.subscriber)
             self.srtp_profile = recv.selected_srtp_profile
             await peer.load_capabilities()
         if self.publish:
@@ -402,7 +492,7 @@ class _SfuPeer:
             streams = {LAYER_AUDIO: audio.streams[0]}
             for layer, stream in zip((LAYER_R0, LAYER_R1, LAYER_R2), video.streams, strict=True):
                 streams[layer] = stream
-            self.publisher = Publisher(streams, send.send_rtp, self.rng)
+            self.publisher = Publisher(streams, send.send_rtp, self.rng, pacing=self.pacing)
             self.srtp_profile = send.selected_srtp_profile
             send.on_rtcp = _pli_watcher(self.publisher)
             self.producer_ids = [audio_id, video_id]
@@ -420,7 +510,8 @@ class _SfuPeer:
 
 async def _run_sfu(job: dict[str, Any], lines: _Lines) -> None:
     rng = random.Random(job.get("seed"))
-    peers = [_SfuPeer(spec, random.Random(rng.random())) for spec in job["peers"]]
+    pacing = bool(job.get("pacing", True))
+    peers = [_SfuPeer(spec, random.Random(rng.random()), pacing) for spec in job["peers"]]
     limit = trio.Semaphore(int(job.get("concurrency", 8)))
     producers_in: dict[str, list[str]] = {}
     consume_now = trio.Event()
@@ -485,7 +576,9 @@ async def _run_sfu(job: dict[str, Any], lines: _Lines) -> None:
 
 @final
 class _RelayPeer:
-    def __init__(self, spec: dict[str, Any], relay: tuple[str, int], rng: random.Random) -> None:
+    def __init__(
+        self, spec: dict[str, Any], relay: tuple[str, int], rng: random.Random, pacing: bool = True
+    ) -> None:
         self.name: str = spec["name"]
         self.publish: bool = spec.get("publish", False)
         self.subscribe: bool = spec.get("subscribe", False)
@@ -509,7 +602,7 @@ class _RelayPeer:
                     clock_rate=48000 if audio else 90000,
                     rng=rng,
                 )
-            self.publisher = Publisher(streams, self.send, rng)
+            self.publisher = Publisher(streams, self.send, rng, pacing=pacing)
 
     def send(self, data: bytes) -> bool:
         try:
@@ -522,7 +615,8 @@ class _RelayPeer:
 async def _run_relay(job: dict[str, Any], lines: _Lines) -> None:
     rng = random.Random(job.get("seed"))
     relay = (str(job["relay"][0]), int(job["relay"][1]))
-    peers = [_RelayPeer(spec, relay, random.Random(rng.random())) for spec in job["peers"]]
+    pacing = bool(job.get("pacing", True))
+    peers = [_RelayPeer(spec, relay, random.Random(rng.random()), pacing) for spec in job["peers"]]
     try:
         for peer in peers:
             if peer.subscribe:
@@ -540,7 +634,7 @@ async def _run_relay(job: dict[str, Any], lines: _Lines) -> None:
                 peer.subscriber.w0, peer.subscriber.w1 = w0, w1
                 if peer.subscribe:
                     peer.send(RELAY_HELLO)  # again, in case the first one was lost
-                    reader.add(peer.sock, peer.subscriber.on_rtp)
+                    reader.add(peer.sock, peer.subscriber.on_rtp, peer.subscriber)
             publishers = [p.publisher for p in peers if p.publisher is not None]
             await _send_media(publishers, start, w0, w1, stop)
             await trio.sleep_until(stop + 0.5 + trio.current_time() - time.monotonic())
