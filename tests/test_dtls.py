@@ -732,3 +732,41 @@ def test_constructor_checks_its_arguments() -> None:
     client.start(0.0)
     with pytest.raises(InvalidStateError):
         client.start(0.0)
+
+
+def test_release_frees_the_connection_and_close_still_says_goodbye() -> None:
+    pair = Pair()
+    assert not pair.server.release()  # not connected yet: nothing to release
+    pair.handshake()
+    assert_srtp_works(pair)
+    assert not pair.server.released
+    assert pair.server.release()
+    assert pair.server.released and pair.server._ssl is None
+    assert not pair.server.release()  # once
+    # What the peer sends now is not read: a well-formed record is ignored, counted;
+    # a malformed one is still BadPacket.
+    junk_alert = pair.client.close()
+    assert pair.server.receive_untrusted(junk_alert[0], pair.now) == []
+    assert pair.server.ignored_after_release == 1 and pair.server.state == "connected"
+    with pytest.raises(BadPacket):
+        pair.server.receive_untrusted(b"\x16\xfe\xfd\x00\x00", pair.now)
+    # close() sends the close_notify made at release, which a peer reads as one.
+    other = Pair()
+    other.handshake()
+    assert other.server.release()
+    goodbye = other.server.close()
+    assert other.server.state == "closed"
+    assert goodbye and _records_untrusted(goodbye[0])[0].content_type == 21  # alert
+    other.client.receive_untrusted(goodbye[0], other.now)
+    assert other.client.state == "closed"
+    assert other.server.close() == []  # idempotent
+
+
+def test_a_released_server_still_answers_a_retransmitted_last_flight() -> None:
+    pair = Pair()
+    pair.handshake(drop=drop_flight("server", 4))
+    assert pair.server.state == "connected" and pair.client.state == "connecting"
+    assert pair.server.release()  # released before the client got our Finished
+    pair.tick(1.0)  # the client resends its last flight; the kept flight answers it
+    assert pair.client.state == "connected"
+    assert_srtp_works(pair)

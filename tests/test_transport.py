@@ -114,6 +114,42 @@ async def test_media_flows_both_ways(protocol: str, certificate: DtlsCertificate
             nursery.cancel_scope.cancel()
 
 
+async def test_dtls_is_released_once_the_peer_sends_srtp_and_still_says_goodbye(
+    certificate: DtlsCertificate,
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate) as pair:
+                server, client = pair.server, pair.client
+                assert not server.stats()["dtls_released"]  # nothing from the peer yet
+                await exchange_media(pair, rtp=3, rtcp=1)
+                assert server.stats()["dtls_released"]  # the peer's keys worked
+                assert server.dtls_state == "connected"
+                await exchange_media(pair, rtp=50, rtcp=5, base=3)  # media unaffected
+                server.close("bye")
+                # The close_notify made at the release reaches the client.
+                with trio.fail_after(5):
+                    while client.dtls_state != "closed":  # noqa: ASYNC110 (no event for it)
+                        await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+
+async def test_dtls_is_released_after_a_while_without_media(
+    certificate: DtlsCertificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_sfu.engine import webrtc_transport
+
+    monkeypatch.setattr(webrtc_transport, "DTLS_RELEASE_AFTER", 0.2)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async with open_pair(nursery, certificate) as pair:
+                assert not pair.server.stats()["dtls_released"]
+                await trio.sleep(0.5)  # nothing from the client: the timer releases it
+                assert pair.server.stats()["dtls_released"]
+                await exchange_media(pair, rtp=20, rtcp=2)  # and media is unaffected
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
 async def test_aes_cm_when_the_client_offers_only_that(
     protocol: str, certificate: DtlsCertificate

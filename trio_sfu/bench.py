@@ -345,6 +345,37 @@ def _split(peers: list[dict[str, Any]], per_process: int) -> list[list[dict[str,
     return groups
 
 
+async def _warm_up(base_job: dict[str, Any], opts: Options, name: str) -> None:
+    """A publisher and a subscriber join another meeting, send media for a second and
+    leave, before the idle RSS is read: what the server loads or builds once, on its first
+    peer (modules imported on first use, generated converters), is then not counted as
+    memory per consumer."""
+    peers = [
+        {"name": "warm-pub", "publish": True, "subscribe": False},
+        {"name": "warm-sub", "publish": False, "subscribe": True},
+    ]
+    command = [sys.executable, "-m", "trio_sfu.loadgen", "--timeout", "120"]
+    child = await open_child(
+        _pinned(opts.generator_cpu, command, opts.nice),
+        opts.workdir / f"{name}-warmup.log",
+        "warm-up peers",
+        dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        job = dict(base_job, meeting=f"{base_job['meeting']}-warmup", peers=peers, seed=999)
+        await child.send(dict(job, concurrency=2, pacing=opts.pacing))
+        with trio.fail_after(60):
+            producers = (await child.event("published"))["producers"]
+            await child.send({"producers": producers})
+            await child.event("ready")
+            start = time.monotonic() + 0.2
+            await child.send({"start": start, "window": [start, start + 1.0], "stop": start + 1.0})
+            await child.event("result")
+    finally:
+        await child.stop()
+    await trio.sleep(0.5)  # the server closes what they left
+
+
 async def run_one(
     scenario: Scenario, target: str, opts: Options, profile: bool = False
 ) -> dict[str, Any]:
@@ -353,6 +384,8 @@ async def run_one(
     generators: list[Child] = []
     spy: trio.Process | None = None
     try:
+        if target == "sfu":
+            await _warm_up(base_job, opts, scenario.name)
         await trio.sleep(0.3)
         rss_idle = rss_bytes(server.pid)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -706,7 +739,8 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         "subscriber's socket (the kernel's receive timestamp, `SO_TIMESTAMPNS`, so that the "
         "generators' own scheduling is left out), on one clock (the relay's row is the "
         "baseline of what the load generators and the kernel add); *RSS/consumer* the "
-        "server's RSS growth from idle divided by consumers (transports, sessions and "
+        "server's RSS growth from idle (after a warm-up peer pair joined, sent media and "
+        "left in another meeting) divided by consumers (transports, sessions and "
         "buffers included); *gen CPU %* the load generators' CPU on their one core (⚠: "
         f"≥ {GENERATOR_BUSY:g} %, the generators may be the bottleneck of that row); *other "
         "load on server core* what else kept the server's core busy during the window (other "

@@ -500,7 +500,11 @@ class DtlsEndpoint:
         self._retransmit_interval = INITIAL_RETRANSMIT_INTERVAL
         self._retransmit_at: float | None = None
         self._give_up_at: float | None = None
-        self._ssl = self._new_connection()
+        self._ssl: SSL.Connection | None = self._new_connection()
+        #: close_notify made at :meth:`release`, sent by :meth:`close`.
+        self._closing: list[bytes] = []
+        #: DTLS datagrams ignored because the connection was released.
+        self.ignored_after_release = 0
 
     def _new_connection(self) -> SSL.Connection:
         connection = SSL.Connection(self._certificate._context(self.role, self._profiles), None)
@@ -559,6 +563,12 @@ class DtlsEndpoint:
         if type(data) is not bytes:
             data = bytes(data)
         records = _records_untrusted(data)
+        if self._ssl is None:
+            # Released: only the peer's retransmitted last flight is still answered.
+            if any(r.epoch == 0 and r.content_type == _HANDSHAKE for r in records) and self._flight:
+                return self._encode_flight(self._flight)
+            self.ignored_after_release += 1
+            return []
         if self.state == "new":
             if self.role == "client":
                 raise BadPacket("DTLS client has not started")
@@ -572,7 +582,7 @@ class DtlsEndpoint:
                 raise BadPacket("a DTLS server expects a ClientHello first")
             self.state = "connecting"
             self._give_up_at = now + HANDSHAKE_TIMEOUT
-            self._ssl.bio_write(data)
+            self._conn().bio_write(data)
             try:
                 return self._step_handshake(now)
             except DtlsError:
@@ -585,7 +595,7 @@ class DtlsEndpoint:
                 self._ssl = self._new_connection()
                 raise BadPacket("ClientHello refused") from None
         if not self._handshake_done:
-            self._ssl.bio_write(data)
+            self._conn().bio_write(data)
             return self._step_handshake(now)
         # Handshake finished (connected, or awaiting fingerprints).
         if any(record.epoch == 0 for record in records):
@@ -595,7 +605,7 @@ class DtlsEndpoint:
             if self._flight and any(r.content_type == _HANDSHAKE for r in records):
                 return self._encode_flight(self._flight)
             return []
-        self._ssl.bio_write(data)
+        self._conn().bio_write(data)
         return self._read_records()
 
     def next_deadline(self, now: float) -> float | None:
@@ -633,13 +643,50 @@ class DtlsEndpoint:
         self.state = "closed"
         self._retransmit_at = self._give_up_at = None
         self._flight = []
+        ssl = self._ssl
+        if ssl is None:  # released: the close_notify was made then
+            closing, self._closing = self._closing, []
+            return closing
         if not was_connected:
             return []
         try:
-            self._ssl.shutdown()
+            ssl.shutdown()
         except SSL.Error:
             return []
         return self._drain_verbatim()
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` freed the OpenSSL connection."""
+        return self._ssl is None
+
+    def release(self) -> bool:
+        """Free the OpenSSL connection of an established association (some 60 KiB each).
+
+        Once connected, OpenSSL is needed only to read the peer's alerts: our last flight
+        (kept, a server's) answers a retransmission of the peer's last flight without it.
+        The close_notify that :meth:`close` will send is made now. Afterwards received DTLS
+        datagrams other than such a retransmission are ignored (counted in
+        ``ignored_after_release``): an alert from the peer can no longer be read, and the
+        owner learns of the end from signaling or ICE consent instead. Returns True if it
+        released the connection (False: not connected, or released already).
+        """
+        ssl = self._ssl
+        if self.state != "connected" or ssl is None:
+            return False
+        try:
+            ssl.shutdown()
+            self._closing = self._drain_verbatim()
+        except SSL.Error:
+            self._closing = []
+        self._ssl = None  # _flight stays: a server answers a retransmitted last flight
+        return True
+
+    def _conn(self) -> SSL.Connection:
+        ssl = self._ssl
+        if ssl is None:
+            raise InvalidStateError("the DTLS connection was released")
+        return ssl
 
     # --- internals --------------------------------------------------------------------
 
@@ -664,7 +711,7 @@ class DtlsEndpoint:
         chunks = []
         while True:
             try:
-                chunks.append(self._ssl.bio_read(65536))
+                chunks.append(self._conn().bio_read(65536))
             except SSL.WantReadError:
                 return b"".join(chunks)
 
@@ -676,7 +723,7 @@ class DtlsEndpoint:
 
     def _step_handshake(self, now: float) -> list[bytes]:
         try:
-            self._ssl.do_handshake()
+            self._conn().do_handshake()
         except SSL.WantReadError:
             finished = False
         except SSL.Error as exc:
@@ -724,18 +771,20 @@ class DtlsEndpoint:
     def _complete(self) -> None:
         """The handshake is done and the fingerprints are known: check, then export keys."""
         assert self._remote_fingerprints is not None
-        certificate = self._ssl.get_peer_certificate(as_cryptography=True)
+        certificate = self._conn().get_peer_certificate(as_cryptography=True)
         if certificate is None:
             self._fail("peer sent no certificate")
         matched = _matching_fingerprint(certificate, self._remote_fingerprints)
         if matched is None:
             self._fail("fingerprint mismatch")
-        profile_name = self._ssl.get_selected_srtp_profile().decode("ascii", "replace")
+        profile_name = self._conn().get_selected_srtp_profile().decode("ascii", "replace")
         profile = SRTP_PROFILE_PARAMETERS.get(profile_name)
         if profile is None or profile_name not in self._profiles:
             self._fail("no common SRTP profile")
         key_len, salt_len = profile.key_len, profile.salt_len
-        material = self._ssl.export_keying_material(_SRTP_EXPORTER_LABEL, 2 * (key_len + salt_len))
+        material = self._conn().export_keying_material(
+            _SRTP_EXPORTER_LABEL, 2 * (key_len + salt_len)
+        )
         client_master, server_master = split_srtp_keying_material(material, key_len, salt_len)
         if self.role == "client":
             local, remote = client_master, server_master
@@ -751,13 +800,13 @@ class DtlsEndpoint:
         """After the handshake: let OpenSSL process records (alerts, close_notify)."""
         while True:
             try:
-                self._ssl.recv(65536)  # application data is not used (no DataChannels)
+                self._conn().recv(65536)  # application data is not used (no DataChannels)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
                 # The peer's close_notify: answer with ours (RFC 5246 section 7.2.1).
                 with contextlib.suppress(SSL.Error):  # a courtesy; the peer has gone
-                    self._ssl.shutdown()
+                    self._conn().shutdown()
                 datagrams = self._drain_verbatim()
                 self.state = "closed"
                 self._flight = []

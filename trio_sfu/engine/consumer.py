@@ -62,10 +62,11 @@ _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_C
 #: How often the packet path may ask the producer for a keyframe it waits for.
 _KEYFRAME_RETRY: Final = 0.25
 _TS_MASK: Final = 0xFFFFFFFF
-#: Packets a consumer can retransmit: 512 is about 3 s of 720p (2 s at 2.5 Mbps), which
-#: is longer than a NACK is worth answering; audio is rarely NACKed at all.
-_HISTORY_VIDEO: Final = 512
-_HISTORY_AUDIO: Final = 128
+#: Packets a consumer can retransmit: 256 is 1.7 s of 720p at 1.4 Mbps (1 s at 2.5 Mbps),
+#: longer than a repair is worth making in a call; audio is rarely NACKed at all. The
+#: producer's packets they refer to stay in memory that long (shared by its consumers).
+_HISTORY_VIDEO: Final = 256
+_HISTORY_AUDIO: Final = 64
 _TWO_POW_32: Final = float(1 << 32)
 
 

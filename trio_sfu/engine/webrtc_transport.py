@@ -40,6 +40,7 @@ from typing import Any, Final, Literal, cast, final
 import trio
 
 from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, DtlsError, Fingerprint
+from trio_sfu.engine import memory
 from trio_sfu.engine.rtc_sockets import (
     SEND_WOULD_BLOCK,
     Address,
@@ -74,6 +75,13 @@ SERVER_FINGERPRINT_ALGORITHMS: Final = ("sha-256", "sha-384", "sha-512")
 FINGERPRINT_ALGORITHMS: Final = frozenset({"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"})
 MAX_EARLY_DTLS: Final = 8
 EGRESS_BATCH: Final = 64
+#: The DTLS connection (OpenSSL's, some 60 KiB) is released this long after SRTP starts,
+#: or at the peer's first SRTP/SRTCP packet if sooner; a DTLS alert from the peer (its
+#: close_notify) is read only until then: the end of a transport comes from signaling or
+#: ICE consent.
+DTLS_RELEASE_AFTER: Final = 5.0
+#: About what a connected OpenSSL DTLS connection holds (measured: 92 KiB of heap).
+DTLS_CONNECTION_BYTES: Final = 90 << 10
 
 # What an egress queue entry holds: RTP or RTCP to protect, or either protected already.
 _KIND_RTP: Final = 0
@@ -192,6 +200,11 @@ class WebRtcTransport:
         self._dtls_started = False
         self._dtls_address: Address | None = None
         self._dtls_state = "new"
+        # True from SRTP's start until the DTLS connection is released: at the peer's first
+        # authenticated SRTP/SRTCP packet (it finished its handshake too), or
+        # DTLS_RELEASE_AFTER seconds after the start (_dtls_release_at) at the latest.
+        self._dtls_to_release = False
+        self._dtls_release_at = math.inf
         self._early_dtls: list[tuple[bytes, Address]] = []
         self._srtp: SrtpSession | None = None
         self._selected_is_tcp = False
@@ -263,6 +276,7 @@ class WebRtcTransport:
             "stun_answered": self._ice.stun_answered,
             "stun_dropped": self._ice.stun_dropped,
             "dtls_in": self.dtls_in,
+            "dtls_released": self._dtls is not None and self._dtls.released,
             "dropped": {
                 "not_validated": self.dropped_not_validated,
                 "srtp_not_ready": self.dropped_srtp_not_ready,
@@ -336,6 +350,8 @@ class WebRtcTransport:
         self.close_reason = reason
         dtls = self._dtls
         if dtls is not None:
+            if not dtls.released:
+                memory.note_freed(DTLS_CONNECTION_BYTES)  # freed with the transport
             records = dtls.close()  # close_notify if it was connected, else nothing
             address = self._dtls_address or self._ice.selected_address
             if address is not None:
@@ -629,6 +645,8 @@ class WebRtcTransport:
                     self.dropped_srtp_auth += 1
                     return
                 self.rtcp_packets_in += 1
+                if self._dtls_to_release:
+                    self._release_dtls()
                 self.on_rtcp(packet)
             else:
                 try:
@@ -637,6 +655,8 @@ class WebRtcTransport:
                     self.dropped_srtp_auth += 1
                     return
                 self.rtp_packets_in += 1
+                if self._dtls_to_release:
+                    self._release_dtls()
                 self.on_rtp(packet)
         elif first <= 3:
             self._handle_stun(data, address)
@@ -644,6 +664,14 @@ class WebRtcTransport:
             self._handle_dtls(data, address)
         else:
             self.dropped_unknown += 1
+
+    def _release_dtls(self) -> None:
+        """The peer's keys work: its handshake is over, our OpenSSL connection is not
+        needed any more (see :meth:`DtlsEndpoint.release`)."""
+        self._dtls_to_release = False
+        self._dtls_release_at = math.inf
+        if self._dtls is not None and self._dtls.release():
+            memory.note_freed(DTLS_CONNECTION_BYTES)
 
     def _handle_stun(self, data: bytes, address: Address) -> None:
         self.stun_in += 1
@@ -705,6 +733,8 @@ class WebRtcTransport:
                 if dtls.srtp_keys is None:
                     raise ValueError("connected without keys")
                 self._srtp = SrtpSession(dtls.srtp_keys)
+                self._dtls_to_release = True
+                self._dtls_release_at = trio.current_time() + DTLS_RELEASE_AFTER
             except ValueError as exc:
                 self._set_dtls_state("failed")
                 self.close(f"dtls_failed: no SRTP keys ({exc})")
@@ -794,13 +824,15 @@ class WebRtcTransport:
             dtls_deadline = dtls.next_deadline(trio.current_time())
             if dtls_deadline is not None and dtls_deadline < result:
                 result = dtls_deadline
-        return result
+        return min(result, self._dtls_release_at)
 
     def _on_timer(self, now: float) -> None:
         self._ice.poll(now)
         self._after_ice_event()
         if self.closed:
             return
+        if self._dtls_to_release and now >= self._dtls_release_at:
+            self._release_dtls()
         dtls = self._dtls
         if dtls is None or not self._dtls_started or self._dtls_state != "connecting":
             return

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, final
+from typing import Any, Final, final
 
 import attrs
 import trio
 
 from trio_sfu.dtls import DtlsCertificate
+from trio_sfu.engine import memory
 from trio_sfu.engine.api import (
     ConsumerInfo,
     EngineEvent,
@@ -68,6 +69,10 @@ class WorkerSettings:
     media_codecs: Sequence[RtpCodecCapability] | None = None
 
 
+#: Seconds between two checks whether freed memory should go back to the system.
+MEMORY_TRIM_INTERVAL: Final = 5.0
+
+
 @final
 class Worker:
     """The media engine: routers by id, and the index of every entity to its router.
@@ -107,7 +112,9 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await trio.sleep_forever()
+                while True:
+                    await trio.sleep(MEMORY_TRIM_INTERVAL)
+                    memory.trim_if_worth()
         finally:
             self.close()
 
