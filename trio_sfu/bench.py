@@ -818,6 +818,7 @@ def _comparison(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         + (f", {before['label']}" if before.get("label") else "")
         + f"; after: this run{', ' + after['label'] if after.get('label') else ''}.",
         "",
+        *_method_change(before, after),
         "| scenario | fwd pkt/s before → after | server µs/pkt before → after "
         "| p99 ms before → after | loss % before → after |",
         "|---|---|---|---|---|",
@@ -839,6 +840,25 @@ def _comparison(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['scenario']} | " + " | ".join(cells) + " |")
     lines.append("")
     return lines
+
+
+def _method(report: dict[str, Any]) -> str:
+    load = "a paced load" if report.get("pacing", False) else "each video frame in one burst"
+    clock = report.get("latency_clock", "when the load generator read the packet")
+    return f"{load}, latency taken {clock}"
+
+
+def _method_change(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """A warning when the two reports measured latency differently (older reports have
+    no ``pacing`` / ``latency_clock``: bursts, read time)."""
+    if _method(before) == _method(after):
+        return []
+    return [
+        f"Measured differently: before with {_method(before)}; after with {_method(after)}. "
+        "The p99 columns do not compare like for like; packets/s and µs/pkt do, within "
+        "the noise of this shared machine (about ±15 % from run to run).",
+        "",
+    ]
 
 
 def _git(*args: str) -> str:
@@ -992,6 +1012,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "peers_per_process": opts.peers_per_process,
         "nice": opts.nice,
         "pacing": opts.pacing,
+        "latency_clock": "at the kernel's receive timestamp (SO_TIMESTAMPNS)",
         "window": opts.window,
         "warmup": opts.warmup,
         "command": args.command_line,
