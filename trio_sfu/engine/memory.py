@@ -16,8 +16,10 @@ from typing import Final
 
 __all__ = ["TRIM_THRESHOLD", "note_freed", "trim_if_worth"]
 
-#: Bytes noted freed before a trim is worth its pause.
-TRIM_THRESHOLD: Final = 4 << 20
+#: Bytes noted freed before a trim is worth its pause (about six transports' DTLS
+#: connections; the worker checks every few seconds, so at most one pause of a couple of
+#: milliseconds per check).
+TRIM_THRESHOLD: Final = 512 << 10
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
