@@ -128,6 +128,28 @@ def _producer(parameters: RtpParameters, sent_upstream: list[bytes]) -> Producer
     )
 
 
+def _simulcast_producer(*, seed: int, first_ssrc: int) -> tuple[Producer, list[SyntheticStream]]:
+    """A three-layer VP8 producer (transport-cc) and a synthetic source per layer, each
+    sending its rid, SSRCs from ``first_ssrc`` on."""
+    parameters = vp8_simulcast_rtp_parameters(mid="1", transport_cc=True)
+    producer = _producer(parameters, [])
+    rng = random.Random(seed)
+    rid_id = next(e.id for e in parameters.header_extensions if e.uri == RID_URI)
+    streams = []
+    for index, encoding in enumerate(parameters.encodings):
+        streams.append(
+            SyntheticStream(
+                ssrc=first_ssrc + index,
+                payload_type=96,
+                clock_rate=90000,
+                extensions={rid_id: (encoding.rid or "").encode()},
+                rng=rng,
+            )
+        )
+        producer.streams[index].ssrc = first_ssrc + index
+    return producer, streams
+
+
 def _consumer(
     producer: Producer, mid: str, sent: list[bytes | bytearray], seed: int
 ) -> tuple[Consumer, SendSideEstimator]:
@@ -155,23 +177,7 @@ def _ids(consumer: Consumer) -> dict[str, int]:
 
 
 def test_consumers_share_the_rewrite_and_each_gets_its_own_mid_and_numbers() -> None:
-    upstream: list[bytes] = []
-    parameters = vp8_simulcast_rtp_parameters(mid="1", transport_cc=True)
-    producer = _producer(parameters, upstream)
-    rng = random.Random(3)
-    streams = []
-    for index, encoding in enumerate(parameters.encodings):
-        rid_id = next(e.id for e in parameters.header_extensions if e.uri == RID_URI)
-        streams.append(
-            SyntheticStream(
-                ssrc=5000 + index,
-                payload_type=96,
-                clock_rate=90000,
-                extensions={rid_id: (encoding.rid or "").encode()},
-                rng=rng,
-            )
-        )
-        producer.streams[index].ssrc = 5000 + index
+    producer, streams = _simulcast_producer(seed=3, first_ssrc=5000)
     sent_a: list[bytes | bytearray] = []
     sent_b: list[bytes | bytearray] = []
     sent_c: list[bytes | bytearray] = []
@@ -210,23 +216,7 @@ def test_consumers_share_the_rewrite_and_each_gets_its_own_mid_and_numbers() -> 
 
 
 def test_nack_answers_are_rebuilt_exactly_from_the_producers_packets() -> None:
-    upstream: list[bytes] = []
-    parameters = vp8_simulcast_rtp_parameters(mid="1", transport_cc=True)
-    producer = _producer(parameters, upstream)
-    rng = random.Random(4)
-    rid_id = next(e.id for e in parameters.header_extensions if e.uri == RID_URI)
-    streams = []
-    for index, encoding in enumerate(parameters.encodings):
-        streams.append(
-            SyntheticStream(
-                ssrc=6000 + index,
-                payload_type=96,
-                clock_rate=90000,
-                extensions={rid_id: (encoding.rid or "").encode()},
-                rng=rng,
-            )
-        )
-        producer.streams[index].ssrc = 6000 + index
+    producer, streams = _simulcast_producer(seed=4, first_ssrc=6000)
     sent: list[bytes | bytearray] = []
     consumer, _ = _consumer(producer, "3", sent, 9)
     assert consumer.rtx_ssrc is not None and consumer._history is not None
