@@ -563,12 +563,6 @@ class DtlsEndpoint:
         if type(data) is not bytes:
             data = bytes(data)
         records = _records_untrusted(data)
-        if self._ssl is None:
-            # Released: only the peer's retransmitted last flight is still answered.
-            if any(r.epoch == 0 and r.content_type == _HANDSHAKE for r in records) and self._flight:
-                return self._encode_flight(self._flight)
-            self.ignored_after_release += 1
-            return []
         if self.state == "new":
             if self.role == "client":
                 raise BadPacket("DTLS client has not started")
@@ -605,7 +599,11 @@ class DtlsEndpoint:
             if self._flight and any(r.content_type == _HANDSHAKE for r in records):
                 return self._encode_flight(self._flight)
             return []
-        self._conn().bio_write(data)
+        ssl = self._ssl
+        if ssl is None:  # released (connected): what OpenSSL would read is ignored
+            self.ignored_after_release += 1
+            return []
+        ssl.bio_write(data)
         return self._read_records()
 
     def next_deadline(self, now: float) -> float | None:
@@ -665,8 +663,8 @@ class DtlsEndpoint:
 
         Once connected, OpenSSL is needed only to read the peer's alerts: our last flight
         (kept, a server's) answers a retransmission of the peer's last flight without it.
-        The close_notify that :meth:`close` will send is made now. Afterwards received DTLS
-        datagrams other than such a retransmission are ignored (counted in
+        The close_notify that :meth:`close` will send is made now. Afterwards the encrypted
+        records OpenSSL would have read are ignored (counted in
         ``ignored_after_release``): an alert from the peer can no longer be read, and the
         owner learns of the end from signaling or ICE consent instead. Returns True if it
         released the connection (False: not connected, or released already).
