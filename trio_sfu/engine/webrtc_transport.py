@@ -200,10 +200,9 @@ class WebRtcTransport:
         self._dtls_started = False
         self._dtls_address: Address | None = None
         self._dtls_state = "new"
-        # True from SRTP's start until the DTLS connection is released: at the peer's first
-        # authenticated SRTP/SRTCP packet (it finished its handshake too), or
-        # DTLS_RELEASE_AFTER seconds after the start (_dtls_release_at) at the latest.
-        self._dtls_to_release = False
+        # When the DTLS connection is released: DTLS_RELEASE_AFTER seconds after SRTP
+        # starts, or at the peer's first authenticated SRTP/SRTCP packet if sooner (it
+        # finished its handshake too); infinity before SRTP starts and once released.
         self._dtls_release_at = math.inf
         self._early_dtls: list[tuple[bytes, Address]] = []
         self._srtp: SrtpSession | None = None
@@ -645,7 +644,7 @@ class WebRtcTransport:
                     self.dropped_srtp_auth += 1
                     return
                 self.rtcp_packets_in += 1
-                if self._dtls_to_release:
+                if self._dtls_release_at != math.inf:
                     self._release_dtls()
                 self.on_rtcp(packet)
             else:
@@ -655,7 +654,7 @@ class WebRtcTransport:
                     self.dropped_srtp_auth += 1
                     return
                 self.rtp_packets_in += 1
-                if self._dtls_to_release:
+                if self._dtls_release_at != math.inf:
                     self._release_dtls()
                 self.on_rtp(packet)
         elif first <= 3:
@@ -668,7 +667,6 @@ class WebRtcTransport:
     def _release_dtls(self) -> None:
         """The peer's keys work: its handshake is over, our OpenSSL connection is not
         needed any more (see :meth:`DtlsEndpoint.release`)."""
-        self._dtls_to_release = False
         self._dtls_release_at = math.inf
         if self._dtls is not None and self._dtls.release():
             memory.note_freed(DTLS_CONNECTION_BYTES)
@@ -733,7 +731,6 @@ class WebRtcTransport:
                 if dtls.srtp_keys is None:
                     raise ValueError("connected without keys")
                 self._srtp = SrtpSession(dtls.srtp_keys)
-                self._dtls_to_release = True
                 self._dtls_release_at = trio.current_time() + DTLS_RELEASE_AFTER
             except ValueError as exc:
                 self._set_dtls_state("failed")
@@ -831,7 +828,7 @@ class WebRtcTransport:
         self._after_ice_event()
         if self.closed:
             return
-        if self._dtls_to_release and now >= self._dtls_release_at:
+        if now >= self._dtls_release_at:
             self._release_dtls()
         dtls = self._dtls
         if dtls is None or not self._dtls_started or self._dtls_state != "connecting":
