@@ -700,13 +700,9 @@ class Router:
                 if self.transports.get(transport_id) is entry:  # not closed meanwhile
                     tick(entry, now)
 
-    def send_reports(self, now: float) -> None:
-        """Receiver Reports (and REMB) for every producer stream, Sender Reports for every
-        consumer."""
-        for entry in list(self.transports.values()):
-            self._send_reports_to(entry, now)
-
     def _send_reports_to(self, entry: _TransportEntry, now: float) -> None:
+        """Receiver Reports (and REMB) for every producer stream of the transport, Sender
+        Reports for every consumer."""
         ntp = self.ntp_now(now)
         blocks = []
         for producer in entry.producers.values():
@@ -777,12 +773,6 @@ class Router:
             await self._in_slices(self._feedback_to)
             self._speaker_tick(trio.current_time())
 
-    def feedback_tick(self, now: float) -> None:
-        """NACKs and transport-cc feedback to publishers; rates; bandwidth plans; probes."""
-        for entry in list(self.transports.values()):
-            self._feedback_to(entry, now)
-        self._speaker_tick(now)
-
     def _speaker_tick(self, now: float) -> None:
         if now - self._speaker_at >= SPEAKER_INTERVAL:
             self._speaker_at = now
@@ -791,6 +781,7 @@ class Router:
                 self._emit(ActiveSpeaker(self.id, change[0], change[1]))
 
     def _feedback_to(self, entry: _TransportEntry, now: float) -> None:
+        """NACKs and transport-cc feedback to a publisher; rates; bandwidth plan; probes."""
         packets: list[RtcpPacket] = []
         for producer in entry.producers.values():
             if producer.update_rates(now):
@@ -928,13 +919,9 @@ class Router:
             await trio.sleep(self.policy.interval)
             await self._in_slices(self._policy_for)
 
-    def policy_tick(self, now: float) -> None:
-        """Once per policy interval: the loss of each transport's downlink sets its video
-        consumers' levels; network quality goes out when it changed."""
-        for entry in list(self.transports.values()):
-            self._policy_for(entry, now)
-
     def _policy_for(self, entry: _TransportEntry, now: float) -> None:
+        """Once per policy interval: the loss of the transport's downlink sets its video
+        consumers' levels; network quality goes out when it changed."""
         transport_id = entry.transport.id
         down_loss, rtt = self._downlink_loss(entry)
         for consumer_id, policy in entry.policies.items():
