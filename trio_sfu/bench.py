@@ -345,6 +345,20 @@ def _split(peers: list[dict[str, Any]], per_process: int) -> list[list[dict[str,
     return groups
 
 
+async def _connect_peers(generators: list[Child]) -> int:
+    """Steps 2-3 of the load generators' protocol: every producer of the run to every
+    generator, once all published; returns how many consumers they opened."""
+    producers: dict[str, list[str]] = {}
+    for child in generators:
+        producers.update((await child.event("published"))["producers"])
+    for child in generators:
+        await child.send({"producers": producers})
+    consumers = 0
+    for child in generators:
+        consumers += int((await child.event("ready"))["consumers"])
+    return consumers
+
+
 async def _warm_up(base_job: dict[str, Any], opts: Options, name: str) -> None:
     """A publisher and a subscriber join another meeting, send media for a second and
     leave, before the idle RSS is read: what the server loads or builds once, on its first
@@ -365,9 +379,7 @@ async def _warm_up(base_job: dict[str, Any], opts: Options, name: str) -> None:
         job = dict(base_job, meeting=f"{base_job['meeting']}-warmup", peers=peers, seed=999)
         await child.send(dict(job, concurrency=2, pacing=opts.pacing))
         with trio.fail_after(60):
-            producers = (await child.event("published"))["producers"]
-            await child.send({"producers": producers})
-            await child.event("ready")
+            await _connect_peers([child])
             start = time.monotonic() + 0.2
             await child.send({"start": start, "window": [start, start + 1.0], "stop": start + 1.0})
             await child.event("result")
@@ -401,15 +413,8 @@ async def run_one(
                 dict(base_job, peers=group, seed=index, concurrency=8, pacing=opts.pacing)
             )
         setup_started = time.monotonic()
-        producers: dict[str, list[str]] = {}
         with trio.fail_after(60 + 0.5 * len(scenario.peers())):
-            for child in generators:
-                producers.update((await child.event("published"))["producers"])
-            for child in generators:
-                await child.send({"producers": producers})
-            consumers = 0
-            for child in generators:
-                consumers += int((await child.event("ready"))["consumers"])
+            consumers = await _connect_peers(generators)
         setup_seconds = time.monotonic() - setup_started
         start = time.monotonic() + 0.5
         w0 = start + opts.warmup
