@@ -22,7 +22,7 @@ The media is what a browser sends: per publisher Opus (50 packets/s, 100 B) and 
 simulcast VP8 streams (r0 15 frames/s of one packet, r1 20 frames/s of two, r2 30 frames/s
 of five: 15, 40 and 150 packets/s of about 1,160 B), a keyframe on every layer every 3 s
 and on a PLI/FIR. Video leaves through a pacer, as a browser's does (WebRTC's paced sender: a
-leaky bucket at 2.5 times the media bitrate, audio ahead of it): the five packets of an r2
+leaky bucket at 2.5 times the video bitrate, audio ahead of it): the five packets of an r2
 frame go out about 2 ms apart instead of in one burst. ``"pacing": false`` in the job sends
 each frame in one burst. Each packet's payload ends with a layer byte and the send time
 (``!Bd``, ``time.monotonic()``, taken right before the send), so a subscriber knows what it
