@@ -26,6 +26,7 @@ from trio_sfu.stun import (
     build_binding_success,
     is_stun,
     parse_stun_untrusted,
+    request_ufrag_untrusted,
 )
 
 
@@ -535,3 +536,48 @@ def test_request_round_trip(
     answer = parse_stun_untrusted(response, integrity_key=password, require_fingerprint=True)
     assert answer.transaction_id == transaction_id
     assert answer.attributes["XOR-MAPPED-ADDRESS"] == ("10.0.0.1", 40000)
+
+
+# -- request_ufrag_untrusted: the demultiplexing key of a shared socket ----------------------
+
+
+CHECK = {"priority": 1, "ice_controlling_tiebreaker": 7, "use_candidate": False}
+
+
+def test_request_ufrag_is_the_recipients_part_of_username() -> None:
+    # RFC 5769's request carries USERNAME "evtj:h6vY" after a SOFTWARE attribute.
+    assert request_ufrag_untrusted(RFC5769_REQUEST) == "evtj"
+    data, _ = build_binding_request(username="srvr:clnt", password="p" * 22, **CHECK)
+    assert request_ufrag_untrusted(data) == "srvr"
+    # It agrees with the full parser on every request we build.
+    for username in ("a:b", "ufrag0123456789ab:x", "x" * 40 + ":" + "y" * 7):
+        data, _ = build_binding_request(username=username, password="p" * 22, **CHECK)
+        assert (
+            request_ufrag_untrusted(data)
+            == parse_stun_untrusted(data).attributes["USERNAME"].partition(":")[0]
+        )
+
+
+def test_request_ufrag_is_none_for_anything_but_a_binding_request_with_username() -> None:
+    request, _ = build_binding_request(username="srvr:clnt", password="p" * 22, **CHECK)
+    message = parse_stun_untrusted(request)
+    response = build_binding_success(message, address=("127.0.0.1", 5000), password="p" * 22)
+    assert request_ufrag_untrusted(response) is None
+    no_colon, _ = build_binding_request(username="srvrclnt", password="p" * 22, **CHECK)
+    assert request_ufrag_untrusted(no_colon) is None
+    empty_recipient, _ = build_binding_request(username=":clnt", password="p" * 22, **CHECK)
+    assert request_ufrag_untrusted(empty_recipient) is None
+    assert request_ufrag_untrusted(raw(0x0001, b"")) is None  # no USERNAME at all
+    assert request_ufrag_untrusted(request[:-4]) is None  # length field disagrees
+    assert request_ufrag_untrusted(b"") is None
+    assert request_ufrag_untrusted(b"\x80" + request[1:]) is None  # not STUN
+    # A USERNAME after MESSAGE-INTEGRITY is not the request's.
+    late = struct.pack("!HH", 0x0008, 20) + bytes(20) + struct.pack("!HH", 0x0006, 3) + b"a:b\0"
+    assert request_ufrag_untrusted(raw(0x0001, late)) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(header_shaped())
+def test_request_ufrag_never_raises_on_garbage(data: bytes) -> None:
+    ufrag = request_ufrag_untrusted(data)
+    assert ufrag is None or (ufrag and ":" not in ufrag)

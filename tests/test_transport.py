@@ -201,12 +201,12 @@ async def test_egress_before_srtp_and_when_full_drops_and_counts(
                 udp = server._udp
                 assert udp is not None
                 udp.try_sendto = lambda data, address: SEND_WOULD_BLOCK  # type: ignore[method-assign]
-                # No checkpoint in between: the first packet goes straight to the waiting
-                # egress task, 4 fill the queue, the rest are dropped.
+                # No checkpoint in between: the egress task that the first one starts has
+                # not run yet, so 4 fill the queue and the rest are dropped.
                 results = [server.send_rtp_nowait(rtp_packet(i)) for i in range(7)]
-                assert results == [True] * 5 + [False] * 2
-                assert dropped(server, "egress_full") == 2
-                for i in range(5):
+                assert results == [True] * 4 + [False] * 3
+                assert dropped(server, "egress_full") == 3
+                for i in range(4):
                     assert await pair.client.receive_rtp() == rtp_packet(i)
             nursery.cancel_scope.cancel()
 
@@ -223,10 +223,12 @@ async def test_egress_sends_at_once_and_keeps_order_behind_a_queue(
                 udp = server._udp
                 assert udp is not None
                 sent_before = udp.send_would_block
+                await trio.testing.wait_all_tasks_blocked()
+                tasks_before = task_names()
                 # The socket takes the datagram: it is protected and sent in this call,
                 # nothing is queued (the client can read it before any checkpoint of ours).
                 assert server.send_rtp_nowait(rtp_packet(100))
-                assert server._queued == 0
+                assert server._queued == 0 and server._egress_send is None
                 assert server.stats()["rtp_packets_out"] == 1
                 assert await pair.client.receive_rtp() == rtp_packet(100)
                 # The kernel refuses the next one: it waits in the queue, protected. The
@@ -239,10 +241,14 @@ async def test_egress_sends_at_once_and_keeps_order_behind_a_queue(
                 )
                 assert all(server.send_rtp_nowait(rtp_packet(101 + i)) for i in range(5))
                 assert server._queued == 5 and not refusals
+                assert server._egress_send is not None  # a queue, and a task to drain it
                 for i in range(5):
                     assert await pair.client.receive_rtp() == rtp_packet(101 + i)
                 await trio.testing.wait_all_tasks_blocked()
                 assert server._queued == 0
+                # Drained: the queue and its task are gone again.
+                assert server._egress_send is None
+                assert task_names() == tasks_before
                 assert server.stats()["rtp_packets_out"] == 6
                 assert udp.send_would_block == sent_before
                 # Once the queue is empty, packets go out at once again.

@@ -47,6 +47,7 @@ __all__ = [
     "build_binding_success",
     "is_stun",
     "parse_stun_untrusted",
+    "request_ufrag_untrusted",
 ]
 
 HEADER_LENGTH: Final = 20
@@ -55,12 +56,15 @@ HEADER_LENGTH: Final = 20
 NOMINATION: Final = 0xC001
 """Chromium's NOMINATION attribute (draft-thatcher-ice-renomination): a 32-bit counter."""
 
+_USERNAME: Final = 0x0006
 _MESSAGE_INTEGRITY: Final = 0x0008
 _FINGERPRINT: Final = 0x8028
+_BINDING_REQUEST: Final = 0x0001
 _INTEGRITY_LENGTH: Final = 20  # HMAC-SHA1
 _TRANSACTION_ID_LENGTH: Final = 12
 
 _HEADER = struct.Struct("!HHI12s")
+_HEADER_START = struct.Struct("!HHI")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 
@@ -183,6 +187,40 @@ def _attribute(attr_type: int, value: bytes) -> bytes:
 
 def _set_length(data: bytes) -> bytes:
     return data[:2] + struct.pack("!H", len(data) - HEADER_LENGTH) + data[4:]
+
+
+def request_ufrag_untrusted(data: bytes) -> str | None:
+    """The recipient's ICE ufrag named by a Binding request: the part of its USERNAME
+    (``"recipient:sender"``) before the colon; ``None`` for anything else.
+
+    Only a lookup key for demultiplexing several ICE agents on one socket: nothing is
+    verified (no MESSAGE-INTEGRITY, no FINGERPRINT); the agent the key names parses and
+    checks the message itself. Never raises.
+    """
+    size = len(data)
+    if size < HEADER_LENGTH or size % 4:
+        return None
+    message_type, length, cookie = _HEADER_START.unpack_from(data)
+    if message_type != _BINDING_REQUEST or cookie != COOKIE or length != size - HEADER_LENGTH:
+        return None
+    pos = HEADER_LENGTH
+    while pos + 4 <= size:
+        attr_type, attr_len = _ATTRIBUTE_HEADER.unpack_from(data, pos)
+        start = pos + 4
+        if start + attr_len > size:
+            return None
+        if attr_type == _USERNAME:
+            recipient, colon, _ = bytes(data[start : start + attr_len]).partition(b":")
+            if not colon or not recipient:
+                return None
+            try:
+                return recipient.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+        if attr_type == _MESSAGE_INTEGRITY:
+            return None  # USERNAME comes before it, or not at all
+        pos = start + attr_len + (-attr_len % 4)
+    return None
 
 
 def parse_stun_untrusted(

@@ -74,6 +74,7 @@ from trio_sfu.rtcp import (
 from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI
 from trio_sfu.rtp.packet import find_extension_untrusted, rtp_ssrc
 from trio_sfu.rtp.stats import round_trip_time
+from trio_sfu.timers import TimerQueue
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,8 @@ class Router:
         self._feedback_interval = feedback_interval
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        #: Fires every transport's ICE/DTLS timer from one task.
+        self._timers = TimerQueue()
         self.transports: dict[str, _TransportEntry] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
@@ -310,6 +313,7 @@ class Router:
                     nursery.start_soon(self._rtcp_loop)
                     nursery.start_soon(self._feedback_loop)
                     nursery.start_soon(self._policy_loop)
+                    nursery.start_soon(self._timers.run)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -347,7 +351,11 @@ class Router:
             options["enable_udp"] = False
             options["enable_tcp"] = True
         transport = WebRtcTransport(
-            transport_id=new_id(), certificate=self._certificate, app_data=app_data, **options
+            transport_id=new_id(),
+            certificate=self._certificate,
+            app_data=app_data,
+            timers=self._timers,
+            **options,
         )
         entry = _TransportEntry(transport)
         transport.on_rtp = lambda packet: self._on_rtp(entry, packet)

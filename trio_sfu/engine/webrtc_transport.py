@@ -67,7 +67,7 @@ from trio_sfu.ortc.types import (
     IceParameters,
 )
 from trio_sfu.srtp import SrtpSession
-from trio_sfu.timers import DeadlineTimer
+from trio_sfu.timers import DeadlineTimer, TimerQueue
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class WebRtcTransport:
         app_data: dict[str, Any] | None = None,
         consent_timeout: float = 30.0,
         close_timeout: float = 40.0,
+        timers: TimerQueue | None = None,
     ) -> None:
         address_family(listen_ip)  # ValueError for anything but an IP literal
         if is_unspecified(listen_ip) and not announced_ip:
@@ -183,12 +184,20 @@ class WebRtcTransport:
         self.close_reason: str | None = None
         self._started = False
         self._scope = trio.CancelScope()
-        self._timer = DeadlineTimer(self._next_deadline, self._on_timer)
+        # With a queue (the Router's), its task fires this transport's timer; without
+        # one, run() starts a task for it.
+        self._timer = (
+            DeadlineTimer(self._next_deadline, self._on_timer)
+            if timers is None
+            else timers.timer(self._next_deadline, self._on_timer, on_error=self._timer_failed)
+        )
         self._udp: UdpListener | None = None
         self._tcp: TcpListener | None = None
-        self._egress_send, self._egress_receive = trio.open_memory_channel[
-            tuple[bytes | bytearray, int]
-        ](egress_queue_size)
+        self._nursery: trio.Nursery | None = None
+        self._egress_queue_size = egress_queue_size
+        # The egress queue and its task exist only while packets wait for the socket
+        # (see _enqueue): most of the time a transport sends at once and has neither.
+        self._egress_send: trio.MemorySendChannel[tuple[bytes | bytearray, int]] | None = None
         #: Entries in the egress queue or being sent by the egress task: while there are
         #: any, new packets queue behind them.
         self._queued = 0
@@ -316,8 +325,11 @@ class WebRtcTransport:
                     if self._tcp is not None:
                         self._tcp.on_connection_closed = self._tcp_connection_closed
                         await nursery.start(self._tcp.serve, self.handle_datagram)
-                    nursery.start_soon(self._timer.run)
-                    nursery.start_soon(self._egress_loop)
+                    if self._timer.queued:
+                        self._timer.reschedule()
+                    else:
+                        nursery.start_soon(self._timer.run)
+                    self._nursery = nursery
                     task_status.started()
                     started = True
         except BaseException as exc:
@@ -330,9 +342,8 @@ class WebRtcTransport:
             logger.exception("transport %s crashed", self.id)
             self._close_now("internal_error")
         finally:
+            self._nursery = None
             self._close_now("closed")
-            self._egress_send.close()
-            self._egress_receive.close()
         if not started:
             raise InvalidStateError(f"transport {self.id} closed before it started")
 
@@ -364,8 +375,11 @@ class WebRtcTransport:
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
+        self._timer.cancel()
         self._scope.cancel()
-        self._egress_send.close()
+        if self._egress_send is not None:
+            self._egress_send.close()
+            self._egress_send = None
         if reason not in ("closed", "cancelled"):
             logger.info("transport %s closed: %s", self.id, reason)
         self.on_closed(reason)
@@ -519,13 +533,22 @@ class WebRtcTransport:
         return self._enqueue(packet, kind)
 
     def _enqueue(self, packet: bytes | bytearray, kind: int) -> bool:
+        send = self._egress_send
+        if send is None:
+            # The first packet to wait: open the queue and start the task that drains it.
+            nursery = self._nursery
+            if nursery is None or self.closed:
+                self.dropped_egress_not_ready += 1
+                return False
+            send, receive = trio.open_memory_channel[tuple[bytes | bytearray, int]](
+                self._egress_queue_size
+            )
+            self._egress_send = send
+            nursery.start_soon(self._egress_loop, send, receive)
         try:
-            self._egress_send.send_nowait((packet, kind))
+            send.send_nowait((packet, kind))
         except trio.WouldBlock:
             self.dropped_egress_full += 1
-            return False
-        except trio.ClosedResourceError:
-            self.dropped_egress_not_ready += 1
             return False
         self._queued += 1
         return True
@@ -546,25 +569,34 @@ class WebRtcTransport:
         else:
             self._direct_address = address
 
-    async def _egress_loop(self) -> None:
-        receive = self._egress_receive.receive
-        receive_nowait = self._egress_receive.receive_nowait
+    async def _egress_loop(
+        self,
+        send: trio.MemorySendChannel[tuple[bytes | bytearray, int]],
+        receive: trio.MemoryReceiveChannel[tuple[bytes | bytearray, int]],
+    ) -> None:
+        """Send what waits in the queue, in order, then end: the queue is empty, and the
+        next packet that has to wait opens a new one (and a new task)."""
+        receive_nowait = receive.receive_nowait
         ice = self._ice
-        while True:
-            try:
-                batch = [await receive()]
-            except trio.EndOfChannel:
-                return  # closed
-            while len(batch) < EGRESS_BATCH:
+        with receive:
+            while True:
+                batch: list[tuple[bytes | bytearray, int]] = []
+                while len(batch) < EGRESS_BATCH:
+                    try:
+                        batch.append(receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if not batch:
+                    # Nothing waits and no await since the check: nothing can be lost.
+                    if self._egress_send is send:
+                        self._egress_send = None
+                    send.close()
+                    return
                 try:
-                    batch.append(receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            try:
-                await self._send_batch(batch, ice.selected_address)
-            finally:
-                # Until now, later packets queued behind these rather than overtake them.
-                self._queued -= len(batch)
+                    await self._send_batch(batch, ice.selected_address)
+                finally:
+                    # Until now, later packets queued behind these rather than overtake them.
+                    self._queued -= len(batch)
 
     async def _send_batch(
         self, batch: list[tuple[bytes | bytearray, int]], address: Address | None
@@ -802,6 +834,11 @@ class WebRtcTransport:
         if udp is not None and udp.sendto_nowait(data, address):
             self.packets_out += 1
             self.bytes_out += len(data)
+
+    def _timer_failed(self, exc: Exception) -> None:
+        # A bug in a transport must not take its Router's timers down: log it and close.
+        logger.error("transport %s timer failed", self.id, exc_info=exc)
+        self._close_now("internal_error")
 
     def _tcp_connection_closed(self, address: Address) -> None:
         # The tuple is gone: nothing can be sent there any more, and if it was the selected
