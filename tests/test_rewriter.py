@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from bisect import bisect_left
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -253,3 +256,69 @@ def test_any_call_sequence_gives_valid_numbers(ops: list[tuple[object, ...]]) ->
             _, seq = op
             assert isinstance(seq, int)
             r.drop(seq)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_drop_bookkeeping_matches_a_model_that_remembers_everything(seed: int) -> None:
+    """An 8-bit counter (values older than 64 refused) over thousands of values, many
+    dropped, some late by up to 100: every answer is the one a splicer that never forgets
+    a drop would give, while the splicer keeps only about a window's worth of drops."""
+    rng = random.Random(seed)
+    first = rng.randrange(256)
+    count = 4000
+    drop_share = rng.choice([0.1, 0.5, 0.9])
+    delays = [rng.choice([0, 0, 1, 2, rng.randrange(40, 101)]) for _ in range(count)]
+    order = sorted(range(1, count), key=lambda i: (i + delays[i], i))
+    s = Splicer(8)
+    s.switch_to(first)
+    assert s.map(first) == first  # the switch is made on the first value
+    dropped: list[int] = []  # the model: every value dropped so far, in order
+    newest = 0
+    late_answers = 0
+    for i in order:
+        value = (first + i) & 0xFF
+        if rng.random() < drop_share:
+            ok = s.drop(value)
+            if i > newest:
+                assert ok
+                dropped.append(i)
+                newest = i
+            else:
+                assert ok == (i == newest and i in dropped)
+        else:
+            out = s.map(value)
+            newest = max(newest, i)
+            if i in dropped or newest - i > 64:
+                assert out is None
+            else:
+                assert out == (first + i - bisect_left(dropped, i)) & 0xFF
+                late_answers += newest - i > 48
+        # A retransmission of a value seen already (dropped or not), often at the edge.
+        again = newest - rng.choice([63, 64, 65, rng.randrange(70)])
+        if again >= 0 and (again in dropped or rng.random() < 0.5):
+            out = s.map((first + again) & 0xFF)
+            if again in dropped or newest - again > 64:
+                assert out is None
+            else:
+                assert out == (first + again - bisect_left(dropped, again)) & 0xFF
+        assert len(s._drops) <= 64 + 64 // 4 + 2
+    assert late_answers > 10  # values near the window's edge were asked for
+
+
+def test_drop_memory_stays_bounded_over_a_long_stream() -> None:
+    """Half the packets of a long stream dropped (a temporal layer): the splicer keeps
+    the drops of the last 16384 values and a quarter more, not all of them."""
+    s = Splicer(16)
+    s.switch_to(0)
+    for n in range(200_000):
+        value = n & 0xFFFF
+        if n % 2:
+            assert s.drop(value)
+        else:
+            assert s.map(value) == (n // 2) & 0xFFFF
+        assert len(s._drops) <= (16384 + 4096) // 2 + 2
+    # A late value near the window's end still gets its own number (all its newer drops
+    # counted); one beyond it is refused.
+    late = 199_999 - 16383
+    assert s.map(late & 0xFFFF) == (late // 2) & 0xFFFF
+    assert s.map((199_999 - 16385) & 0xFFFF) is None
