@@ -3,6 +3,8 @@ checked byte by byte) and the sender's estimator on simulated paths."""
 
 from __future__ import annotations
 
+import random
+
 from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
 from trio_sfu.rtcp import TransportCcFeedback, build_rtcp, parse_rtcp_untrusted
 
@@ -198,15 +200,16 @@ def _acked_feedback(estimator: SendSideEstimator, first: int, count: int, at: fl
 
 def test_history_starts_small_and_grows_with_the_rate_between_feedbacks() -> None:
     estimator = SendSideEstimator(history=2048)
-    assert estimator.history_size == 256  # a subscriber's transport: a few KiB
-    for _ in range(100):
+    assert estimator.history_size == 64  # a subscriber's transport: about a KiB
+    for _ in range(30):
         estimator.on_sent(1000, 1.0)
-    _acked_feedback(estimator, 0, 100, 1.0)
-    assert estimator.history_size == 256  # 100 packets a feedback: room enough
+    _acked_feedback(estimator, 0, 30, 1.0)
+    assert estimator.history_size == 64  # 30 packets a feedback: room enough
     # A busy transport: 900 packets between two feedbacks. The history doubles at each
     # feedback until half of it holds them, and keeps what it remembered.
-    for round_ in range(4):
-        first = 100 + round_ * 900
+    sizes = []
+    first = 30
+    for round_ in range(7):
         for _ in range(900):
             estimator.on_sent(1000, 2.0 + round_)
         remembered = sum(
@@ -214,4 +217,67 @@ def test_history_starts_small_and_grows_with_the_rate_between_feedbacks() -> Non
         )
         assert remembered == min(900, estimator.history_size)
         _acked_feedback(estimator, first, 900, 2.0 + round_)
-    assert estimator.history_size == 2048  # capped at ``history``
+        sizes.append(estimator.history_size)
+        first += 900
+    assert sizes == [128, 256, 512, 1024, 2048, 2048, 2048]  # capped at ``history``
+
+
+def test_history_grows_to_hold_a_long_round_trip() -> None:
+    """200 packets/s with feedback every 100 ms is 20 packets a feedback, which 64 slots
+    hold. Then the delay creeps up to 0.6 s (10 ms every 100 ms, so the feedback keeps
+    coming): 140 packets are sent before the report of the first one comes back. The
+    reports of packets whose slots were overwritten make the history grow until they
+    fit; the delivery rate is measured all along."""
+    estimator = SendSideEstimator(initial_bitrate=300_000)
+    path = Path(estimator, capacity=None, delay=0.02)
+    path.send(1.0, 1_600_000)  # 1000-byte packets: 200 a second
+    assert estimator.history_size == 64
+    while path.delay < 0.6:
+        path.delay += 0.01
+        path.send(0.1, 1_600_000)
+    path.send(2.0, 1_600_000)
+    assert estimator.history_size == 256
+    acked = estimator.acked_bitrate()
+    assert acked is not None and 1_500_000 < acked < 1_700_000
+
+
+def test_queue_delay_is_measured_from_the_smallest_delay_of_the_last_five_seconds() -> None:
+    """One packet per feedback, every 50 ms, with random one-way delays: the smoothed
+    queueing delay is the one computed from the plain minimum over the 5 s window."""
+    rng = random.Random(7)
+    estimator = SendSideEstimator()
+    window: list[tuple[float, float]] = []
+    expected = 0.0
+    for n in range(400):
+        sent_at = n * 0.05
+        owd = rng.choice([0.02, 0.03, 0.05, rng.uniform(0.02, 0.3)])
+        seq = estimator.on_sent(1000, sent_at)
+        recorder = TwccRecorder()
+        recorder.record(seq, sent_at + owd)
+        (feedback,) = recorder.feedback(1, 2)
+        now = sent_at + owd + 0.001
+        estimator.on_feedback(feedback, now)
+        # The owd the feedback carries (its arrival time is in 250 us units since its
+        # reference time, 64 ms units: rounded as the packet rounds it).
+        (_, arrival_us), *_ = feedback.arrivals_us()
+        assert arrival_us is not None
+        owd = arrival_us / 1_000_000 - sent_at
+        window = [(at, value) for at, value in window if at >= now - 5.0] + [(now, owd)]
+        queue_delay = owd - min(value for _, value in window)
+        expected = queue_delay if n == 0 else expected + (queue_delay - expected) * 0.4
+        assert abs(estimator.queue_delay - expected) < 1e-9
+
+
+def test_the_newest_sixteen_probe_results_are_kept() -> None:
+    estimator = SendSideEstimator(initial_bitrate=300_000)
+    path = Path(estimator, capacity=None)
+    path.send(1.0, 300_000)
+    for _ in range(18):
+        cluster = estimator.start_probe(path.now)
+        path.send(0.1, 1_000_000)
+        estimator.end_probe(path.now)
+        path.send(0.3, 300_000)
+    assert estimator.probes_finished == 18
+    assert len(estimator.probe_results) == 16
+    assert estimator.probe_results[-1].cluster == cluster
+    assert [r.cluster for r in estimator.probe_results] == list(range(cluster - 15, cluster + 1))

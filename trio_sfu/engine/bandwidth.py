@@ -36,7 +36,6 @@ Times are seconds on one monotonic clock, passed in as ``now``.
 from __future__ import annotations
 
 from array import array
-from collections import deque
 from typing import Final, final
 
 from trio_sfu.rtcp.twcc import TransportCcFeedback
@@ -46,8 +45,11 @@ __all__ = ["ProbeResult", "SendSideEstimator", "TwccRecorder"]
 #: Most packets one feedback packet reports.
 MAX_FEEDBACK_PACKETS: Final = 1000
 _MAX_DELTA_US: Final = 8_000_000
-#: Sent packets a transport remembers for transport-cc feedback at first (it grows).
-_INITIAL_HISTORY: Final = 256
+#: Sent packets a transport remembers for transport-cc feedback at first (it grows): 64
+#: is 320 ms of a 200 packet/s subscription, and feedback comes every 50 to 250 ms.
+_INITIAL_HISTORY: Final = 64
+#: Finished probes kept in :attr:`SendSideEstimator.probe_results`.
+_PROBE_RESULTS: Final = 16
 
 
 @final
@@ -199,6 +201,7 @@ class SendSideEstimator:
     __slots__ = (
         "_acked",
         "_acked_bits",
+        "_acked_head",
         "_acked_sizes",
         "_clusters",
         "_estimate",
@@ -258,8 +261,9 @@ class SendSideEstimator:
         self.remb_lifetime = remb_lifetime
         self._seq = 0
         # Per sent packet, in arrays (20 bytes a slot, not five Python objects); they start
-        # small and double (up to ``history``) while the packets sent between two feedbacks
-        # are more than half of them.
+        # small and double (up to ``history``, once per feedback) while the packets sent
+        # between two feedbacks are more than half of them, or after a feedback reported
+        # a packet whose slot had gone to a newer one already (a long round trip).
         self._max_history = history
         self._sent_since_feedback = 0
         size = min(history, _INITIAL_HISTORY)
@@ -270,12 +274,17 @@ class SendSideEstimator:
         self._sent_cluster = array("i", [0]) * size
         self._estimate: float | None = None
         # Arrival times and sizes (bits) of acknowledged packets over the last second, in
-        # two deques of plain numbers: nothing for the cyclic garbage collector to scan.
-        self._acked: deque[float] = deque()
-        self._acked_sizes: deque[int] = deque()
+        # two arrays (12 bytes a packet, nothing for the garbage collector to scan) used as
+        # queues: the oldest one still counted is at ``_acked_head``, and the ones before
+        # it are cut off in batches.
+        self._acked = array("d")
+        self._acked_sizes = array("i")
+        self._acked_head = 0
         self._acked_bits = 0
-        # (feedback time, smallest one-way delay in it): the base for queueing delay.
-        self._min_owd: deque[tuple[float, float]] = deque()
+        # (feedback time, smallest one-way delay in it) over the last 5 s, only those no
+        # later feedback undercut: the first one is the window's minimum, the base for
+        # queueing delay.
+        self._min_owd: list[tuple[float, float]] = []
         self._queue_delay = 0.0
         self._last_decrease = -1e9
         self._overuse_count = 0
@@ -295,7 +304,7 @@ class SendSideEstimator:
         #: The subscriber negotiated transport-cc or REMB (the router may probe for it).
         self.expect_feedback = False
         #: Finished probes, newest last (at most 16 kept).
-        self.probe_results: deque[ProbeResult] = deque(maxlen=16)
+        self.probe_results: list[ProbeResult] = []
         #: How many probes finished so far.
         self.probes_finished = 0
         #: Retransmissions may use this share of the estimate (a token bucket), so that
@@ -360,9 +369,9 @@ class SendSideEstimator:
     def on_feedback(self, feedback: TransportCcFeedback, now: float) -> None:
         """Read one transport-cc feedback packet from the subscriber."""
         self.feedback_packets += 1
-        if self._sent_since_feedback * 2 > len(self._sent_seq) < self._max_history:
-            self._grow_history()
+        busy = self._sent_since_feedback * 2 > len(self._sent_seq)
         self._sent_since_feedback = 0
+        overwritten = 0
         mask = self._mask
         sent_seq = self._sent_seq
         sent_time = self._sent_time
@@ -378,6 +387,9 @@ class SendSideEstimator:
         for seq, arrival_us in feedback.arrivals_us():
             index = seq & mask
             if sent_seq[index] != seq:
+                newer = sent_seq[index]
+                if newer >= 0 and arrival_us is not None and (newer - seq) & 0xFFFF < 0x8000:
+                    overwritten += 1  # its slot went to a newer packet before this report
                 continue
             cluster = clusters.get(sent_cluster[index]) if sent_cluster[index] else None
             if arrival_us is None:
@@ -405,16 +417,28 @@ class SendSideEstimator:
                 cluster.received += 1
                 cluster.received_bytes += size
             sent_seq[index] = -1  # reported once
+        if (busy or overwritten) and len(sent_seq) < self._max_history:
+            self._grow_history()
         if newest_arrival is not None:
-            while acked and acked[0] < newest_arrival - 1.0:
-                acked.popleft()
-                self._acked_bits -= acked_sizes.popleft()
+            head = self._acked_head
+            count = len(acked)
+            oldest = newest_arrival - 1.0
+            while head < count and acked[head] < oldest:
+                self._acked_bits -= acked_sizes[head]
+                head += 1
+            if head * 2 >= count:  # half of it is gone: cut it off (amortised O(1))
+                del acked[:head]
+                del acked_sizes[:head]
+                head = 0
+            self._acked_head = head
         if min_owd is not None:
             history = self._min_owd
+            while history and history[-1][1] >= min_owd:
+                history.pop()
             history.append((now, min_owd))
-            while history and history[0][0] < now - 5.0:
-                history.popleft()
-            base = min(item[1] for item in history)
+            while history[0][0] < now - 5.0:
+                del history[0]
+            base = history[0][1]
             queue_delay = owd_sum / owd_count - base
             if self.feedback_packets == 1:
                 self._queue_delay = queue_delay
@@ -432,12 +456,13 @@ class SendSideEstimator:
         """Bits per second the subscriber received over the last second of arrivals
         (``None`` while the arrivals span less than ``min_span`` seconds)."""
         acked = self._acked
-        if len(acked) < 2:
+        head = self._acked_head
+        if len(acked) - head < 2:
             return None
-        span = acked[-1] - acked[0]
+        span = acked[-1] - acked[head]
         if span < min_span or span <= 0:
             return None
-        return (self._acked_bits - self._acked_sizes[0]) / span
+        return (self._acked_bits - self._acked_sizes[head]) / span
 
     def _update(self, now: float) -> None:
         last = self._last_update
@@ -537,6 +562,8 @@ class SendSideEstimator:
                 and self._queue_delay <= self.overuse_delay
             )
             self.probe_results.append(ProbeResult(cluster_id, sent_bps, delivered, success))
+            if len(self.probe_results) > _PROBE_RESULTS:
+                del self.probe_results[0]
             self.probes_finished += 1
             if success:
                 rate = min(delivered, sent_bps)
