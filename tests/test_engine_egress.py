@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_engine_consumer import ROUTER_CAPS
@@ -69,6 +69,51 @@ def test_history_keeps_late_stores_and_restarts_on_a_far_jump() -> None:
     assert history.get(102) is None
     history.clear()
     assert history.get(5000) is None
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([4, 16, 64]),
+    st.integers(0, 0xFFFF),
+    st.lists(
+        st.one_of(
+            st.just(1),
+            st.integers(2, 80),  # a gap
+            st.integers(-80, 0),  # late, or the same again
+            st.integers(0, 0xFFFF),  # anywhere (a restart, or far behind)
+        ),
+        max_size=120,
+    ),
+)
+def test_history_answers_as_a_model_that_keeps_everything(
+    size: int, first: int, steps: list[int]
+) -> None:
+    """Whatever order the numbers come in: a number is found, with what was stored for it
+    last, exactly while it is among the ``size`` newest (in unwrapped numbering)."""
+    history = ForwardHistory(size)
+    stored: dict[int, tuple[bytes, int, int]] = {}  # extended number -> entry
+    highest = 0x10000 | first
+    seq = first
+    for n, step in enumerate([0, *steps]):
+        seq = (seq + step) & 0xFFFF
+        # The model's unwrapping: ahead by less than half the range moves the newest on,
+        # behind by less than ``size`` is late, anything else is a restart.
+        delta = (seq - highest) & 0xFFFF
+        if n == 0:
+            ext = highest
+        elif delta < 0x8000:
+            ext = highest = highest + delta
+        elif 0x10000 - delta < size:
+            ext = highest - (0x10000 - delta)
+        else:
+            ext = highest = highest + delta
+        entry = (bytes([n & 0xFF]) * 12, n * 90, n)
+        stored[ext] = entry
+        history.store(seq, entry[0], entry[1], entry[2])
+        for behind in range(-2, 2 * size):
+            probe = highest - behind
+            expected = stored.get(probe) if 0 <= behind < size else None
+            assert history.get(probe & 0xFFFF) == expected
 
 
 def test_history_size_must_be_a_power_of_two() -> None:

@@ -12,7 +12,7 @@ transport-wide sequence number and, for VP8, PictureID / TL0PICIDX.
 What a consumer sent is not kept as bytes: :class:`ForwardHistory` keeps, per outgoing
 sequence number, a reference to the producer's original packet (shared by every consumer
 that forwarded it) and the few numbers that made the outgoing one out of it (timestamp,
-VP8 ids). A NACK rebuilds the packet from those. That is 20 bytes per slot instead of a
+VP8 ids). A NACK rebuilds the packet from those. That is 16 bytes per slot instead of a
 1,200-byte copy.
 """
 
@@ -131,9 +131,13 @@ class ForwardHistory:
     ``size`` (a power of two, at most 32768) slots: a sequence number is found while it is
     among the ``size`` newest. A backward jump of ``size`` or more is taken as a restarted
     stream.
+
+    A slot holds the entry of the one sequence number of the window that maps to it, or
+    nothing: when the newest number jumps ahead, the slots of the numbers it skipped are
+    emptied (in order, a stream skips none).
     """
 
-    __slots__ = ("_exts", "_highest", "_ids", "_mask", "_packets", "_timestamps", "size")
+    __slots__ = ("_highest", "_ids", "_mask", "_packets", "_timestamps", "size")
 
     def __init__(self, size: int) -> None:
         if size <= 0 or size & (size - 1) or size > 0x8000:
@@ -141,9 +145,6 @@ class ForwardHistory:
         self.size = size
         self._mask = size - 1
         self._packets: list[bytes | None] = [None] * size
-        # 4-byte arrays: the extended number is kept modulo 2**31 (it only tells a slot's
-        # current packet from an older one in the same slot).
-        self._exts = array("i", [-1]) * size
         self._timestamps = array("I", [0]) * size
         self._ids = array("i", [0]) * size
         self._highest = -1
@@ -159,13 +160,15 @@ class ForwardHistory:
             if delta < 0x8000:
                 ext = highest + delta
                 self._highest = ext
+                if delta > 1:
+                    self._forget(highest + 1, ext)
             elif 0x10000 - delta < self.size:
                 ext = highest - (0x10000 - delta)
             else:  # far behind: a restarted stream, move past everything stored
                 ext = highest + delta
                 self._highest = ext
+                self._forget(highest + 1, ext)
         index = ext & self._mask
-        self._exts[index] = ext & 0x7FFFFFFF
         self._packets[index] = original
         self._timestamps[index] = timestamp
         self._ids[index] = vp8_ids
@@ -177,15 +180,20 @@ class ForwardHistory:
         behind = (highest - seq) & 0xFFFF
         if highest < 0 or behind >= self.size:
             return None
-        ext = highest - behind
-        index = ext & self._mask
+        index = (highest - behind) & self._mask
         original = self._packets[index]
-        if self._exts[index] != ext & 0x7FFFFFFF or original is None:
+        if original is None:
             return None
         return original, self._timestamps[index], self._ids[index]
+
+    def _forget(self, start: int, stop: int) -> None:
+        """Empty the slots of extended numbers ``start`` to ``stop - 1`` (skipped ones)."""
+        packets = self._packets
+        mask = self._mask
+        for ext in range(start, min(stop, start + self.size)):
+            packets[ext & mask] = None
 
     def clear(self) -> None:
         """Forget everything (and let the originals go)."""
         self._packets = [None] * self.size
-        self._exts = array("i", [-1]) * self.size
         self._highest = -1
