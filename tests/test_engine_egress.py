@@ -311,3 +311,7 @@ def test_nack_answers_are_rebuilt_exactly_from_the_producers_packets() -> None:
         assert info.picture_id is not None
     # A sequence number never sent, or long gone, is not answered.
     assert consumer.retransmit([(min(by_seq) - 5000) & 0xFFFF], now) == 0
+    # The loss policy's sample counts each NACKed number once, then starts again.
+    assert consumer.retransmit(wanted[:10], now) == 10
+    assert consumer.loss_sample()[3] == len(wanted) + 1
+    assert consumer.loss_sample()[3] == 0

@@ -78,6 +78,75 @@ def _ntp_seconds(ntp: int) -> float:
 class Consumer:
     """Forwards one producer to one receiving transport."""
 
+    # Slots, not an instance dict: with this many attributes CPython gives up sharing the
+    # dict's keys, and each consumer's dict took 1.5 KiB.
+    __slots__ = (
+        "_current",
+        "_estimator",
+        "_forwarding",
+        "_history",
+        "_keyframe_retry_at",
+        "_mid",
+        "_on_layers_changed",
+        "_payload_types",
+        "_probe_cursor",
+        "_reported_layers",
+        "_rewriter",
+        "_rtx_seq",
+        "_sample_highest",
+        "_sample_lost",
+        "_sample_sent",
+        "_send",
+        "_template",
+        "_twcc_id",
+        "_vp8",
+        "allocated_layers",
+        "bandwidth_feedback",
+        "clock_rate",
+        "closed",
+        "cname",
+        "created_at",
+        "cumulative_lost",
+        "current_spatial",
+        "current_temporal",
+        "dropped_temporal",
+        "first_sent_at",
+        "fraction_lost",
+        "highest_seq",
+        "id",
+        "kind",
+        "last_sent_at",
+        "last_sent_ts",
+        "layer_switches",
+        "mime_type",
+        "nacked",
+        "network_level",
+        "octets_sent",
+        "packets_sent",
+        "paused",
+        "payload_type",
+        "preferred_spatial_layer",
+        "preferred_temporal_layer",
+        "producer",
+        "producer_id",
+        "producer_paused",
+        "reports",
+        "retransmitted",
+        "rtp_parameters",
+        "rtt",
+        "rtx_payload_type",
+        "rtx_ssrc",
+        "send_rtp",
+        "spatial_layers",
+        "ssrc",
+        "target_spatial",
+        "target_temporal",
+        "temporal_filtering",
+        "temporal_layers",
+        "transport_id",
+        "type",
+    )
+
     def __init__(
         self,
         *,
@@ -125,7 +194,7 @@ class Consumer:
         }
         # Producer (browser) extension ids -> our (router) ids, for what we may forward.
         ours = {e.uri: e.id for e in rtp_parameters.header_extensions}
-        self._extension_ids = {
+        extension_ids = {
             their_id: ours[uri]
             for their_id, uri in producer.mapping.header_extensions.items()
             if uri in ours and uri not in _NOT_FORWARDED
@@ -143,7 +212,7 @@ class Consumer:
             self._twcc_id = ours[TRANSPORT_WIDE_CC_URI]
         #: The extension rewrite, shared with every consumer of the producer alike.
         self._template = producer.header_template(
-            self._extension_ids, mid_id, len(self._mid), self._twcc_id
+            extension_ids, mid_id, len(self._mid), self._twcc_id
         )
         #: The subscriber negotiated a bandwidth feedback (transport-cc or REMB).
         self.bandwidth_feedback = "transport-cc" in feedback or "goog-remb" in feedback
@@ -152,9 +221,9 @@ class Consumer:
         self.spatial_layers = scalability.spatial_layers if producer.is_simulcast else 1
         self.spatial_layers = max(self.spatial_layers, 1)
         self.temporal_layers = scalability.temporal_layers
-        self._is_vp8 = self.mime_type == "video/vp8"
+        is_vp8 = self.mime_type == "video/vp8"
         #: Temporal layers can be dropped (VP8 that announced more than one).
-        self.temporal_filtering = self._is_vp8 and self.temporal_layers > 1
+        self.temporal_filtering = is_vp8 and self.temporal_layers > 1
         self.preferred_spatial_layer = self.spatial_layers - 1
         self.preferred_temporal_layer = self.temporal_layers - 1
         #: The weak-network policy's level (layers.LEVEL_*), set by the router.
@@ -170,7 +239,8 @@ class Consumer:
         self._keyframe_retry_at = -1e9
 
         self._rewriter = SeqTsRewriter()
-        self._vp8 = vp8.Vp8Continuity()
+        #: PictureID / TL0PICIDX continuity (VP8 only: only VP8 packets come with a Vp8Info).
+        self._vp8 = vp8.Vp8Continuity() if is_vp8 else None
         #: How recent packets were made, to answer NACKs (None: NACK was not negotiated).
         self._history: ForwardHistory | None = None
         if any(fb.type == "nack" and not fb.parameter for fb in media[0].rtcp_feedback):
@@ -199,7 +269,8 @@ class Consumer:
         self._sample_highest: int | None = None
         self._sample_lost = 0
         self._sample_sent = 0
-        self.nacked: set[int] = set()
+        #: Distinct sequence numbers NACKed since the last loss_sample() (None: none).
+        self.nacked: set[int] | None = None
 
         self.send_rtp: Callable[
             [ProducerStream, bytes, int, int, int, vp8.Vp8Info | None, bool, float], None
@@ -281,7 +352,7 @@ class Consumer:
                     self.producer.request_keyframe(stream.index, now)
                 return
             self._splice(stream, seq, ts, now)
-            if info is not None:
+            if info is not None and self._vp8 is not None:
                 self._vp8.switch_to(info)
             self._current = stream
             self.layer_switches += 1
@@ -305,7 +376,8 @@ class Consumer:
                             self._set_current(self.current_spatial, current)
                 if tid > current:
                     self._rewriter.drop(seq)
-                    self._vp8.drop_picture(info)
+                    if self._vp8 is not None:
+                        self._vp8.drop_picture(info)
                     self.dropped_temporal += 1
                     return
         self._forward(packet, seq, ts, payload_start, info, now)
@@ -330,9 +402,11 @@ class Consumer:
             return
         ids = None
         if info is not None:
-            ids = self._vp8.map(info)
-            if ids is None:
-                return
+            continuity = self._vp8
+            if continuity is not None:
+                ids = continuity.map(info)
+                if ids is None:
+                    return
         out_seq, out_ts = mapped
         size = len(packet) - payload_start
         out = self._finish(built, size, info, ids, payload_type, out_seq, out_ts)
@@ -518,6 +592,8 @@ class Consumer:
         """Answer a NACK from what we sent; returns how many packets went out again."""
         sent = 0
         nacked = self.nacked
+        if nacked is None:
+            nacked = self.nacked = set()
         estimator = self._estimator
         for seq in seqs:
             nacked.add(seq)
@@ -616,8 +692,8 @@ class Consumer:
             self._sample_lost = self.cumulative_lost
         sent = self.packets_sent - self._sample_sent
         self._sample_sent = self.packets_sent
-        nacked = len(self.nacked)
-        self.nacked.clear()
+        nacked = 0 if self.nacked is None else len(self.nacked)
+        self.nacked = None
         return expected, lost, sent, nacked
 
     # ---- control ---------------------------------------------------------------------
