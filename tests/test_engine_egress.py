@@ -231,6 +231,8 @@ def test_consumers_share_the_rewrite_and_each_gets_its_own_mid_and_numbers() -> 
     c, _ = _consumer(producer, "7", sent_c, 3)
     assert a._template is c._template  # same layout: one rewrite per packet for both
     assert a._template is not b._template  # a two-byte MID is another layout
+    assert a._payload_types is b._payload_types  # one codec: one payload type map
+    assert dict(a._payload_types) == {96: a.payload_type}
     originals: list[bytes] = []
     now = 0.0
     for n in range(30):

@@ -187,11 +187,7 @@ class Consumer:
         self.rtx_payload_type = rtx[0].payload_type if rtx and self.rtx_ssrc else None
         self.cname = rtp_parameters.rtcp.cname or ""
         #: producer payload type -> our payload type (only the codec we negotiated)
-        self._payload_types = {
-            producer_pt: router_pt
-            for producer_pt, router_pt in producer.payload_types.items()
-            if router_pt == self.payload_type
-        }
+        self._payload_types = producer.payload_types_to(self.payload_type)
         # Producer (browser) extension ids -> our (router) ids, for what we may forward.
         ours = {e.uri: e.id for e in rtp_parameters.header_extensions}
         extension_ids = {

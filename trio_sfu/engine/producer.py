@@ -22,7 +22,7 @@ keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` old.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 from trio_sfu.errors import BadPacket
@@ -192,6 +192,7 @@ class Producer:
         self.streams_by_rid = {s.rid: s for s in self.streams if s.rid is not None}
         #: producer payload type -> router payload type
         self.payload_types = dict(mapping.codecs)
+        self._payload_types_to: dict[int, dict[int, int]] = {}
         self.is_simulcast = len(self.streams) > 1
         #: header extension URI -> the publisher's id for it
         self.extension_ids = {uri: ext_id for ext_id, uri in mapping.header_extensions.items()}
@@ -292,6 +293,15 @@ class Producer:
             return
         for consumer in self.consumers:
             consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+
+    def payload_types_to(self, router_pt: int) -> Mapping[int, int]:
+        """The part of :attr:`payload_types` that maps to ``router_pt`` (the codec a consumer
+        negotiated), shared by the consumers of that codec: not to be modified."""
+        found = self._payload_types_to.get(router_pt)
+        if found is None:
+            found = {pt: to for pt, to in self.payload_types.items() if to == router_pt}
+            self._payload_types_to[router_pt] = found
+        return found
 
     def header_template(
         self, id_map: dict[int, int], mid_id: int | None, mid_size: int, twcc_id: int | None
