@@ -301,13 +301,13 @@ def test_drop_bookkeeping_matches_a_model_that_remembers_everything(seed: int) -
                 assert out is None
             else:
                 assert out == (first + again - bisect_left(dropped, again)) & 0xFF
-        assert len(s._drops) <= 64 + 64 // 4 + 2
+        assert len(s._drops) <= 64 + 64 // 8 + 2
     assert late_answers > 10  # values near the window's edge were asked for
 
 
 def test_drop_memory_stays_bounded_over_a_long_stream() -> None:
     """Half the packets of a long stream dropped (a temporal layer): the splicer keeps
-    the drops of the last 16384 values and a quarter more, not all of them."""
+    the drops of the last 16384 values and an eighth more, not all of them."""
     s = Splicer(16)
     s.switch_to(0)
     for n in range(200_000):
@@ -316,7 +316,7 @@ def test_drop_memory_stays_bounded_over_a_long_stream() -> None:
             assert s.drop(value)
         else:
             assert s.map(value) == (n // 2) & 0xFFFF
-        assert len(s._drops) <= (16384 + 4096) // 2 + 2
+        assert len(s._drops) <= (16384 + 2048) // 2 + 2
     # A late value near the window's end still gets its own number (all its newer drops
     # counted); one beyond it is refused.
     late = 199_999 - 16383

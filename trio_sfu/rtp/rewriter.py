@@ -64,6 +64,7 @@ class Splicer:
         "_offset",
         "_out_mask",
         "_started",
+        "_trim_at",
     )
 
     def __init__(self, bits: int, initial: int | None = None) -> None:
@@ -82,8 +83,11 @@ class Splicer:
         self._ext_start = 0
         self._offset = 0
         # The extended values dropped on purpose, oldest first (an array of 8-byte ints:
-        # a deque costs 600 bytes even with one item, and a list 40 bytes an item).
+        # a deque costs 600 bytes even with one item, and a list 40 bytes an item). Once
+        # the newest value passes ``_trim_at``, the oldest drop is more than an eighth of
+        # the window older than any value map() accepts: the stale ones are cut off.
         self._drops = array("q", (-1,))
+        self._trim_at = 0
 
     @property
     def started(self) -> bool:
@@ -126,6 +130,7 @@ class Splicer:
         self._offset = next_out - first
         # The value just before the start counts as dropped: map() refuses it.
         self._drops = array("q", (first - 1,))
+        self._trim_at = first - 1 + self._max_age + (self._max_age >> 3)
 
     def map(self, value: int) -> int | None:
         """The outgoing value for ``value`` of the current source; ``None`` to not forward it.
@@ -173,16 +178,17 @@ class Splicer:
         if d >= self._in_half:
             return False
         self._in_max = value & self._in_mask
-        self._ext_max += d
+        ext = self._ext_max + d
+        self._ext_max = ext
         self._offset -= 1
         drops = self._drops
-        drops.append(self._ext_max)
-        # Drops older than the oldest value map() accepts are never looked at again. They
-        # go in batches, once a quarter of the window's worth has piled up, so that the
-        # array's shift costs a few item moves per drop.
-        oldest_useful = self._ext_max - self._max_age
-        if drops[0] < oldest_useful - (self._max_age >> 2):
-            del drops[: bisect_left(drops, oldest_useful)]
+        drops.append(ext)
+        if ext > self._trim_at:
+            # Drops older than the oldest value map() accepts are never looked at again.
+            # They go in batches, so that the array's shift costs a few moves per drop.
+            max_age = self._max_age
+            del drops[: bisect_left(drops, ext - max_age)]
+            self._trim_at = drops[0] + max_age + (max_age >> 3)
         return True
 
 
