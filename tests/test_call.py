@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -82,9 +83,10 @@ def assert_engine_empty(worker: Worker) -> None:
     assert live_tasks("Router", "WebRtcTransport", "Room.run", "Peer.run") == []
 
 
-async def test_three_peers_publish_and_consume_each_other() -> None:
+@pytest.mark.parametrize("rtc_port", [0, None], ids=["shared_port", "port_per_transport"])
+async def test_three_peers_publish_and_consume_each_other(rtc_port: int | None) -> None:
     with trio.fail_after(30):
-        async with sfu() as (worker, server):
+        async with sfu(rtc_port=rtc_port) as (worker, server):
             async with AsyncExitStack() as stack:
                 peers: list[MediaPeer] = []
                 sources: dict[str, tuple[SyntheticPublisher, SyntheticPublisher]] = {}
@@ -116,6 +118,21 @@ async def test_three_peers_publish_and_consume_each_other() -> None:
                         "simulcast",
                         "simulcast",
                     ]
+
+                # One UDP+TCP port for all six transports, or a port pair each.
+                ports = {
+                    (candidate.protocol, candidate.port)
+                    for router in worker._routers.values()
+                    for entry in router.transports.values()
+                    for candidate in entry.transport.ice_candidates
+                }
+                if rtc_port == 0:
+                    assert worker.webrtc_server is not None
+                    port = worker.webrtc_server.udp_port
+                    assert ports == {("udp", port), ("tcp", port)}
+                else:
+                    assert worker.webrtc_server is None
+                    assert len(ports) == 12
 
                 # Everyone sends a keyframe on every layer, then 29 delta frames, plus audio.
                 frames = 30

@@ -102,6 +102,20 @@ def test_options_override_the_environment() -> None:
     assert config.ice_servers[0].urls == ("stun:s.example:3478",)
     assert config.check() == []
     assert ServerConfig().port == 8080
+    # One shared RTC port by default (0: a free one of the range); empty: one per transport.
+    assert ServerConfig().rtc_port == 0
+    assert config_from_env({"TRIO_SFU_RTC_PORT": "40000"}).rtc_port == 40000
+    assert config_from_env({"TRIO_SFU_RTC_PORT": ""}).rtc_port is None
+    assert (
+        serve_config(build_parser().parse_args(["serve", "--rtc-port", "41000"]), {}).rtc_port
+        == 41000
+    )
+    with pytest.raises(ConfigError, match="TRIO_SFU_RTC_PORT"):
+        config_from_env({"TRIO_SFU_RTC_PORT": "any"})
+    assert (
+        "rtc_port 70000 is not a port number"
+        in config_from_env({"TRIO_SFU_RTC_PORT": "70000"}).check()
+    )
     with pytest.raises(ConfigError, match="TRIO_SFU_DEV"):
         config_from_env({"TRIO_SFU_DEV": "maybe"})
     assert config_from_env({"TRIO_SFU_DEV": "0"}).dev is False

@@ -36,6 +36,7 @@ _SERVE_OPTIONS = (
     "announced_ip",
     "rtc_min_port",
     "rtc_max_port",
+    "rtc_port",
     "log_level",
     "jwt_secret",
     "jwt_algorithm",
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--rtc-min-port", help="lowest RTC port [TRIO_SFU_RTC_MIN_PORT, 40000]")
     serve.add_argument("--rtc-max-port", help="highest RTC port [TRIO_SFU_RTC_MAX_PORT, 49999]")
+    serve.add_argument(
+        "--rtc-port",
+        help="one UDP+TCP port for every transport; 0 picks one of the range; empty: a port "
+        "pair per transport [TRIO_SFU_RTC_PORT, unset]",
+    )
     serve.add_argument(
         "--log-level",
         help="debug, info, warning, error or critical [TRIO_SFU_LOG_LEVEL, info]",

@@ -85,6 +85,10 @@ class ServerConfig:
     announced_ip: str | None = None
     rtc_min_port: int = 40000
     rtc_max_port: int = 49999
+    #: One UDP and one TCP port shared by every WebRTC transport (mediasoup's
+    #: WebRtcServer): that port, or 0 for a free one of rtc_min_port..rtc_max_port.
+    #: None: each transport binds a port pair of its own from that range.
+    rtc_port: int | None = 0
     log_level: str = "info"
     #: Development mode: no token checks at all. Never in production.
     dev: bool = False
@@ -109,6 +113,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 problems.append(f"{name} {value} is not a port number")
+        if self.rtc_port is not None and not 0 <= self.rtc_port <= 65535:
+            problems.append(f"rtc_port {self.rtc_port} is not a port number")
         if self.rtc_min_port > self.rtc_max_port:
             problems.append(
                 f"rtc_min_port {self.rtc_min_port} is above rtc_max_port {self.rtc_max_port}"
@@ -146,6 +152,7 @@ ENV_VARS: Final[dict[str, str]] = {
     "TRIO_SFU_ANNOUNCED_IP": "announced_ip",
     "TRIO_SFU_RTC_MIN_PORT": "rtc_min_port",
     "TRIO_SFU_RTC_MAX_PORT": "rtc_max_port",
+    "TRIO_SFU_RTC_PORT": "rtc_port",
     "TRIO_SFU_LOG_LEVEL": "log_level",
     "TRIO_SFU_DEV": "dev",
     "TRIO_SFU_JWT_SECRET": "jwt_secret",
@@ -212,6 +219,13 @@ def _convert(target: Any, name: str, text: str) -> Any:
     field_type = str(attrs.fields_dict(type(target))[name].type)
     if isinstance(current, bool):
         return parse_bool(text)
+    if field_type == "int | None":
+        if not text.strip():
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name}: {text!r} is not a number") from None
     try:
         if isinstance(current, int):
             return int(text)

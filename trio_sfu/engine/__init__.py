@@ -24,5 +24,6 @@ def create_engine(config: ServerConfig) -> AbstractAsyncContextManager[Worker]:
             announced_ip=config.announced_ip,
             rtc_min_port=config.rtc_min_port,
             rtc_max_port=config.rtc_max_port,
+            rtc_port=config.rtc_port,
         )
     )

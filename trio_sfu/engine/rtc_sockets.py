@@ -479,11 +479,14 @@ class TcpListener:
         *,
         preferred_port: int | None = None,
         rng: random.Random | None = None,
+        max_connections: int = 16,
     ) -> TcpListener:
         return cls(
             bind_in_range(
                 ip, stdlib_socket.SOCK_STREAM, port_range, preferred_port=preferred_port, rng=rng
-            )
+            ),
+            max_connections=max_connections,
+            backlog=min(max_connections, 1024),
         )
 
     @property

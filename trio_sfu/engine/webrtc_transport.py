@@ -49,6 +49,7 @@ from trio_sfu.engine.rtc_sockets import (
     address_family,
     is_unspecified,
 )
+from trio_sfu.engine.webrtc_server import WebRtcServer
 from trio_sfu.errors import BadPacket, InvalidStateError, UnsupportedError
 from trio_sfu.ice import (
     HOST_TYPE_PREFERENCE,
@@ -134,6 +135,7 @@ class WebRtcTransport:
         consent_timeout: float = 30.0,
         close_timeout: float = 40.0,
         timers: TimerQueue | None = None,
+        server: WebRtcServer | None = None,
     ) -> None:
         address_family(listen_ip)  # ValueError for anything but an IP literal
         if is_unspecified(listen_ip) and not announced_ip:
@@ -191,6 +193,8 @@ class WebRtcTransport:
             if timers is None
             else timers.timer(self._next_deadline, self._on_timer, on_error=self._timer_failed)
         )
+        #: The worker's shared sockets, if it has them; else the transport binds its own.
+        self._server = server
         self._udp: UdpListener | None = None
         self._tcp: TcpListener | None = None
         self._nursery: trio.Nursery | None = None
@@ -266,6 +270,10 @@ class WebRtcTransport:
     def stats(self) -> dict[str, Any]:
         """Counters and states, for getStats and leak checks (a fresh dict each call)."""
         udp, tcp = self._udp, self._tcp
+        server = self._server
+        if server is not None:
+            # The sockets' own counters are the server's (WebRtcServer.stats()).
+            udp = tcp = None
         return {
             "transport_id": self.id,
             "ice_state": self.ice_state,
@@ -300,7 +308,13 @@ class WebRtcTransport:
                 + (udp.send_would_block + udp.send_errors if udp is not None else 0)
                 + (tcp.frames_dropped if tcp is not None else 0),
             },
-            "tcp_connections": len(tcp.connections) if tcp is not None else 0,
+            "tcp_connections": (
+                server.owns_tcp(self)
+                if server is not None
+                else len(tcp.connections)
+                if tcp is not None
+                else 0
+            ),
         }
 
     # ---- life cycle --------------------------------------------------------------------
@@ -318,12 +332,16 @@ class WebRtcTransport:
         started = False
         try:
             with self._scope:
-                self._bind()
+                server = self._server
+                if server is not None:
+                    self._use_server(server)
+                else:
+                    self._bind()
                 async with trio.open_nursery() as nursery:
-                    if self._udp is not None:
+                    if server is None and self._udp is not None:
                         await nursery.start(self._udp.serve, self.handle_datagram)
-                    if self._tcp is not None:
-                        self._tcp.on_connection_closed = self._tcp_connection_closed
+                    if server is None and self._tcp is not None:
+                        self._tcp.on_connection_closed = self.tcp_connection_closed
                         await nursery.start(self._tcp.serve, self.handle_datagram)
                     if self._timer.queued:
                         self._timer.reschedule()
@@ -332,6 +350,8 @@ class WebRtcTransport:
                     self._nursery = nursery
                     task_status.started()
                     started = True
+                    # Until close() cancels the scope (there may be no child task at all).
+                    await trio.sleep_forever()
         except BaseException as exc:
             if _only_cancelled(exc):
                 self._close_now("cancelled")
@@ -370,11 +390,15 @@ class WebRtcTransport:
         if self._dtls_state not in ("failed", "closed"):
             self._dtls_state = "closed"
         self._srtp = None
+        ufrag = self._ice.ufrag
         self._ice.close()
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
+        if self._server is not None:
+            self._server.remove(self, ufrag)  # the sockets are the server's
+        else:
+            if self._udp is not None:
+                self._udp.close()
+            if self._tcp is not None:
+                self._tcp.close()
         self._timer.cancel()
         self._scope.cancel()
         if self._egress_send is not None:
@@ -385,10 +409,42 @@ class WebRtcTransport:
         self.on_closed(reason)
 
     def _bind(self) -> None:
-        ip = self._listen_ip
-        announced = self._announced_ip or ip
-        candidates: list[IceCandidate] = []
         udp_port: int | None = None
+        tcp_port: int | None = None
+        if self._enable_udp:
+            self._udp = UdpListener.bind(self._listen_ip, self._port_range)
+            udp_port = self._udp.local_address[1]
+        if self._enable_tcp:
+            self._tcp = TcpListener.bind(self._listen_ip, self._port_range, preferred_port=udp_port)
+            tcp_port = self._tcp.local_address[1]
+        self.ice_candidates = self._candidates(
+            self._announced_ip or self._listen_ip, udp_port, tcp_port
+        )
+
+    def _use_server(self, server: WebRtcServer) -> None:
+        """Take the server's sockets (those of the protocols this transport enables) and
+        have it route this transport's ICE ufrag here."""
+        if server.closed:
+            raise InvalidStateError("the WebRtcServer is closed")
+        if self._enable_udp:
+            self._udp = server.udp
+        if self._enable_tcp:
+            self._tcp = server.tcp
+        if self._udp is None and self._tcp is None:
+            raise InvalidStateError(
+                "the WebRtcServer has none of the protocols this transport needs"
+            )
+        self.ice_candidates = self._candidates(
+            server.announced_ip or server.listen_ip,
+            server.udp_port if self._udp is not None else None,
+            server.tcp_port if self._tcp is not None else None,
+        )
+        server.add(self, self._ice.ufrag)
+
+    def _candidates(
+        self, announced: str, udp_port: int | None, tcp_port: int | None
+    ) -> list[IceCandidate]:
+        candidates: list[IceCandidate] = []
         if self._prefer_udp:
             udp_priority = host_candidate_priority("udp")
             tcp_priority = host_candidate_priority("tcp")
@@ -396,9 +452,7 @@ class WebRtcTransport:
             # The same two local preferences, the other way round.
             udp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0x7FFF)
             tcp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0xFFFF)
-        if self._enable_udp:
-            self._udp = UdpListener.bind(ip, self._port_range)
-            udp_port = self._udp.local_address[1]
+        if udp_port is not None:
             candidates.append(
                 IceCandidate(
                     foundation="udpcandidate",
@@ -410,21 +464,20 @@ class WebRtcTransport:
                     protocol="udp",
                 )
             )
-        if self._enable_tcp:
-            self._tcp = TcpListener.bind(ip, self._port_range, preferred_port=udp_port)
+        if tcp_port is not None:
             candidates.append(
                 IceCandidate(
                     foundation="tcpcandidate",
                     priority=tcp_priority,
                     address=announced,
                     ip=announced,
-                    port=self._tcp.local_address[1],
+                    port=tcp_port,
                     type="host",
                     protocol="tcp",
                     tcp_type="passive",
                 )
             )
-        self.ice_candidates = candidates
+        return candidates
 
     # ---- signaling-driven --------------------------------------------------------------
 
@@ -466,7 +519,10 @@ class WebRtcTransport:
         new ones validates a tuple."""
         if self.closed:
             raise InvalidStateError(f"transport {self.id} is closed")
+        old = self._ice.ufrag
         ufrag, password = self._ice.restart()
+        if self._server is not None:
+            self._server.rename(self, old, ufrag)
         self.ice_parameters = IceParameters(
             username_fragment=ufrag, password=password, ice_lite=True
         )
@@ -840,7 +896,12 @@ class WebRtcTransport:
         logger.error("transport %s timer failed", self.id, exc_info=exc)
         self._close_now("internal_error")
 
-    def _tcp_connection_closed(self, address: Address) -> None:
+    def is_validated(self, address: Address) -> bool:
+        """Whether ICE accepts media from ``address`` (it passed a connectivity check)."""
+        return self._ice.is_validated(address)
+
+    def tcp_connection_closed(self, address: Address) -> None:
+        """The ICE-TCP connection from ``address`` closed (its listener calls this)."""
         # The tuple is gone: nothing can be sent there any more, and if it was the selected
         # one ICE is disconnected until the peer nominates another (or the close timeout).
         if self._dtls_address == address:

@@ -30,6 +30,7 @@ from trio_sfu.engine.api import (
 )
 from trio_sfu.engine.layers import PolicySettings
 from trio_sfu.engine.router import Router, add_transport_counters, new_id, new_media_counters
+from trio_sfu.engine.webrtc_server import WebRtcServer
 from trio_sfu.errors import InvalidStateError, NotFoundError
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
@@ -51,6 +52,9 @@ class WorkerSettings:
     announced_ip: str | None = None
     rtc_min_port: int = 40000
     rtc_max_port: int = 49999
+    #: One UDP and one TCP port for every transport of the worker (a WebRtcServer): that
+    #: port, or 0 for a free one of the range. None: each transport binds its own pair.
+    rtc_port: int | None = 0
     enable_udp: bool = True
     enable_tcp: bool = True
     egress_queue_size: int = 512
@@ -103,6 +107,8 @@ class Worker:
         self._retired_counters = new_media_counters()
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        #: The shared RTC sockets (``settings.rtc_port``), while running.
+        self.webrtc_server: WebRtcServer | None = None
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -110,6 +116,24 @@ class Worker:
         """Own the routers until cancelled; every router is closed on the way out."""
         try:
             async with trio.open_nursery() as nursery:
+                settings = self.settings
+                if settings.rtc_port is not None:
+                    server = WebRtcServer(
+                        listen_ip=settings.listen_ip,
+                        announced_ip=settings.announced_ip,
+                        port=settings.rtc_port,
+                        port_range=(settings.rtc_min_port, settings.rtc_max_port),
+                        enable_udp=settings.enable_udp,
+                        enable_tcp=settings.enable_tcp,
+                    )
+                    await nursery.start(server.run)
+                    self.webrtc_server = server
+                    logger.info(
+                        "WebRTC on %s: UDP port %s, TCP port %s, shared by every transport",
+                        server.announced_ip or server.listen_ip,
+                        server.udp_port,
+                        server.tcp_port,
+                    )
                 self._nursery = nursery
                 task_status.started()
                 while True:
@@ -126,6 +150,8 @@ class Worker:
         self._routers.clear()
         self._index.clear()
         self._indexed.clear()
+        if self.webrtc_server is not None:
+            self.webrtc_server.close()  # after the routers: their goodbyes use its sockets
 
     # ---- lookups -----------------------------------------------------------------------
 
@@ -209,6 +235,7 @@ class Worker:
                 "egress_queue_size": self.settings.egress_queue_size,
                 "consent_timeout": self.settings.ice_consent_timeout,
                 "close_timeout": self.settings.ice_close_timeout,
+                "server": self.webrtc_server,
             },
         )
         self._routers[router.id] = router

@@ -1,0 +1,256 @@
+"""WebRtcServer: one UDP port and one TCP port for every WebRtcTransport of a worker.
+
+mediasoup's WebRtcServer. Without it each transport binds a UDP socket and a TCP
+listener of its own (a port pair per transport, two receive tasks); with it the worker
+binds one of each, and transports share them:
+
+- a STUN Binding request names its transport: the part of its USERNAME before the colon
+  is the transport's ICE ufrag (RFC 8445 section 7.2.2);
+- once a transport's ICE has validated a remote address (UDP tuple or ICE-TCP
+  connection), everything else from that address (DTLS, SRTP, SRTCP, STUN indications)
+  goes to that transport;
+- anything else is dropped and counted.
+
+So a transport costs no socket and no task here, and a firewall needs two ports open per
+worker. Each transport still checks everything it is handed (ICE credentials, validated
+address) exactly as on sockets of its own.
+
+Run it with ``await nursery.start(server.run)`` before creating transports on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final, final
+
+import trio
+
+from trio_sfu.engine.rtc_sockets import (
+    Address,
+    TcpListener,
+    UdpListener,
+    address_family,
+    is_unspecified,
+)
+from trio_sfu.errors import InvalidStateError
+from trio_sfu.stun import request_ufrag_untrusted
+
+if TYPE_CHECKING:
+    from trio_sfu.engine.webrtc_transport import WebRtcTransport
+
+__all__ = ["MAX_TCP_CONNECTIONS", "WebRtcServer"]
+
+logger = logging.getLogger(__name__)
+
+#: ICE-TCP connections open at once on the shared listener (over every transport).
+MAX_TCP_CONNECTIONS: Final = 4096
+
+
+@final
+class WebRtcServer:
+    """One UDP socket and one TCP listener shared by many transports, demultiplexed by ICE
+    ufrag and then by the remote address ICE validated.
+
+    ``port`` 0 takes a free port of ``port_range`` (the TCP listener tries the UDP port
+    first); any other port is bound exactly, or ``OSError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        listen_ip: str = "127.0.0.1",
+        announced_ip: str | None = None,
+        port: int = 0,
+        port_range: tuple[int, int] = (40000, 49999),
+        enable_udp: bool = True,
+        enable_tcp: bool = True,
+        max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+    ) -> None:
+        address_family(listen_ip)  # ValueError for anything but an IP literal
+        if is_unspecified(listen_ip) and not announced_ip:
+            raise ValueError(
+                f"listen_ip {listen_ip} listens on every interface: set announced_ip to the "
+                "address clients can reach, or listen on a specific IP"
+            )
+        if announced_ip is not None:
+            address_family(announced_ip)
+        if not (enable_udp or enable_tcp):
+            raise ValueError("a WebRtcServer needs UDP, TCP or both enabled")
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"invalid port {port}")
+        low, high = port_range
+        if not (0 < low <= high <= 0xFFFF):
+            raise ValueError(f"invalid port range {port_range!r}")
+        self.listen_ip = listen_ip
+        self.announced_ip = announced_ip
+        self._port = port
+        self._port_range = port_range if port == 0 else (port, port)
+        self._enable_udp = enable_udp
+        self._enable_tcp = enable_tcp
+        self._max_tcp_connections = max_tcp_connections
+        self.udp: UdpListener | None = None
+        self.tcp: TcpListener | None = None
+        self.closed = False
+        self._started = False
+        #: ICE ufrag -> its transport.
+        self._by_ufrag: dict[str, WebRtcTransport] = {}
+        #: Validated remote address -> its transport, per protocol.
+        self._udp_owners: dict[Address, WebRtcTransport] = {}
+        self._tcp_owners: dict[Address, WebRtcTransport] = {}
+        #: Each transport's entries in the two maps above, to forget them when it closes.
+        self._owned: dict[WebRtcTransport, list[tuple[dict[Address, WebRtcTransport], Address]]]
+        self._owned = {}
+        #: Datagrams and frames no transport claimed.
+        self.dropped_unknown = 0
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    @property
+    def udp_port(self) -> int | None:
+        return self.udp.local_address[1] if self.udp is not None else None
+
+    @property
+    def tcp_port(self) -> int | None:
+        return self.tcp.local_address[1] if self.tcp is not None else None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report started, then serve until cancelled; the sockets are closed however
+        it ends. ``OSError`` (before started) when the port is taken."""
+        if self._started or self.closed:
+            raise InvalidStateError("this WebRtcServer was already run or closed")
+        self._started = True
+        try:
+            if self._enable_udp:
+                self.udp = UdpListener.bind(self.listen_ip, self._port_range)
+            if self._enable_tcp:
+                self.tcp = TcpListener.bind(
+                    self.listen_ip,
+                    self._port_range,
+                    preferred_port=self.udp_port,
+                    max_connections=self._max_tcp_connections,
+                )
+            async with trio.open_nursery() as nursery:
+                if self.udp is not None:
+                    await nursery.start(self.udp.serve, self._on_udp)
+                if self.tcp is not None:
+                    self.tcp.on_connection_closed = self._on_tcp_closed
+                    await nursery.start(self.tcp.serve, self._on_tcp)
+                task_status.started()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close both sockets now (every ICE-TCP connection with them). Idempotent; the
+        transports on this server see their tuples go silent and are closed by their
+        owners."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+        self._by_ufrag.clear()
+        self._udp_owners.clear()
+        self._tcp_owners.clear()
+        self._owned.clear()
+
+    def stats(self) -> dict[str, Any]:
+        udp, tcp = self.udp, self.tcp
+        return {
+            "udp_port": self.udp_port,
+            "tcp_port": self.tcp_port,
+            "transports": len(self._by_ufrag),
+            "udp_tuples": len(self._udp_owners),
+            "tcp_tuples": len(self._tcp_owners),
+            "tcp_connections": len(tcp.connections) if tcp is not None else 0,
+            "dropped_unknown": self.dropped_unknown,
+            "send_would_block": udp.send_would_block if udp is not None else 0,
+            "send_errors": udp.send_errors if udp is not None else 0,
+            "tcp_frames_dropped": tcp.frames_dropped if tcp is not None else 0,
+            "tcp_connections_refused": tcp.connections_refused if tcp is not None else 0,
+        }
+
+    # ---- transports --------------------------------------------------------------------
+
+    def add(self, transport: WebRtcTransport, ufrag: str) -> None:
+        """Route Binding requests for ``ufrag`` to ``transport`` from now on."""
+        if self.closed:
+            raise InvalidStateError("the WebRtcServer is closed")
+        if ufrag in self._by_ufrag:
+            raise InvalidStateError(f"ICE ufrag {ufrag!r} is already in use")
+        self._by_ufrag[ufrag] = transport
+        self._owned.setdefault(transport, [])
+
+    def rename(self, transport: WebRtcTransport, old: str, new: str) -> None:
+        """An ICE restart: requests for ``old`` are not routed any more, ``new`` ones are."""
+        if self._by_ufrag.get(old) is transport:
+            del self._by_ufrag[old]
+        self.add(transport, new)
+
+    def remove(self, transport: WebRtcTransport, ufrag: str) -> None:
+        """Forget ``transport`` (it closed): its ufrag and every address it owned; its
+        ICE-TCP connections are closed."""
+        if self._by_ufrag.get(ufrag) is transport:
+            del self._by_ufrag[ufrag]
+        tcp = self.tcp
+        for owners, address in self._owned.pop(transport, ()):
+            if owners.get(address) is transport:
+                del owners[address]
+                if owners is self._tcp_owners and tcp is not None:
+                    # Its ICE-TCP connections end with it, as its own listener's would.
+                    connection = tcp.connections.get(address)
+                    if connection is not None:
+                        connection.close()
+
+    def owns_tcp(self, transport: WebRtcTransport) -> int:
+        """How many ICE-TCP connections route to ``transport``."""
+        return sum(1 for owners, _ in self._owned.get(transport, ()) if owners is self._tcp_owners)
+
+    # ---- demultiplexing ----------------------------------------------------------------
+
+    def _on_udp(self, data: bytes, address: Address) -> None:
+        # Runs for every datagram: media from a known tuple takes the first branch.
+        transport = self._udp_owners.get(address)
+        if transport is not None and data and data[0] > 3:
+            transport.handle_datagram(data, address)
+        else:
+            self._route(data, address, transport, self._udp_owners)
+
+    def _on_tcp(self, data: bytes, address: Address) -> None:
+        transport = self._tcp_owners.get(address)
+        if transport is not None and data and data[0] > 3:
+            transport.handle_datagram(data, address)
+        else:
+            self._route(data, address, transport, self._tcp_owners)
+
+    def _route(
+        self,
+        data: bytes,
+        address: Address,
+        owner: WebRtcTransport | None,
+        owners: dict[Address, WebRtcTransport],
+    ) -> None:
+        """STUN, or anything from an address no transport owns yet."""
+        transport = owner
+        if data and data[0] <= 3:
+            ufrag = request_ufrag_untrusted(data)
+            if ufrag is not None:
+                # A request names its transport; an unknown ufrag (an old one after an ICE
+                # restart, say) goes to the address's owner, which counts it.
+                transport = self._by_ufrag.get(ufrag, owner)
+        if transport is None:
+            self.dropped_unknown += 1
+            return
+        transport.handle_datagram(data, address)
+        if transport is not owner and not transport.closed and transport.is_validated(address):
+            # ICE validated the address for this transport: the rest from it goes there.
+            owners[address] = transport
+            entries = self._owned.get(transport)
+            if entries is not None:
+                entries.append((owners, address))
+
+    def _on_tcp_closed(self, address: Address) -> None:
+        transport = self._tcp_owners.pop(address, None)
+        if transport is not None:
+            transport.tcp_connection_closed(address)
