@@ -356,3 +356,24 @@ def test_packet_path_uses_libsrtp_directly_and_agrees_with_pylibsrtp(profile: st
     # Refusals are BadPacket on both paths, with libsrtp's reason (here: a replay).
     with pytest.raises(BadPacket, match="replay"):
         inbound_direct.unprotect_rtp_untrusted(direct.protect_rtp(rtp(1)))
+
+
+@pytest.mark.parametrize("profile", SRTP_PROFILES)
+def test_sessions_share_one_packet_buffer_and_results_stay_their_own(profile: str) -> None:
+    # One buffer serves every session: each result is a copy, so interleaving sessions
+    # (and RTP with SRTCP, which goes through pylibsrtp's own methods) changes nothing.
+    senders = [sender(profile) for _ in range(3)]
+    assert len({id(s._outbound._cdata) for s in senders}) == 1
+    outputs = []
+    for seq in range(5):
+        for index, session in enumerate(senders):
+            outputs.append((seq, index, session.protect_rtp(rtp(seq, 100 + index, size=1000))))
+            outputs.append((seq, index, session.protect_rtcp(RTCP_PACKET)))
+    for index in range(3):
+        rx = receiver(profile)
+        mine = [(seq, out) for seq, i, out in outputs if i == index]
+        for number, (seq, out) in enumerate(mine):
+            if number % 2 == 0:
+                assert rx.unprotect_rtp_untrusted(out) == rtp(seq, 100 + index, size=1000)
+            else:
+                assert rx.unprotect_rtcp_untrusted(out) == RTCP_PACKET

@@ -144,7 +144,7 @@ class SrtpSession:
         # limits, same errors; the public API where that binding is not what we expect.
         self._outbound_raw = _raw_session(self._outbound)
         self._inbound_raw = _raw_session(self._inbound)
-        self._length = _ffi.new("int *") if _ffi is not None else None
+        self._length = _SHARED_LENGTH
 
     def protect_rtp(self, packet: bytes | bytearray) -> bytes:
         """Encrypt and authenticate one RTP packet; BadPacket if libsrtp refuses it."""
@@ -227,12 +227,16 @@ def _raw_session(session: pylibsrtp.Session) -> tuple[Any, Any, Any] | None:
     if _lib is None:
         return None
     try:
-        handle, cdata, buffer = session._srtp[0], session._cdata, session._buffer
+        handle, _, buffer = session._srtp[0], session._cdata, session._buffer
     except (AttributeError, TypeError, IndexError):
         return None
     if len(buffer) != _BUFFER_SIZE:
         return None
-    return handle, cdata, buffer
+    # Every call copies the packet in, runs libsrtp and copies the result out without
+    # yielding, so one buffer serves every session of the process: pylibsrtp's own
+    # methods (used for SRTCP) take it too, and the session's 1.5 KB buffer is freed.
+    session._cdata, session._buffer = _SHARED_CDATA, _SHARED_BUFFER
+    return handle, _SHARED_CDATA, _SHARED_BUFFER
 
 
 try:
@@ -248,3 +252,7 @@ except (ImportError, AttributeError):  # another pylibsrtp: the public API only
     _RTP_TRAILER = 0
 #: pylibsrtp's buffer per session: the largest packet it protects is this minus the trailer.
 _BUFFER_SIZE: Final = 1500
+#: The one packet buffer (and length cell) of every session (see _raw_session).
+_SHARED_CDATA: Any = _ffi.new("char[]", _BUFFER_SIZE) if _ffi is not None else None
+_SHARED_BUFFER: Any = _ffi.buffer(_SHARED_CDATA) if _ffi is not None else None
+_SHARED_LENGTH: Any = _ffi.new("int *") if _ffi is not None else None
