@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.fake_engine import FakeEngine, make_test_engine
 from tests.signaling_harness import (
@@ -208,6 +209,14 @@ async def test_answers_keep_request_order_and_echo_request_ids(server: SfuServer
                 "dtlsParameters",
             }
             assert answers[1]["data"]["direction"] == "send"
+            # Answered and quiet: the processor and the writer (and their queues) are gone
+            # until the next frame or message; the receiver waits alone.
+            await trio.testing.wait_all_tasks_blocked()
+            assert live_tasks("Session._processor", "Session._writer") == []
+            (session,) = server.app.sessions
+            assert session._frames_tx is None and session._out_tx is None
+            await raw.send_json(frame("rtc:getRouterRtpCapabilities", "f", meetingId="m"))
+            assert (await raw.receive_json())["requestId"] == "f"
 
 
 async def test_token_on_the_url_and_a_simulcast_consumer(server: SfuServer) -> None:

@@ -9,6 +9,9 @@ per-connection nursery:
   until they are answered, so answers leave in arrival order, exactly one per request;
 * the writer drains the bounded outgoing channel onto the socket.
 
+The processor and the writer, and their queues, exist only while frames or messages wait:
+a connection that is quiet (most of a call, while media flows) keeps just the receiver.
+
 Everything queued for the client goes through :meth:`Session.send_message`, which never
 blocks: a client too slow to drain its queue is disconnected (1008) and its peer ends.
 Closing the socket ends the peer (same as ``rtc:leave``); the peer's cleanup runs in the
@@ -91,9 +94,10 @@ class Session:
         self._send = send
         limits = app.config.limits
         self._limits = limits
-        self._out_tx, self._out_rx = trio.open_memory_channel[dict[str, Any] | _Close](
-            limits.outgoing_queue
-        )
+        # The outgoing queue, while the writer task drains it (see _queue_out).
+        self._out_tx: trio.MemorySendChannel[dict[str, Any] | _Close] | None = None
+        # The frame queue, while the processor task serves it (see _receiver).
+        self._frames_tx: trio.MemorySendChannel[_Frame] | None = None
         self._bucket = TokenBucket(limits.requests_per_second, limits.request_burst, 0.0)
         self._bad_frames = 0
         self._closing = False
@@ -113,20 +117,34 @@ class Session:
         """Queue a message for the client without blocking (see the module docstring)."""
         if self._closing:
             return
-        try:
-            self._out_tx.send_nowait(message)
-        except trio.WouldBlock:
-            self._overflow()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        self._queue_out(message)
 
     def close_connection(self, code: int, reason: str) -> None:
         """Close the socket after the messages queued so far."""
         if self._closing:
             return
         self._closing = True
+        self._queue_out(_Close(code, reason))
+
+    def _queue_out(self, item: dict[str, Any] | _Close) -> None:
+        out = self._out_tx
+        if out is None:
+            # Nothing waits: open the queue and start the writer that drains it.
+            nursery = self._nursery
+            if nursery is None:
+                return  # not serving (yet, or any more)
+            out, out_rx = trio.open_memory_channel[dict[str, Any] | _Close](
+                self._limits.outgoing_queue
+            )
+            try:
+                nursery.start_soon(self._writer, out, out_rx)
+            except RuntimeError:  # the nursery is closing: the connection is ending
+                out.close()
+                out_rx.close()
+                return
+            self._out_tx = out
         try:
-            self._out_tx.send_nowait(_Close(code, reason))
+            out.send_nowait(item)
         except trio.WouldBlock:
             self._overflow()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -159,16 +177,18 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                frames_tx, frames_rx = trio.open_memory_channel[_Frame](FRAME_QUEUE)
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._processor, frames_rx)
-                await self._receiver(frames_tx)
+                await self._receiver(nursery)
+                self._nursery = None  # what is queued from now on would not be sent
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self.app.sessions.discard(self)
             self.app.metrics.connections.dec()
             self._closing = True
-            self._out_tx.close()
+            for queue in (self._out_tx, self._frames_tx):
+                if queue is not None:
+                    queue.close()
+            self._out_tx = self._frames_tx = None
             if self.peer is not None:
                 self.peer.end("connection_closed")
                 self.peer = None
@@ -186,41 +206,76 @@ class Session:
                         self.log.debug("close after abort failed", exc_info=True)
             self.log.debug("disconnected")
 
-    async def _writer(self) -> None:
-        try:
-            async for item in self._out_rx:
-                if isinstance(item, _Close):
-                    with trio.move_on_after(CLOSE_TIMEOUT):
-                        await self._send(
-                            {"type": "websocket.close", "code": item.code, "reason": item.reason}
-                        )
-                    break
-                await self._send({"type": "websocket.send", "text": encode_message(item)})
-        except Exception:
-            self.log.debug("sending failed; closing", exc_info=True)
+    async def _writer(
+        self,
+        out: trio.MemorySendChannel[dict[str, Any] | _Close],
+        out_rx: trio.MemoryReceiveChannel[dict[str, Any] | _Close],
+    ) -> None:
+        """Send what is queued, in order; end when the queue is empty (the next message
+        starts a new writer) or after the close frame."""
+        with out_rx:
+            try:
+                while True:
+                    try:
+                        item = out_rx.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        # Drained, with no await since the check: nothing is left behind.
+                        if self._out_tx is out:
+                            self._out_tx = None
+                        out.close()
+                        return
+                    if isinstance(item, _Close):
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await self._send(
+                                {
+                                    "type": "websocket.close",
+                                    "code": item.code,
+                                    "reason": item.reason,
+                                }
+                            )
+                        break
+                    await self._send({"type": "websocket.send", "text": encode_message(item)})
+            except Exception:
+                self.log.debug("sending failed; closing", exc_info=True)
         # The socket is closed (or broken): stop reading too.
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
-    async def _receiver(self, frames: trio.MemorySendChannel[_Frame]) -> None:
+    async def _receiver(self, nursery: trio.Nursery) -> None:
         """Read the socket. A disconnect ends the peer at once, even while one of its
         requests is still being served (that request is cancelled with it)."""
-        async with frames:
-            while True:
-                message = await self._receive()
-                kind = message.get("type")
-                if kind == "websocket.disconnect":
-                    if self.peer is not None:
-                        self.peer.end("connection_closed")
-                    return
-                if kind == "websocket.receive":
-                    allowed = self._bucket.take(trio.current_time())
-                    await frames.send(_Frame(message.get("text"), allowed))
+        while True:
+            message = await self._receive()
+            kind = message.get("type")
+            if kind == "websocket.disconnect":
+                if self.peer is not None:
+                    self.peer.end("connection_closed")
+                return
+            if kind == "websocket.receive":
+                allowed = self._bucket.take(trio.current_time())
+                frames = self._frames_tx
+                if frames is None:
+                    frames, frames_rx = trio.open_memory_channel[_Frame](FRAME_QUEUE)
+                    self._frames_tx = frames
+                    nursery.start_soon(self._processor, frames, frames_rx)
+                # Blocks while FRAME_QUEUE frames wait: the socket is not read meanwhile.
+                await frames.send(_Frame(message.get("text"), allowed))
 
-    async def _processor(self, frames: trio.MemoryReceiveChannel[_Frame]) -> None:
-        """Serve frames one at a time, in arrival order."""
-        async for frame in frames:
-            await self._on_frame(frame.text, frame.allowed)
+    async def _processor(
+        self, frames: trio.MemorySendChannel[_Frame], frames_rx: trio.MemoryReceiveChannel[_Frame]
+    ) -> None:
+        """Serve frames one at a time, in arrival order; end when none waits (the next
+        frame starts a new processor)."""
+        with frames_rx:
+            while True:
+                try:
+                    frame = frames_rx.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    if self._frames_tx is frames:
+                        self._frames_tx = None
+                    frames.close()
+                    return
+                await self._on_frame(frame.text, frame.allowed)
 
     # ---- frames -------------------------------------------------------------------------------
 
