@@ -801,3 +801,19 @@ def test_rtcp_receiver_report_helper_layout() -> None:
     assert len(packet) == 32
     assert struct.unpack("!I", packet[8:12])[0] == 0xA0000005
     assert rtp_packet(3)[:12] == bytes.fromhex("80 60 0003 0000010e 11223344")
+
+
+def test_per_transport_objects_have_no_instance_dict(certificate: DtlsCertificate) -> None:
+    # One of each per transport: slots keep them small (an instance dict of some 60
+    # attributes costs a transport over 1 KiB). What owners assign still works.
+    transport = WebRtcTransport(transport_id="t", certificate=certificate)
+    assert not hasattr(transport, "__dict__")
+    transport.on_rtp = transport.on_rtcp = lambda packet: None
+    transport.on_state = lambda layer, state: None
+    transport.on_closed = lambda reason: None
+    transport.app_data["peer"] = "p"
+    with pytest.raises(AttributeError):
+        transport.not_an_attribute = 1  # type: ignore[attr-defined]
+    endpoint = DtlsEndpoint(certificate=certificate, role="server")
+    assert not hasattr(endpoint, "__dict__")
+    assert not hasattr(transport._ice, "__dict__")

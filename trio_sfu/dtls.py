@@ -463,6 +463,32 @@ class DtlsEndpoint:
     After ``"failed"`` or ``"closed"`` every input is ignored.
     """
 
+    # One per transport, kept after the handshake: slots, not an instance dict. The SSL
+    # connection refers back to it through a weak reference (_new_connection).
+    __slots__ = (
+        "__weakref__",
+        "_certificate",
+        "_closing",
+        "_fingerprint_rejected",
+        "_flight",
+        "_flight_retransmitted",
+        "_give_up_at",
+        "_handshake_done",
+        "_profiles",
+        "_record_seq",
+        "_remote_fingerprints",
+        "_retransmit_at",
+        "_retransmit_interval",
+        "_ssl",
+        "ignored_after_release",
+        "mtu",
+        "remote_fingerprint",
+        "role",
+        "selected_srtp_profile",
+        "srtp_keys",
+        "state",
+    )
+
     def __init__(
         self,
         *,
