@@ -294,3 +294,29 @@ async def test_a_taken_port_is_a_start_up_error() -> None:
                 await nursery.start(second.run)
             assert second.closed
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+async def test_a_bug_in_one_transport_closes_only_that_transport(
+    protocol: str, certificate: DtlsCertificate
+) -> None:
+    with trio.fail_after(30):
+        server = WebRtcServer()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with open_shared_pairs(
+                nursery, certificate, server, 2, protocol=protocol
+            ) as pairs:
+                broken, healthy = pairs
+
+                def bug(packet: bytes) -> None:
+                    raise RuntimeError("bug in the owner's callback")
+
+                broken.server.on_rtp = bug
+                broken.client.send_rtp(rtp_packet(1))
+                await broken.server_received.wait_for(lambda: broken.server_received.closed)
+                assert broken.server_received.closed == ["internal_error"]
+                # The shared sockets still serve the other transport.
+                assert not server.closed
+                await exchange_media(healthy, rtp=20, rtcp=2)
+            nursery.cancel_scope.cancel()

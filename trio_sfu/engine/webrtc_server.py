@@ -213,16 +213,28 @@ class WebRtcServer:
         # Runs for every datagram: media from a known tuple takes the first branch.
         transport = self._udp_owners.get(address)
         if transport is not None and data and data[0] > 3:
-            transport.handle_datagram(data, address)
+            try:
+                transport.handle_datagram(data, address)
+            except Exception:
+                self._failed(transport)
         else:
             self._route(data, address, transport, self._udp_owners)
 
     def _on_tcp(self, data: bytes, address: Address) -> None:
         transport = self._tcp_owners.get(address)
         if transport is not None and data and data[0] > 3:
-            transport.handle_datagram(data, address)
+            try:
+                transport.handle_datagram(data, address)
+            except Exception:
+                self._failed(transport)
         else:
             self._route(data, address, transport, self._tcp_owners)
+
+    def _failed(self, transport: WebRtcTransport) -> None:
+        # A bug in one transport (or in its owner's callbacks) must not stop the sockets
+        # every other transport uses: log it and close that transport only.
+        logger.exception("transport %s crashed", transport.id)
+        transport.close("internal_error")
 
     def _route(
         self,
@@ -242,7 +254,11 @@ class WebRtcServer:
         if transport is None:
             self.dropped_unknown += 1
             return
-        transport.handle_datagram(data, address)
+        try:
+            transport.handle_datagram(data, address)
+        except Exception:
+            self._failed(transport)
+            return
         if transport is not owner and not transport.closed and transport.is_validated(address):
             # ICE validated the address for this transport: the rest from it goes there.
             owners[address] = transport
@@ -253,4 +269,7 @@ class WebRtcServer:
     def _on_tcp_closed(self, address: Address) -> None:
         transport = self._tcp_owners.pop(address, None)
         if transport is not None:
-            transport.tcp_connection_closed(address)
+            try:
+                transport.tcp_connection_closed(address)
+            except Exception:
+                self._failed(transport)
