@@ -16,6 +16,7 @@ from tests.test_transport import dropped, exchange_media
 from tests.transport_helpers import Pair, attach, rtp_packet, task_names
 from trio_sfu.client import open_client_transport
 from trio_sfu.dtls import DtlsCertificate
+from trio_sfu.engine.rtc_sockets import SEND_WOULD_BLOCK
 from trio_sfu.engine.webrtc_server import WebRtcServer
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
 from trio_sfu.errors import InvalidStateError
@@ -320,3 +321,57 @@ async def test_a_bug_in_one_transport_closes_only_that_transport(
                 assert not server.closed
                 await exchange_media(healthy, rtp=20, rtcp=2)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_transport_started_without_a_task_of_its_own(certificate: DtlsCertificate) -> None:
+    with trio.fail_after(30):
+        tasks_before = task_names()
+        server = WebRtcServer()
+        timers = TimerQueue()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            nursery.start_soon(timers.run)
+            await trio.testing.wait_all_tasks_blocked()
+            tasks_with_server = task_names()
+            transport = WebRtcTransport(
+                transport_id="no-task", certificate=certificate, server=server, timers=timers
+            )
+            received = attach(transport)
+            transport.start(nursery)
+            assert task_names() == tasks_with_server  # nothing started
+            with pytest.raises(InvalidStateError):
+                transport.start(nursery)
+            async with open_client_transport(
+                transport.ice_parameters,
+                transport.ice_candidates,
+                transport.dtls_parameters,
+                srtp_profiles=SRTP_PROFILES,
+            ) as client:
+                transport.connect(client.dtls_parameters)
+                await client.wait_connected()
+                await received.wait_for(lambda: transport.dtls_state == "connected")
+                pair = Pair(transport, client, received)
+                await exchange_media(pair, rtp=30, rtcp=3)
+                # A socket that pushes back: the egress task runs in the owner's nursery,
+                # and close() cancels it.
+                udp = server.udp
+                assert udp is not None
+                real = udp.try_sendto
+                udp.try_sendto = lambda data, address: SEND_WOULD_BLOCK  # type: ignore[method-assign]
+                assert transport.send_rtp_nowait(rtp_packet(1))
+                udp.try_sendto = real  # type: ignore[method-assign]
+                assert transport._egress_send is not None
+                assert await client.receive_rtp() == rtp_packet(1)
+                await trio.testing.wait_all_tasks_blocked()
+                assert transport._egress_send is None
+                transport.close()
+                assert received.closed == ["closed"]
+                assert server.stats()["transports"] == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert task_names() == tasks_with_server
+            # Without a server and a queue there is no one to receive and time for it.
+            alone = WebRtcTransport(transport_id="alone", certificate=certificate)
+            with pytest.raises(InvalidStateError, match="run"):
+                alone.start(nursery)
+            nursery.cancel_scope.cancel()
+        assert task_names() == tasks_before

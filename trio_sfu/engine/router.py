@@ -361,7 +361,10 @@ class Router:
         transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
         transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
         transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
-        await nursery.start(transport.run)
+        if options.get("server") is not None:
+            transport.start(nursery)  # on the worker's sockets: no task of its own
+        else:
+            await nursery.start(transport.run)
         if transport.closed:
             raise InvalidStateError(f"transport {transport.id} closed while starting")
         self.transports[transport.id] = entry

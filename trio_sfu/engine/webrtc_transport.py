@@ -133,6 +133,7 @@ class WebRtcTransport:
         "_dtls_state",
         "_early_dtls",
         "_egress_queue_size",
+        "_egress_scope",
         "_egress_send",
         "_enable_tcp",
         "_enable_udp",
@@ -262,6 +263,8 @@ class WebRtcTransport:
         self._udp: UdpListener | None = None
         self._tcp: TcpListener | None = None
         self._nursery: trio.Nursery | None = None
+        #: The running egress task's scope (close() cancels it), else None.
+        self._egress_scope: trio.CancelScope | None = None
         self._egress_queue_size = egress_queue_size
         # The egress queue and its task exist only while packets wait for the socket
         # (see _enqueue): most of the time a transport sends at once and has neither.
@@ -431,6 +434,27 @@ class WebRtcTransport:
         if not started:
             raise InvalidStateError(f"transport {self.id} closed before it started")
 
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start without a task of its own: for a transport on a :class:`WebRtcServer`
+        (which receives for it) with a :class:`TimerQueue` (which fires its timer).
+
+        Synchronous: the candidates are known when it returns. The transport's egress
+        task, while packets wait for the socket, runs in ``nursery`` (the owner's); close()
+        cancels it. Use :meth:`run` otherwise.
+        """
+        if self._server is None or not self._timer.queued:
+            raise InvalidStateError("start() needs a WebRtcServer and a TimerQueue: use run()")
+        if self._started or self.closed:
+            raise InvalidStateError(f"transport {self.id} was already run or closed")
+        self._started = True
+        try:
+            self._use_server(self._server)
+        except BaseException:
+            self._close_now("closed")
+            raise
+        self._nursery = nursery
+        self._timer.reschedule()
+
     def close(self, reason: str = "closed") -> None:
         """Close the transport now: DTLS close_notify (best effort), sockets closed, tasks
         cancelled, ``on_closed(reason)``. Synchronous and idempotent."""
@@ -465,6 +489,9 @@ class WebRtcTransport:
                 self._tcp.close()
         self._timer.cancel()
         self._scope.cancel()
+        self._nursery = None
+        if self._egress_scope is not None:
+            self._egress_scope.cancel()
         if self._egress_send is not None:
             self._egress_send.close()
             self._egress_send = None
@@ -698,25 +725,35 @@ class WebRtcTransport:
         next packet that has to wait opens a new one (and a new task)."""
         receive_nowait = receive.receive_nowait
         ice = self._ice
-        with receive:
-            while True:
-                batch: list[tuple[bytes | bytearray, int]] = []
-                while len(batch) < EGRESS_BATCH:
+        with receive, trio.CancelScope() as scope:
+            self._egress_scope = scope
+            try:
+                while True:
+                    batch: list[tuple[bytes | bytearray, int]] = []
+                    while len(batch) < EGRESS_BATCH:
+                        try:
+                            batch.append(receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    if not batch:
+                        # Nothing waits and no await since the check: nothing is lost.
+                        if self._egress_send is send:
+                            self._egress_send = None
+                        send.close()
+                        return
                     try:
-                        batch.append(receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                if not batch:
-                    # Nothing waits and no await since the check: nothing can be lost.
-                    if self._egress_send is send:
-                        self._egress_send = None
-                    send.close()
-                    return
-                try:
-                    await self._send_batch(batch, ice.selected_address)
-                finally:
-                    # Until now, later packets queued behind these rather than overtake them.
-                    self._queued -= len(batch)
+                        await self._send_batch(batch, ice.selected_address)
+                    finally:
+                        # Until now, later packets queued behind these, not overtaking them.
+                        self._queued -= len(batch)
+            except Exception:
+                # The task may run in the owner's nursery (start()): a bug here closes
+                # this transport, never its owner.
+                logger.exception("transport %s egress crashed", self.id)
+                self._close_now("internal_error")
+            finally:
+                if self._egress_scope is scope:
+                    self._egress_scope = None
 
     async def _send_batch(
         self, batch: list[tuple[bytes | bytearray, int]], address: Address | None
