@@ -686,14 +686,21 @@ def targets(rows: Sequence[dict[str, Any]], cap: dict[str, Any]) -> list[tuple[s
                 p99 is not None and p99 < TARGET_P99_HALF,
             )
         )
-    per = [r["rss_per_consumer_kib"] for r in rows if r["target"] == "sfu"]
-    per = [p for p in per if p is not None]
-    if per:
-        worst = max(per)
+    measured = [r for r in rows if r["target"] == "sfu" and r["rss_per_consumer_kib"] is not None]
+    if measured:
+        worst = max(r["rss_per_consumer_kib"] for r in measured)
+        parts = []
+        for kind, name in (("fanout", "(a)"), ("meeting", "(b)")):
+            of_kind = [r for r in measured if r["kind"] == kind]
+            if of_kind:
+                top = max(of_kind, key=lambda r: r["rss_per_consumer_kib"])
+                parts.append(
+                    f"{name} at most {top['rss_per_consumer_kib']:.1f} ({top['scenario']})"
+                )
         out.append(
             (
                 f"RSS < {TARGET_RSS_PER_CONSUMER // 1024} KiB per consumer",
-                f"{worst:.1f} KiB (largest of all runs)",
+                f"{worst:.1f} KiB, the largest of all runs: {'; '.join(parts)}",
                 worst * 1024 < TARGET_RSS_PER_CONSUMER,
             )
         )
