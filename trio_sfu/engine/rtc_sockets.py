@@ -139,6 +139,30 @@ def is_unspecified(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_unspecified
 
 
+def check_listen_options(
+    what: str,
+    listen_ip: str,
+    announced_ip: str | None,
+    port_range: tuple[int, int],
+    enable_udp: bool,
+    enable_tcp: bool,
+) -> None:
+    """``ValueError`` for listening options ``what`` (a transport, a server) cannot run with."""
+    address_family(listen_ip)  # ValueError for anything but an IP literal
+    if is_unspecified(listen_ip) and not announced_ip:
+        raise ValueError(
+            f"listen_ip {listen_ip} listens on every interface: set announced_ip to the "
+            "address clients can reach, or listen on a specific IP"
+        )
+    if announced_ip is not None:
+        address_family(announced_ip)
+    if not (enable_udp or enable_tcp):
+        raise ValueError(f"a {what} needs UDP, TCP or both enabled")
+    low, high = port_range
+    if not (0 < low <= high <= 0xFFFF):
+        raise ValueError(f"invalid port range {port_range!r}")
+
+
 def _candidate_ports(port_range: tuple[int, int], rng: random.Random, attempts: int) -> list[int]:
     low, high = port_range
     if not (0 < low <= high <= 0xFFFF):

@@ -21,6 +21,7 @@ Run it with ``await nursery.start(server.run)`` before creating transports on it
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
@@ -29,8 +30,7 @@ from trio_sfu.engine.rtc_sockets import (
     Address,
     TcpListener,
     UdpListener,
-    address_family,
-    is_unspecified,
+    check_listen_options,
 )
 from trio_sfu.errors import InvalidStateError
 from trio_sfu.stun import request_ufrag_untrusted
@@ -66,21 +66,11 @@ class WebRtcServer:
         enable_tcp: bool = True,
         max_tcp_connections: int = MAX_TCP_CONNECTIONS,
     ) -> None:
-        address_family(listen_ip)  # ValueError for anything but an IP literal
-        if is_unspecified(listen_ip) and not announced_ip:
-            raise ValueError(
-                f"listen_ip {listen_ip} listens on every interface: set announced_ip to the "
-                "address clients can reach, or listen on a specific IP"
-            )
-        if announced_ip is not None:
-            address_family(announced_ip)
-        if not (enable_udp or enable_tcp):
-            raise ValueError("a WebRtcServer needs UDP, TCP or both enabled")
+        check_listen_options(
+            "WebRtcServer", listen_ip, announced_ip, port_range, enable_udp, enable_tcp
+        )
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"invalid port {port}")
-        low, high = port_range
-        if not (0 < low <= high <= 0xFFFF):
-            raise ValueError(f"invalid port range {port_range!r}")
         self.listen_ip = listen_ip
         self.announced_ip = announced_ip
         self._port = port
@@ -131,10 +121,10 @@ class WebRtcServer:
                 )
             async with trio.open_nursery() as nursery:
                 if self.udp is not None:
-                    await nursery.start(self.udp.serve, self._on_udp)
+                    await nursery.start(self.udp.serve, self._demultiplexer(self._udp_owners))
                 if self.tcp is not None:
                     self.tcp.on_connection_closed = self._on_tcp_closed
-                    await nursery.start(self.tcp.serve, self._on_tcp)
+                    await nursery.start(self.tcp.serve, self._demultiplexer(self._tcp_owners))
                 task_status.started()
         finally:
             self.close()
@@ -209,26 +199,26 @@ class WebRtcServer:
 
     # ---- demultiplexing ----------------------------------------------------------------
 
-    def _on_udp(self, data: bytes, address: Address) -> None:
-        # Runs for every datagram: media from a known tuple takes the first branch.
-        transport = self._udp_owners.get(address)
-        if transport is not None and data and data[0] > 3:
-            try:
-                transport.handle_datagram(data, address)
-            except Exception:
-                self._failed(transport)
-        else:
-            self._route(data, address, transport, self._udp_owners)
+    def _demultiplexer(
+        self, owners: dict[Address, WebRtcTransport]
+    ) -> Callable[[bytes, Address], None]:
+        """The receive handler of one socket; ``owners`` maps its validated addresses."""
+        route = self._route
+        failed = self._failed
 
-    def _on_tcp(self, data: bytes, address: Address) -> None:
-        transport = self._tcp_owners.get(address)
-        if transport is not None and data and data[0] > 3:
-            try:
-                transport.handle_datagram(data, address)
-            except Exception:
-                self._failed(transport)
-        else:
-            self._route(data, address, transport, self._tcp_owners)
+        def demultiplex(data: bytes, address: Address) -> None:
+            # Runs for every datagram or frame: media from a known address takes the
+            # first branch.
+            transport = owners.get(address)
+            if transport is not None and data and data[0] > 3:
+                try:
+                    transport.handle_datagram(data, address)
+                except Exception:
+                    failed(transport)
+            else:
+                route(data, address, transport, owners)
+
+        return demultiplex
 
     def _failed(self, transport: WebRtcTransport) -> None:
         # A bug in one transport (or in its owner's callbacks) must not stop the sockets

@@ -46,8 +46,7 @@ from trio_sfu.engine.rtc_sockets import (
     Address,
     TcpListener,
     UdpListener,
-    address_family,
-    is_unspecified,
+    check_listen_options,
 )
 from trio_sfu.engine.webrtc_server import WebRtcServer
 from trio_sfu.errors import BadPacket, InvalidStateError, UnsupportedError
@@ -202,19 +201,9 @@ class WebRtcTransport:
         timers: TimerQueue | None = None,
         server: WebRtcServer | None = None,
     ) -> None:
-        address_family(listen_ip)  # ValueError for anything but an IP literal
-        if is_unspecified(listen_ip) and not announced_ip:
-            raise ValueError(
-                f"listen_ip {listen_ip} listens on every interface: set announced_ip to the "
-                "address clients can reach, or listen on a specific IP"
-            )
-        if announced_ip is not None:
-            address_family(announced_ip)
-        if not (enable_udp or enable_tcp):
-            raise ValueError("a WebRtcTransport needs UDP, TCP or both enabled")
-        low, high = port_range
-        if not (0 < low <= high <= 0xFFFF):
-            raise ValueError(f"invalid port range {port_range!r}")
+        check_listen_options(
+            "WebRtcTransport", listen_ip, announced_ip, port_range, enable_udp, enable_tcp
+        )
         if egress_queue_size < 1:
             raise ValueError("egress_queue_size must be at least 1")
 
