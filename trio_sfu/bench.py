@@ -723,7 +723,8 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         f"trio {report['machine']['trio']}, pylibsrtp {report['machine']['pylibsrtp']}",
         f"- Server: one process pinned with `taskset -c {report['server_cpu']}` "
         f"(CPUs allowed: {report['server_cpus_allowed']}); load generators pinned to CPU "
-        f"{report['generator_cpu']}, {report['peers_per_process']} peers per process",
+        f"{report['generator_cpu']}, {report['peers_per_process']} peers per process; "
+        "the server runs with its defaults (one RTC port shared by every transport)",
         f"- SRTP profile negotiated: {', '.join(report['srtp_profiles']) or '-'}",
         f"- Window: {report['window']:g} s of measurement after {report['warmup']:g} s of warm-up"
         + (f"; server and generators at niceness {report['nice']}" if report.get("nice") else ""),
@@ -753,7 +754,9 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         "baseline of what the load generators and the kernel add); *RSS/consumer* the "
         "server's RSS growth from idle (after a warm-up peer pair joined, sent media and "
         "left in another meeting) divided by consumers (transports, sessions and "
-        "buffers included); *gen CPU %* the load generators' CPU on their one core (⚠: "
+        "buffers included: in a meeting, each publisher's NACK repair history of its "
+        "forwarded packets is counted once and shared by only P-1 subscribers, which "
+        "dominates at small P); *gen CPU %* the load generators' CPU on their one core (⚠: "
         f"≥ {GENERATOR_BUSY:g} %, the generators may be the bottleneck of that row); *other "
         "load on server core* what else kept the server's core busy during the window (other "
         "processes of this shared machine, and kernel work not charged to the server); "
@@ -832,8 +835,8 @@ def _comparison(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         "",
         *_method_change(before, after),
         "| scenario | fwd pkt/s before → after | server µs/pkt before → after "
-        "| p99 ms before → after | loss % before → after |",
-        "|---|---|---|---|---|",
+        "| p99 ms before → after | loss % before → after | RSS/consumer KiB before → after |",
+        "|---|---|---|---|---|---|",
     ]
     for row in after["rows"]:
         if row["target"] != "sfu":
@@ -847,6 +850,7 @@ def _comparison(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             ("us_per_packet", "{:.1f}"),
             ("p99_ms", "{:.2f}"),
             ("loss", "{:.2f}"),
+            ("rss_per_consumer_kib", "{:.1f}"),
         ):
             cells.append(f"{_fmt(prev.get(key), spec)} → {_fmt(row.get(key), spec)}")
         lines.append(f"| {row['scenario']} | " + " | ".join(cells) + " |")
