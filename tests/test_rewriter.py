@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.rtp.rewriter import SeqTsRewriter, Splicer
+from trio_sfu.rtp.rewriter import SEQ_MAX_AGE, SeqTsRewriter, Splicer
 
 SSRC_A = 0x1111AAAA
 SSRC_B = 0x2222BBBB
@@ -80,9 +80,9 @@ def test_old_packets_refused() -> None:
     r.switch_to(SSRC_A, 0, 0, 0)
     for seq in range(20000):
         assert r.rewrite(seq, seq) == (seq, seq)
-    # 16384 behind the newest is still accepted, one more is not.
-    assert r.rewrite(19999 - 16384, 0) == (19999 - 16384, 0)
-    assert r.rewrite(19999 - 16385, 0) is None
+    # SEQ_MAX_AGE (2048) behind the newest is still accepted, one more is not.
+    assert r.rewrite(19999 - SEQ_MAX_AGE, 0) == (19999 - SEQ_MAX_AGE, 0)
+    assert r.rewrite(19999 - SEQ_MAX_AGE - 1, 0) is None
     # Before the stream's start (even after wrapping around once) is refused too.
     r.switch_to(SSRC_B, 65000, 0, 0)
     assert r.rewrite(64999, 0) is None
@@ -322,3 +322,33 @@ def test_drop_memory_stays_bounded_over_a_long_stream() -> None:
     late = 199_999 - 16383
     assert s.map(late & 0xFFFF) == (late // 2) & 0xFFFF
     assert s.map((199_999 - 16385) & 0xFFFF) is None
+
+
+def test_max_age_bounds_the_window_and_the_drops() -> None:
+    """A temporal-layer filter dropping 3 packets of 4 over a long stream: with a max_age
+    the splicer keeps only the drops of the last max_age values (and an eighth more)."""
+    s = Splicer(16, max_age=1000)
+    s.switch_to(0)
+    sent = 0
+    for n in range(100_000):
+        value = n & 0xFFFF
+        if n % 4:
+            assert s.drop(value)
+        else:
+            assert s.map(value) == sent & 0xFFFF
+            sent += 1
+        assert len(s._drops) <= (1000 + 125) * 3 // 4 + 2
+    newest = 99_999
+    # A late kept value 1000 behind still gets its own number; one 1001 behind is refused.
+    late = newest - 999  # 99_000: a multiple of 4, so it was kept
+    assert late % 4 == 0
+    assert s.map(late & 0xFFFF) == (late // 4) & 0xFFFF
+    assert s.map((newest - 1003) & 0xFFFF) is None  # 98_996, kept, but too old
+    # max_age never exceeds a quarter of the source's range.
+    narrow = Splicer(15, max_age=10_000)
+    narrow.switch_to(0, in_bits=7)
+    for value in range(101):
+        narrow.map(value)
+    assert narrow.map(100 - 32) is not None and narrow.map(100 - 33) is None
+    with pytest.raises(ValueError):
+        Splicer(16, max_age=0)

@@ -24,10 +24,13 @@ Limits, on purpose:
 * Only a value newer than every value seen so far can be dropped with effect. A late
   value dropped after newer ones went out leaves its gap (the newer ones are already on
   the wire); :meth:`Splicer.drop` returns ``False`` then.
-* Values more than a quarter of the counter's range older than the newest one (16384
-  for sequence numbers) are refused (``None``), as are values from before the current
-  source's first value. Nothing that old is worth forwarding, and refusing them keeps
-  the drop bookkeeping bounded.
+* Values more than ``max_age`` older than the newest one are refused (``None``), as are
+  values from before the current source's first value. ``max_age`` is at most a quarter
+  of the counter's range; a consumer's sequence numbers use :data:`SEQ_MAX_AGE` (2048
+  packets: seconds of video, far more than any reordering or NACK repair reaches).
+  Nothing older is worth forwarding, and refusing it keeps the drop bookkeeping small:
+  a temporal-layer filter drops most packets, and each drop inside the window is
+  remembered (8 bytes).
 
 All arithmetic is modular, so every counter wraps around safely. Nothing here reads a
 clock or touches a socket.
@@ -37,7 +40,10 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from typing import final
+from typing import Final, final
+
+#: How far behind the newest sequence number a consumer still forwards a late packet.
+SEQ_MAX_AGE: Final = 2048
 
 _TS_MASK = 0xFFFFFFFF
 _TS_HALF = 0x80000000
@@ -49,10 +55,12 @@ class Splicer:
 
     ``initial`` is the outgoing value of the first source's first value; ``None`` (the
     default) keeps the first source's own numbering. Until the first :meth:`switch_to`
-    every value maps to ``None``.
+    every value maps to ``None``. ``max_age`` bounds how far behind the newest value a
+    late one is still mapped (default, and at most: a quarter of the source's range).
     """
 
     __slots__ = (
+        "_age_limit",
         "_drops",
         "_ext_max",
         "_ext_start",
@@ -67,9 +75,14 @@ class Splicer:
         "_trim_at",
     )
 
-    def __init__(self, bits: int, initial: int | None = None) -> None:
+    def __init__(
+        self, bits: int, initial: int | None = None, *, max_age: int | None = None
+    ) -> None:
         if not 2 <= bits <= 32:
             raise ValueError(f"bits must be in 2..32, not {bits}")
+        if max_age is not None and max_age < 1:
+            raise ValueError(f"max_age must be positive, not {max_age}")
+        self._age_limit = max_age
         self._out_mask = (1 << bits) - 1
         self._initial = None if initial is None else initial & self._out_mask
         self._started = False
@@ -123,7 +136,9 @@ class Splicer:
             self._started = True
         self._in_mask = in_mask
         self._in_half = (in_mask + 1) >> 1
-        self._max_age = (in_mask + 1) >> 2
+        quarter = (in_mask + 1) >> 2
+        limit = self._age_limit
+        self._max_age = quarter if limit is None else min(limit, quarter)
         self._ext_start = first
         self._ext_max = first - 1
         self._in_max = (first - 1) & in_mask
@@ -210,7 +225,7 @@ class SeqTsRewriter:
     __slots__ = ("_initial_ts", "_last_ts", "_seq", "_ssrc", "_ts_offset")
 
     def __init__(self, initial_seq: int | None = None, initial_ts: int | None = None) -> None:
-        self._seq = Splicer(16, initial_seq)
+        self._seq = Splicer(16, initial_seq, max_age=SEQ_MAX_AGE)
         self._initial_ts = None if initial_ts is None else initial_ts & _TS_MASK
         self._ssrc: int | None = None
         self._ts_offset = 0

@@ -33,7 +33,7 @@ for it stay valid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, final
+from typing import Any, Final, NamedTuple, final
 
 import attrs
 
@@ -41,6 +41,9 @@ from trio_sfu.errors import BadPacket
 from trio_sfu.rtp.rewriter import Splicer
 
 Buffer = bytes | bytearray | memoryview
+
+#: How far behind the newest PictureID a late picture is still forwarded (34 s at 30 fps).
+PICTURE_ID_MAX_AGE: Final = 1024
 
 _X = 0x80
 _N = 0x20
@@ -345,7 +348,9 @@ class Vp8Continuity:
     def __init__(
         self, initial_picture_id: int | None = None, initial_tl0picidx: int | None = None
     ) -> None:
-        self._pid = Splicer(15, initial_picture_id)
+        # A late picture more than PICTURE_ID_MAX_AGE behind is not forwarded: that
+        # bounds the drops a temporal-layer filter has to remember.
+        self._pid = Splicer(15, initial_picture_id, max_age=PICTURE_ID_MAX_AGE)
         self._tl0 = Splicer(8, initial_tl0picidx)
         self._has_pid = False
         self._has_tl0 = False
