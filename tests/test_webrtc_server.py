@@ -17,7 +17,7 @@ from tests.transport_helpers import Pair, attach, rtp_packet, task_names
 from trio_sfu.client import open_client_transport
 from trio_sfu.dtls import DtlsCertificate
 from trio_sfu.engine.rtc_sockets import SEND_WOULD_BLOCK
-from trio_sfu.engine.webrtc_server import WebRtcServer
+from trio_sfu.engine.webrtc_server import UNCLAIMED_TCP_TIMEOUT, WebRtcServer
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
 from trio_sfu.errors import InvalidStateError
 from trio_sfu.srtp import SRTP_PROFILES
@@ -112,9 +112,13 @@ async def test_transports_share_one_port_and_each_gets_only_its_own_media(
                 (server_task,) = (t for t in task_names() if t.name.endswith("WebRtcServer.run"))
                 served = sorted(t.name.rsplit(".", 2)[-2] for t in _descendants(server_task))
                 if protocol == "udp":
-                    assert served == ["TcpListener", "UdpListener"]
+                    assert served == ["TcpListener", "UdpListener", "WebRtcServer"]
                 else:  # and a reader and a writer per ICE-TCP connection
-                    assert served == ["TcpConnection"] * 3 + ["TcpListener"] * 4 + ["UdpListener"]
+                    assert served == (
+                        ["TcpConnection"] * 3
+                        + ["TcpListener"] * 4
+                        + ["UdpListener", "WebRtcServer"]
+                    )
 
                 # One transport closes: its tuples are forgotten, the others go on.
                 gone = pairs[0]
@@ -375,3 +379,25 @@ async def test_a_transport_started_without_a_task_of_its_own(certificate: DtlsCe
                 alone.start(nursery)
             nursery.cancel_scope.cancel()
         assert task_names() == tasks_before
+
+
+async def test_an_ice_tcp_connection_no_transport_claims_is_closed(
+    certificate: DtlsCertificate, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(120):
+        server = WebRtcServer()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with open_shared_pairs(nursery, certificate, server, 1, protocol="tcp") as pairs:
+                assert server.tcp_port is not None
+                idle = await trio.open_tcp_stream("127.0.0.1", server.tcp_port)
+                async with idle:
+                    await trio.sleep(UNCLAIMED_TCP_TIMEOUT / 2)
+                    assert server.stats()["tcp_connections"] == 2
+                    with trio.fail_after(UNCLAIMED_TCP_TIMEOUT):
+                        assert await idle.receive_some(100) == b""  # closed by the server
+                assert server.stats()["tcp_unclaimed_closed"] == 1
+                # The claimed connection of the transport stays, and carries media.
+                await exchange_media(pairs[0], rtp=5, rtcp=1)
+                assert server.stats()["tcp_connections"] == 1
+            nursery.cancel_scope.cancel()

@@ -401,6 +401,8 @@ class TcpConnection:
         self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](queue_size)
         self.closed = False
         self.frames_dropped = 0
+        #: When it was accepted (trio's clock).
+        self.opened_at = trio.current_time()
 
     def send_nowait(self, data: bytes) -> bool:
         """Frame ``data`` and queue it; ``False`` (counted) when the queue is full or closed."""

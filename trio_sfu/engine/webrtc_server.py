@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 #: ICE-TCP connections open at once on the shared listener (over every transport).
 MAX_TCP_CONNECTIONS: Final = 4096
+#: Seconds an ICE-TCP connection may stay open before a transport claims it (its ICE
+#: validated a check on it); then it is closed, so idle connections cannot fill the
+#: listener. Checked every half of it.
+UNCLAIMED_TCP_TIMEOUT: Final = 10.0
 
 
 @final
@@ -92,6 +96,9 @@ class WebRtcServer:
         self._owned = {}
         #: Datagrams and frames no transport claimed.
         self.dropped_unknown = 0
+        #: ICE-TCP connections closed because no transport claimed them in time.
+        self.tcp_unclaimed_closed = 0
+        self._sweep_scope = trio.CancelScope()
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -125,9 +132,23 @@ class WebRtcServer:
                 if self.tcp is not None:
                     self.tcp.on_connection_closed = self._on_tcp_closed
                     await nursery.start(self.tcp.serve, self._demultiplexer(self._tcp_owners))
+                    nursery.start_soon(self._close_unclaimed_tcp, self.tcp)
                 task_status.started()
         finally:
             self.close()
+
+    async def _close_unclaimed_tcp(self, tcp: TcpListener) -> None:
+        with self._sweep_scope:  # close() ends it
+            while True:
+                await trio.sleep(UNCLAIMED_TCP_TIMEOUT / 2)
+                self._sweep(tcp)
+
+    def _sweep(self, tcp: TcpListener) -> None:
+        too_old = trio.current_time() - UNCLAIMED_TCP_TIMEOUT
+        for address, connection in list(tcp.connections.items()):
+            if address not in self._tcp_owners and connection.opened_at <= too_old:
+                self.tcp_unclaimed_closed += 1
+                connection.close()
 
     def close(self) -> None:
         """Close both sockets now (every ICE-TCP connection with them). Idempotent; the
@@ -136,6 +157,7 @@ class WebRtcServer:
         if self.closed:
             return
         self.closed = True
+        self._sweep_scope.cancel()
         if self.udp is not None:
             self.udp.close()
         if self.tcp is not None:
@@ -159,6 +181,7 @@ class WebRtcServer:
             "send_errors": udp.send_errors if udp is not None else 0,
             "tcp_frames_dropped": tcp.frames_dropped if tcp is not None else 0,
             "tcp_connections_refused": tcp.connections_refused if tcp is not None else 0,
+            "tcp_unclaimed_closed": self.tcp_unclaimed_closed,
         }
 
     # ---- transports --------------------------------------------------------------------
