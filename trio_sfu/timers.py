@@ -186,7 +186,6 @@ class TimerQueue:
         asked for. An exception from a timer goes to its ``on_error`` (without one, it
         propagates and ends the queue).
         """
-        heap = self._heap
         due = self._due
         while True:
             try:

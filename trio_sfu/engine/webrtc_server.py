@@ -20,7 +20,6 @@ Run it with ``await nursery.start(server.run)`` before creating transports on it
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from trio_sfu.engine.webrtc_transport import WebRtcTransport
 
 __all__ = ["MAX_TCP_CONNECTIONS", "WebRtcServer"]
-
-logger = logging.getLogger(__name__)
 
 #: ICE-TCP connections open at once on the shared listener (over every transport).
 MAX_TCP_CONNECTIONS: Final = 4096
@@ -77,7 +74,6 @@ class WebRtcServer:
             raise ValueError(f"invalid port {port}")
         self.listen_ip = listen_ip
         self.announced_ip = announced_ip
-        self._port = port
         self._port_range = port_range if port == 0 else (port, port)
         self._enable_udp = enable_udp
         self._enable_tcp = enable_tcp
@@ -227,7 +223,6 @@ class WebRtcServer:
     ) -> Callable[[bytes, Address], None]:
         """The receive handler of one socket; ``owners`` maps its validated addresses."""
         route = self._route
-        failed = self._failed
 
         def demultiplex(data: bytes, address: Address) -> None:
             # Runs for every datagram or frame: media from a known address takes the
@@ -237,17 +232,11 @@ class WebRtcServer:
                 try:
                     transport.handle_datagram(data, address)
                 except Exception:
-                    failed(transport)
+                    transport.crashed("receive")
             else:
                 route(data, address, transport, owners)
 
         return demultiplex
-
-    def _failed(self, transport: WebRtcTransport) -> None:
-        # A bug in one transport (or in its owner's callbacks) must not stop the sockets
-        # every other transport uses: log it and close that transport only.
-        logger.exception("transport %s crashed", transport.id)
-        transport.close("internal_error")
 
     def _route(
         self,
@@ -270,7 +259,7 @@ class WebRtcServer:
         try:
             transport.handle_datagram(data, address)
         except Exception:
-            self._failed(transport)
+            transport.crashed("receive")
             return
         if transport is not owner and not transport.closed and transport.is_validated(address):
             # ICE validated the address for this transport: the rest from it goes there.
@@ -285,4 +274,4 @@ class WebRtcServer:
             try:
                 transport.tcp_connection_closed(address)
             except Exception:
-                self._failed(transport)
+                transport.crashed("receive")

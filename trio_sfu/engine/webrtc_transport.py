@@ -245,7 +245,9 @@ class WebRtcTransport:
         self._timer = (
             DeadlineTimer(self._next_deadline, self._on_timer)
             if timers is None
-            else timers.timer(self._next_deadline, self._on_timer, on_error=self._timer_failed)
+            else timers.timer(
+                self._next_deadline, self._on_timer, on_error=lambda exc: self.crashed("timer")
+            )
         )
         #: The worker's shared sockets, if it has them; else the transport binds its own.
         self._server = server
@@ -414,9 +416,7 @@ class WebRtcTransport:
                 raise
             if not started or not isinstance(exc, Exception):
                 raise  # a start-up error (e.g. no free port) belongs to the caller
-            # A bug in a transport must not take its Router down: log it, close, tell the owner.
-            logger.exception("transport %s crashed", self.id)
-            self._close_now("internal_error")
+            self.crashed("tasks")
         finally:
             self._nursery = None
             self._close_now("closed")
@@ -736,10 +736,8 @@ class WebRtcTransport:
                         # Until now, later packets queued behind these, not overtaking them.
                         self._queued -= len(batch)
             except Exception:
-                # The task may run in the owner's nursery (start()): a bug here closes
-                # this transport, never its owner.
-                logger.exception("transport %s egress crashed", self.id)
-                self._close_now("internal_error")
+                # The task may run in the owner's nursery (start()).
+                self.crashed("egress")
             finally:
                 if self._egress_scope is scope:
                     self._egress_scope = None
@@ -981,9 +979,12 @@ class WebRtcTransport:
             self.packets_out += 1
             self.bytes_out += len(data)
 
-    def _timer_failed(self, exc: Exception) -> None:
-        # A bug in a transport must not take its Router's timers down: log it and close.
-        logger.error("transport %s timer failed", self.id, exc_info=exc)
+    def crashed(self, part: str) -> None:
+        """The exception being handled is a bug in this transport's ``part`` (or in its
+        owner's callbacks): log it and close the transport with ``internal_error``. A bug
+        in one transport never takes down its owner, nor the sockets and timers it shares
+        with other transports."""
+        logger.exception("transport %s crashed (%s)", self.id, part)
         self._close_now("internal_error")
 
     def is_validated(self, address: Address) -> bool:
