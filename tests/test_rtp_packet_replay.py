@@ -51,6 +51,23 @@ def test_replay_of_a_known_layout_gives_the_walks_bytes() -> None:
     assert len(rewriter._plans) == 1
 
 
+def test_replay_of_a_block_whose_elements_all_go() -> None:
+    # A pipe's packets: nothing of the publisher's leg is forwarded, the block goes.
+    rewriter = ExtensionRewriter({7: 7}, None)
+    first = rewriter.rewrite_untrusted(PACKET)
+    assert first == h("80 60 0001 00000002 11223344  dead")
+    second = bytearray(PACKET)
+    second[2:4] = b"\x00\x02"
+    second[17] = 0x32  # mid's value
+    second[19:22] = h("010203")
+    assert rewriter.rewrite_untrusted(bytes(second)) == h("80 60 0002 00000002 11223344  dead")
+    assert len(rewriter._plans) == 1
+    # Another layout (mid is id 5 now) is walked, and planned too.
+    second[16] = 0x50
+    assert rewriter.rewrite_untrusted(bytes(second)) == h("80 60 0002 00000002 11223344  dead")
+    assert len(rewriter._plans) == 2
+
+
 def test_replay_refuses_what_the_walk_refuses() -> None:
     rewriter = ExtensionRewriter({2: 5}, None)
     rewriter.rewrite_untrusted(PACKET)

@@ -15,19 +15,19 @@ Every method raises :class:`~trio_sfu.errors.SfuError` subclasses for refusals
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Callable, Collection
+from typing import Any, Literal, Protocol
 
 import attrs
 
-if TYPE_CHECKING:
-    from trio_sfu.ortc.types import (
-        DtlsParameters,
-        IceCandidate,
-        IceParameters,
-        RtpCapabilities,
-        RtpParameters,
-    )
+# Imported at run time: the worker channel structures these classes' fields.
+from trio_sfu.ortc.types import (
+    DtlsParameters,
+    IceCandidate,
+    IceParameters,
+    RtpCapabilities,
+    RtpParameters,
+)
 
 Kind = Literal["audio", "video"]
 ConsumerType = Literal["simple", "simulcast"]
@@ -104,8 +104,18 @@ class ActiveSpeaker:
     volume: float
 
 
+@attrs.frozen
+class RouterClosed:
+    """A router ended without being asked: its worker process died (``worker_died``).
+    Everything in it is gone; the owner should close its meeting."""
+
+    router_id: str
+    reason: str
+
+
 EngineEvent = (
-    TransportClosed
+    RouterClosed
+    | TransportClosed
     | ConsumerClosed
     | ConsumerProducerPaused
     | ConsumerLayersChanged
@@ -118,8 +128,19 @@ EventCallback = Callable[[EngineEvent], None]
 class MediaEngine(Protocol):
     """What signaling may ask of the media engine. All ids are opaque strings."""
 
-    async def create_router(self, on_event: EventCallback) -> str:
-        """Open a router (its nursery starts now); returns its id."""
+    async def create_router(self, on_event: EventCallback, *, avoid: Collection[str] = ()) -> str:
+        """Open a router (its nursery starts now) on the least-loaded worker; returns its
+        id. ``avoid``: routers whose workers must not be picked (to spread one meeting over
+        several workers); LimitExceededError when every worker holds one of them."""
+
+    def router_overloaded(self, router_id: str) -> bool:
+        """Whether the worker of ``router_id`` is past its load threshold while another
+        worker is not: new peers of its meeting should go to a router elsewhere."""
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """One entry per worker (process) for the admin API and the metrics: ``index``,
+        ``pid``, ``routers``, ``transports``, ``producers``, ``consumers``,
+        ``packetsPerSecond``, ``cpuPercent``, ``restarts``, ..."""
 
     async def close_router(self, router_id: str) -> None:
         """Close the router and everything in it. Idempotent."""
@@ -152,7 +173,7 @@ class MediaEngine(Protocol):
     async def pause_producer(self, producer_id: str) -> None: ...
     async def resume_producer(self, producer_id: str) -> None: ...
 
-    def can_consume(
+    async def can_consume(
         self, router_id: str, producer_id: str, rtp_capabilities: RtpCapabilities
     ) -> bool: ...
 
@@ -182,3 +203,64 @@ class MediaEngine(Protocol):
 
     def dump(self) -> dict[str, Any]:
         """Every router with its transports, producers and consumers (for leak checks)."""
+
+    # ---- pipes between routers (mediasoup's PipeTransport and pipeToRouter) ----------
+    #
+    # The primitives work on this engine's routers only; pipe_to_router() uses them on
+    # both routers (through whichever engine holds each). close_transport, close_producer,
+    # pause_producer, resume_producer, get_stats and dump work on pipe transports, pipe
+    # producers and pipe consumers too. A pipe producer has the id of the producer it
+    # copies; where one engine holds several producers of that id (the original and its
+    # copies in other routers), close/pause/resume_producer act on all of them (the
+    # copies follow the original anyway) and get_stats reports the original.
+
+    async def create_pipe_transport(self, router_id: str) -> PipeTransportInfo:
+        """A pipe transport in the router: one UDP socket (RTP and RTCP) on the worker's
+        listen IP (loopback when that is 0.0.0.0 / ::), on a free port of its RTC range;
+        plain RTP, no ICE/DTLS/SRTP."""
+
+    async def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None:
+        """The other end's address. Raises InvalidStateError when connected twice."""
+
+    async def pipe_consume(self, transport_id: str, producer_id: str) -> PipeConsumerInfo:
+        """A pipe consumer of a producer of the pipe transport's router: every stream of
+        the producer goes over the pipe. Its ``rtp_parameters`` make the pipe producer."""
+
+    async def pipe_produce(
+        self,
+        transport_id: str,
+        producer_id: str,
+        kind: Kind,
+        rtp_parameters: RtpParameters,
+        *,
+        paused: bool = False,
+    ) -> None:
+        """A pipe producer with id ``producer_id`` from a pipe consumer's parameters.
+        Raises InvalidStateError when the router holds a producer of that id already."""
+
+    async def pipe_to_router(self, producer_id: str, *, from_router: str, to_router: str) -> None:
+        """Make producer ``producer_id`` of router ``from_router`` consumable on router
+        ``to_router`` (same id). Idempotent: a producer is piped once per destination;
+        concurrent calls wait for the first. Pause, resume and close of the producer
+        follow on the destination; closing either router closes the other's pipe
+        producers (their consumers get ``ConsumerClosed``)."""
+
+
+@attrs.frozen
+class PipeTransportInfo:
+    """Where a pipe transport receives: the other end connects to ``ip`` / ``port``."""
+
+    transport_id: str
+    ip: str
+    port: int
+
+
+@attrs.frozen
+class PipeConsumerInfo:
+    """A pipe consumer, and the parameters the pipe producer on the other end takes."""
+
+    consumer_id: str
+    producer_id: str
+    kind: Kind
+    rtp_parameters: RtpParameters
+    producer_paused: bool

@@ -1,13 +1,20 @@
 """Router: the media plane of one meeting.
 
 A router is a Trio nursery (its :meth:`Router.run` task) that owns the meeting's
-WebRtcTransports, their Producers and Consumers, and one RTCP task. The maps from id to
-object live here, never in a global. ``close()`` is synchronous and idempotent: it closes
-every transport (their sockets at once), producers and consumers, then cancels the nursery.
+WebRtcTransports and PipeTransports, their Producers and Consumers, and one RTCP task. The
+maps from id to object live here, never in a global. ``close()`` is synchronous and
+idempotent: it closes every transport (their sockets at once), producers and consumers,
+then cancels the nursery.
 
 The packet path runs in the transports' receive loops:
 ``send transport -> on_rtp -> RtpListener (by SSRC, else MID/RID) -> Producer ->
 Consumer -> receiving transport's egress channel``.
+
+Pipes (mediasoup's ``pipeToRouter``, orchestrated by :mod:`trio_sfu.engine.pipe`): a
+:class:`~trio_sfu.engine.pipe_transport.PipeTransport` takes the place of a WebRtcTransport
+in the same bookkeeping; a :class:`~trio_sfu.engine.consumer.PipeConsumer` on it sends every
+stream of a producer to another router, where :meth:`Router.pipe_produce` makes a producer
+with the same id that its consumers consume like any other.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from trio_sfu.engine.api import (
     ConsumerProducerPaused,
     EventCallback,
     NetworkQuality,
+    PipeConsumerInfo,
+    PipeTransportInfo,
     TransportClosed,
     TransportInfo,
 )
 from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
-from trio_sfu.engine.consumer import Consumer
+from trio_sfu.engine.consumer import Consumer, PipeConsumer
 from trio_sfu.engine.layers import (
     LossPolicy,
     PolicySettings,
@@ -43,7 +52,9 @@ from trio_sfu.engine.layers import (
     layer_options,
     network_quality,
 )
+from trio_sfu.engine.pipe_transport import PipeTransport
 from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
+from trio_sfu.engine.rtc_sockets import is_unspecified
 from trio_sfu.engine.speaker import ActiveSpeakerDetector
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
 from trio_sfu.errors import BadPacket, InvalidStateError, NotFoundError, UnsupportedError
@@ -104,8 +115,16 @@ PROBE_DURATION = 0.2
 REMB_DECREASE_PER_SECOND = 0.5
 
 
-def new_id() -> str:
-    return secrets.token_hex(8)
+#: What the router's transport bookkeeping holds: the two kinds share what the router uses
+#: (``on_rtp``, ``on_rtcp``, ``on_closed``, ``send_rtp_nowait``, ``send_rtcp_nowait``,
+#: ``stats()``, ``close()``, ``id``, ``closed``).
+AnyTransport = WebRtcTransport | PipeTransport
+
+
+def new_id(prefix: str = "") -> str:
+    """A fresh entity id. A worker process puts its own ``prefix`` in front, so that the
+    signaling side can tell from an id alone which worker holds the entity."""
+    return prefix + secrets.token_hex(8)
 
 
 @final
@@ -214,7 +233,7 @@ class _TransportEntry:
         "uplink_prior",
     )
 
-    def __init__(self, transport: WebRtcTransport) -> None:
+    def __init__(self, transport: AnyTransport) -> None:
         self.transport = transport
         self.listener = RtpListener()
         self.producers: dict[str, Producer] = {}
@@ -252,7 +271,7 @@ def new_media_counters() -> dict[str, int]:
     return dict.fromkeys(MEDIA_COUNTERS, 0)
 
 
-def add_transport_counters(into: dict[str, int], transport: WebRtcTransport) -> None:
+def add_transport_counters(into: dict[str, int], transport: AnyTransport) -> None:
     """Add one transport's traffic (and every packet it dropped) to ``into``."""
     stats = transport.stats()
     for key in ("packets_in", "packets_out", "bytes_in", "bytes_out"):
@@ -276,8 +295,11 @@ class Router:
         policy: PolicySettings | None = None,
         feedback_interval: float = FEEDBACK_INTERVAL,
         retired_counters: dict[str, int] | None = None,
+        id_prefix: str = "",
     ) -> None:
         self.id = router_id
+        #: Put in front of every transport, producer and consumer id (see :func:`new_id`).
+        self.id_prefix = id_prefix
         #: Where a closing transport leaves its traffic counters (the worker's totals).
         self.retired_counters = (
             retired_counters if retired_counters is not None else new_media_counters()
@@ -351,7 +373,7 @@ class Router:
             options["enable_udp"] = False
             options["enable_tcp"] = True
         transport = WebRtcTransport(
-            transport_id=new_id(),
+            transport_id=new_id(self.id_prefix),
             certificate=self._certificate,
             app_data=app_data,
             timers=self._timers,
@@ -375,17 +397,71 @@ class Router:
             dtls_parameters=transport.dtls_parameters,
         )
 
+    async def create_pipe_transport(
+        self, *, app_data: dict[str, Any] | None = None
+    ) -> PipeTransportInfo:
+        """A pipe transport on the worker's listen IP (loopback when that is 0.0.0.0 / ::),
+        on a free port of its RTC range.
+
+        Its receive task runs in the router's nursery; the router closes it (and it
+        closes with the router). Cancellation: a cancelled call leaves no transport.
+        """
+        nursery = self._nursery_or_fail()
+        options = self._transport_options
+        listen_ip = options.get("listen_ip", "127.0.0.1")
+        if is_unspecified(listen_ip):
+            # Every interface: the pipe takes loopback (an announced public address may
+            # not be where the other end's datagrams come from).
+            listen_ip = "::1" if ":" in listen_ip else "127.0.0.1"
+        transport = PipeTransport(
+            transport_id=new_id(self.id_prefix),
+            listen_ip=listen_ip,
+            port_range=options.get("port_range", (40000, 49999)),
+            app_data=app_data,
+        )
+        entry = _TransportEntry(transport)
+        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
+        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
+        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
+        try:
+            await nursery.start(transport.run)
+        except BaseException:
+            transport.close()  # no free port, or cancelled: nothing stays bound
+            raise
+        if transport.closed:
+            raise InvalidStateError(f"pipe transport {transport.id} closed while starting")
+        self.transports[transport.id] = entry
+        return PipeTransportInfo(transport_id=transport.id, ip=transport.ip, port=transport.port)
+
+    def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None:
+        """Where the other end of the pipe is (InvalidStateError the second time)."""
+        transport = self._pipe_entry(transport_id).transport
+        assert isinstance(transport, PipeTransport)
+        transport.connect(ip, port)
+
     def _entry(self, transport_id: str) -> _TransportEntry:
         entry = self.transports.get(transport_id)
         if entry is None:
             raise NotFoundError(f"transport {transport_id!r} not found")
         return entry
 
+    def _webrtc_transport(self, transport_id: str) -> WebRtcTransport:
+        transport = self._entry(transport_id).transport
+        if not isinstance(transport, WebRtcTransport):
+            raise UnsupportedError(f"transport {transport_id!r} is a pipe transport")
+        return transport
+
+    def _pipe_entry(self, transport_id: str) -> _TransportEntry:
+        entry = self._entry(transport_id)
+        if not isinstance(entry.transport, PipeTransport):
+            raise UnsupportedError(f"transport {transport_id!r} is not a pipe transport")
+        return entry
+
     def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
-        self._entry(transport_id).transport.connect(dtls_parameters)
+        self._webrtc_transport(transport_id).connect(dtls_parameters)
 
     def restart_ice(self, transport_id: str) -> IceParameters:
-        return self._entry(transport_id).transport.restart_ice()
+        return self._webrtc_transport(transport_id).restart_ice()
 
     def close_transport(self, transport_id: str) -> None:
         if transport_id in self.transports:
@@ -417,6 +493,39 @@ class Router:
         paused: bool = False,
     ) -> str:
         entry = self._entry(transport_id)
+        if isinstance(entry.transport, PipeTransport):
+            raise UnsupportedError(f"transport {transport_id!r} is a pipe transport")
+        return self._produce(
+            entry, new_id(self.id_prefix), kind, rtp_parameters, paused=paused, pipe=False
+        )
+
+    def pipe_produce(
+        self,
+        transport_id: str,
+        producer_id: str,
+        kind: MediaKind,
+        rtp_parameters: RtpParameters,
+        *,
+        paused: bool = False,
+    ) -> None:
+        """The pipe producer of another router's producer ``producer_id``, made from the
+        parameters its pipe consumer announced (:meth:`pipe_consume`). Raises
+        InvalidStateError when this router holds a producer of that id already."""
+        entry = self._pipe_entry(transport_id)
+        if producer_id in self.producers:
+            raise InvalidStateError(f"producer {producer_id!r} is in router {self.id} already")
+        self._produce(entry, producer_id, kind, rtp_parameters, paused=paused, pipe=True)
+
+    def _produce(
+        self,
+        entry: _TransportEntry,
+        producer_id: str,
+        kind: MediaKind,
+        rtp_parameters: RtpParameters,
+        *,
+        paused: bool,
+        pipe: bool,
+    ) -> str:
         mapping = negotiation.get_producer_rtp_mapping(
             rtp_parameters, self.rtp_capabilities, kind=kind
         )
@@ -429,15 +538,17 @@ class Router:
         mid = rtp_parameters.mid
         if mid is not None and any(p.rtp_parameters.mid == mid for p in entry.producers.values()):
             raise UnsupportedError(f"rtpParameters.mid: mid {mid!r} is already in use")
-        entry.cname = negotiation.pick_transport_cname(entry.cname, rtp_parameters)
-        rtp_parameters = negotiation.fill_cname(rtp_parameters, entry.cname)
+        if not pipe:
+            # One endpoint, one CNAME; a pipe carries many endpoints' producers.
+            entry.cname = negotiation.pick_transport_cname(entry.cname, rtp_parameters)
+            rtp_parameters = negotiation.fill_cname(rtp_parameters, entry.cname)
         consumable = negotiation.get_consumable_rtp_parameters(
             kind, rtp_parameters, self.rtp_capabilities, mapping
         )
         transport = entry.transport
         producer = Producer(
-            producer_id=new_id(),
-            transport_id=transport_id,
+            producer_id=producer_id,
+            transport_id=entry.transport.id,
             kind=kind,
             rtp_parameters=rtp_parameters,
             consumable_rtp_parameters=consumable,
@@ -518,6 +629,8 @@ class Router:
         paused: bool = True,
     ) -> ConsumerInfo:
         entry = self._entry(transport_id)
+        if isinstance(entry.transport, PipeTransport):
+            raise UnsupportedError(f"transport {transport_id!r} is a pipe transport")
         producer = self._producer(producer_id)
         if not negotiation.can_consume(producer.consumable_rtp_parameters, rtp_capabilities):
             raise UnsupportedError(
@@ -530,7 +643,7 @@ class Router:
         )
         now = trio.current_time()
         consumer = Consumer(
-            consumer_id=new_id(),
+            consumer_id=new_id(self.id_prefix),
             producer=producer,
             transport_id=transport_id,
             rtp_parameters=rtp_parameters,
@@ -560,6 +673,44 @@ class Router:
             producer_paused=producer.paused,
         )
 
+    def pipe_consume(self, transport_id: str, producer_id: str) -> PipeConsumerInfo:
+        """A pipe consumer of ``producer_id`` on pipe transport ``transport_id``: every
+        stream of the producer goes to the other end, which makes the pipe producer from
+        the returned parameters. Raises InvalidStateError when the producer is piped on
+        this transport already."""
+        entry = self._pipe_entry(transport_id)
+        producer = self._producer(producer_id)
+        rtp_parameters = negotiation.get_pipe_consumer_rtp_parameters(
+            producer.consumable_rtp_parameters
+        )
+        if any(encoding.ssrc in entry.consumers_by_ssrc for encoding in rtp_parameters.encodings):
+            raise InvalidStateError(
+                f"producer {producer_id!r} is piped on transport {transport_id!r} already"
+            )
+        now = trio.current_time()
+        consumer = PipeConsumer(
+            consumer_id=new_id(self.id_prefix),
+            producer=producer,
+            transport_id=transport_id,
+            rtp_parameters=rtp_parameters,
+            send_rtp=entry.transport.send_rtp_nowait,
+            now=now,
+        )
+        producer.consumers.add(consumer)
+        entry.consumers[consumer.id] = consumer
+        for ssrc in consumer.stream_ssrcs:
+            entry.consumers_by_ssrc[ssrc] = consumer
+        self.consumers[consumer.id] = consumer
+        entry.planned = False
+        consumer.start(now)
+        return PipeConsumerInfo(
+            consumer_id=consumer.id,
+            producer_id=producer.id,
+            kind=producer.kind,
+            rtp_parameters=rtp_parameters,
+            producer_paused=producer.paused,
+        )
+
     def _consumer(self, consumer_id: str) -> Consumer:
         consumer = self.consumers.get(consumer_id)
         if consumer is None:
@@ -581,6 +732,9 @@ class Router:
         if entry is not None:
             entry.consumers.pop(consumer.id, None)
             entry.consumers_by_ssrc.pop(consumer.ssrc, None)
+            if isinstance(consumer, PipeConsumer):
+                for ssrc in consumer.stream_ssrcs:
+                    entry.consumers_by_ssrc.pop(ssrc, None)
             entry.policies.pop(consumer.id, None)
             entry.planned = False
         if reason is not None and not self.closed:
@@ -678,12 +832,12 @@ class Router:
             elif isinstance(packet, Pli):
                 consumer = entry.consumers_by_ssrc.get(packet.media_ssrc)
                 if consumer is not None:
-                    consumer.request_keyframe(now)
+                    consumer.request_keyframe(now, packet.media_ssrc)
             elif isinstance(packet, Fir):
                 for ssrc, _seq in packet.entries:
                     consumer = entry.consumers_by_ssrc.get(ssrc)
                     if consumer is not None:
-                        consumer.request_keyframe(now)
+                        consumer.request_keyframe(now, ssrc)
 
     def _on_sender_report(self, entry: _TransportEntry, report: SenderReport, now: float) -> None:
         found = entry.listener.ssrc_table.get(report.ssrc)
@@ -737,6 +891,11 @@ class Router:
         chunks = []
         for consumer in entry.consumers.values():
             if consumer.packets_sent == 0:
+                continue
+            if isinstance(consumer, PipeConsumer):
+                for report in consumer.sender_reports(ntp, now):
+                    packets.append(report)
+                    chunks.append(SdesChunk.with_cname(report.ssrc, consumer.cname))
                 continue
             packets.append(
                 SenderReport(
@@ -1043,17 +1202,28 @@ class Router:
             "transportIds": sorted(self.transports),
             "producerIds": sorted(self.producers),
             "consumerIds": sorted(self.consumers),
-            "transports": [
-                {
-                    "id": tid,
-                    "producerIds": sorted(e.producers),
-                    "consumerIds": sorted(e.consumers),
-                    "iceState": e.transport.ice_state,
-                    "dtlsState": e.transport.dtls_state,
-                }
-                for tid, e in self.transports.items()
-            ],
+            "transports": [_dump_transport(tid, e) for tid, e in self.transports.items()],
         }
+
+
+def _dump_transport(transport_id: str, entry: _TransportEntry) -> dict[str, Any]:
+    transport = entry.transport
+    out: dict[str, Any] = {
+        "id": transport_id,
+        "producerIds": sorted(entry.producers),
+        "consumerIds": sorted(entry.consumers),
+    }
+    if isinstance(transport, PipeTransport):
+        out["type"] = "pipe"
+        out["tuple"] = {
+            "localIp": transport.ip,
+            "localPort": transport.port,
+            "remote": list(transport.remote_address) if transport.remote_address else None,
+        }
+    else:
+        out["iceState"] = transport.ice_state
+        out["dtlsState"] = transport.dtls_state
+    return out
 
 
 #: Bitrates assumed for streams not measured yet, by simulcast index (bps).

@@ -258,7 +258,7 @@ class UdpListener:
     ) -> UdpListener:
         return cls(bind_in_range(ip, stdlib_socket.SOCK_DGRAM, port_range, rng=rng))
 
-    def sendto_nowait(self, data: bytes, address: Address) -> bool:
+    def sendto_nowait(self, data: bytes | bytearray, address: Address) -> bool:
         """Send one datagram if the kernel takes it now; ``False`` (counted) otherwise."""
         try:
             self._sock.sendto(data, address)

@@ -11,7 +11,10 @@ routers are tasks in the worker's nursery, transports tasks in their router's.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import os
+import resource
+import time
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
@@ -25,13 +28,17 @@ from trio_sfu.engine.api import (
     EngineEvent,
     EventCallback,
     Kind,
+    PipeConsumerInfo,
+    PipeTransportInfo,
     TransportClosed,
     TransportInfo,
 )
 from trio_sfu.engine.layers import PolicySettings
+from trio_sfu.engine.load import LoadMeter
+from trio_sfu.engine.pipe import RouterPipes
 from trio_sfu.engine.router import Router, add_transport_counters, new_id, new_media_counters
 from trio_sfu.engine.webrtc_server import WebRtcServer
-from trio_sfu.errors import InvalidStateError, NotFoundError
+from trio_sfu.errors import InvalidStateError, LimitExceededError, NotFoundError
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
     DtlsParameters,
@@ -71,6 +78,9 @@ class WorkerSettings:
     #: Seconds between NACK / transport-cc feedback rounds and bandwidth re-planning.
     feedback_interval: float = 0.05
     media_codecs: Sequence[RtpCodecCapability] | None = None
+    #: Put in front of every id this worker makes (a worker process's tag; see
+    #: :func:`~trio_sfu.engine.router.new_id`).
+    id_prefix: str = ""
 
 
 #: Seconds between two checks whether freed memory should go back to the system.
@@ -89,6 +99,11 @@ class Worker:
     ``TransportClosed`` event, at the end of its cascade), and when a lookup misses. So
     whenever a call returns or a transport's close has cascaded, the index holds exactly
     the live entities; lookups cost one dict access, not a scan of every router.
+
+    Pipe producers (:meth:`pipe_produce`) share the id of the producer they copy, so one
+    id may name producers in several routers here: the original's router is in the index
+    as usual, the routers holding copies are in ``_copies``. Producer calls act on all of
+    them (the copies follow the original anyway).
     """
 
     def __init__(self, settings: WorkerSettings | None = None) -> None:
@@ -101,14 +116,21 @@ class Worker:
         self._routers: dict[str, Router] = {}
         #: Transport, producer and consumer id -> the router that holds it.
         self._index: dict[str, Router] = {}
-        #: The ids in ``_index``, per router id (a key for every router in ``_routers``).
+        #: Pipe producer id -> router id -> the router holding that copy (the original
+        #: producer, if in this worker, is in ``_index``).
+        self._copies: dict[str, dict[str, Router]] = {}
+        #: The ids of ``_index`` and ``_copies``, per router id (a key for every router in
+        #: ``_routers``).
         self._indexed: dict[str, set[str]] = {}
         #: Traffic of transports that closed; live ones are added at dump time.
         self._retired_counters = new_media_counters()
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._meter = LoadMeter()
         #: The shared RTC sockets (``settings.rtc_port``), while running.
         self.webrtc_server: WebRtcServer | None = None
+        #: Pipes between this worker's routers (:meth:`pipe_to_router`), while running.
+        self.pipes: RouterPipes | None = None
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -135,6 +157,7 @@ class Worker:
                         server.tcp_port,
                     )
                 self._nursery = nursery
+                self.pipes = RouterPipes(lambda router_id: self, nursery)
                 task_status.started()
                 while True:
                     await trio.sleep(MEMORY_TRIM_INTERVAL)
@@ -149,7 +172,9 @@ class Worker:
             router.close()
         self._routers.clear()
         self._index.clear()
+        self._copies.clear()
         self._indexed.clear()
+        self.pipes = None  # its links went with the routers
         if self.webrtc_server is not None:
             self.webrtc_server.close()  # after the routers: their goodbyes use its sockets
 
@@ -171,11 +196,28 @@ class Worker:
 
     # ---- the index ---------------------------------------------------------------------
 
-    def _remember(self, router: Router, entity_id: str) -> None:
+    def _remember(self, router: Router, entity_id: str, *, copy: bool = False) -> None:
+        """Index a new entity of ``router``; ``copy``: a pipe producer (an id that may be
+        in other routers too)."""
         ids = self._indexed.get(router.id)
         if ids is not None:  # else the router went while the entity was being created
             ids.add(entity_id)
-            self._index[entity_id] = router
+            if copy:
+                self._copies.setdefault(entity_id, {})[router.id] = router
+            else:
+                self._index[entity_id] = router
+
+    def _unindex(self, router_id: str, entity_id: str) -> None:
+        """Drop ``entity_id`` of router ``router_id`` from ``_index`` or ``_copies``."""
+        router = self._index.get(entity_id)
+        if router is not None and router.id == router_id:
+            del self._index[entity_id]
+            return
+        copies = self._copies.get(entity_id)
+        if copies is not None:
+            copies.pop(router_id, None)
+            if not copies:
+                del self._copies[entity_id]
 
     def _prune(self, router: Router) -> None:
         """Forget the router's ids that its tables no longer hold (closed, or closed by a
@@ -196,26 +238,48 @@ class Worker:
         ]
         ids.difference_update(gone)
         for entity_id in gone:
-            del self._index[entity_id]
+            self._unindex(router.id, entity_id)
 
     def _forget_router(self, router_id: str) -> Router | None:
         for entity_id in self._indexed.pop(router_id, ()):
-            del self._index[entity_id]
+            self._unindex(router_id, entity_id)
         return self._routers.pop(router_id, None)
+
+    def _producer_routers(self, producer_id: str) -> list[Router]:
+        """The routers holding producer ``producer_id``: the original's first, then those
+        holding pipe producers of that id (stale index entries are pruned)."""
+        found = []
+        router = self._index.get(producer_id)
+        if router is not None:
+            if producer_id in router.producers:
+                found.append(router)
+            else:
+                self._prune(router)
+        for router in list(self._copies.get(producer_id, {}).values()):
+            if producer_id in router.producers:
+                found.append(router)
+            else:
+                self._prune(router)
+        return found
 
     # ---- MediaEngine -------------------------------------------------------------------
 
-    async def create_router(self, on_event: EventCallback) -> str:
+    async def create_router(self, on_event: EventCallback, *, avoid: Collection[str] = ()) -> str:
         if self._closed or self._nursery is None:
             raise InvalidStateError("the worker is not running")
+        if avoid:
+            raise LimitExceededError("one worker holds every router: there is no other")
 
         def on_router_event(event: EngineEvent) -> None:
             if isinstance(event, TransportClosed):  # closed by itself, cascade done
                 self._prune(router)
+            if self.pipes is not None:
+                self.pipes.on_event(event)  # pipe follow-ups first: they never block
             on_event(event)
 
         router = Router(
-            router_id=new_id(),
+            router_id=new_id(self.settings.id_prefix),
+            id_prefix=self.settings.id_prefix,
             rtp_capabilities=self.rtp_capabilities,
             certificate=self.certificate,
             on_event=on_router_event,
@@ -248,11 +312,15 @@ class Worker:
             await router.run(task_status=task_status)
         finally:
             self._forget_router(router.id)
+            if self.pipes is not None:
+                self.pipes.router_closed(router.id)
 
     async def close_router(self, router_id: str) -> None:
         router = self._forget_router(router_id)
         if router is not None:
             router.close()
+            if self.pipes is not None:
+                self.pipes.router_closed(router_id)
 
     def router_rtp_capabilities(self, router_id: str) -> RtpCapabilities:
         return self._router(router_id).rtp_capabilities
@@ -277,6 +345,8 @@ class Worker:
         if router is not None:
             router.close_transport(transport_id)
             self._prune(router)
+            if self.pipes is not None:
+                self.pipes.transport_closed(transport_id)  # if a pipe: the other end too
 
     async def produce(
         self,
@@ -292,18 +362,25 @@ class Worker:
         return producer_id
 
     async def close_producer(self, producer_id: str) -> None:
-        router = self._index.get(producer_id)
-        if router is not None:
+        for router in self._producer_routers(producer_id):
             router.close_producer(producer_id)
             self._prune(router)
 
     async def pause_producer(self, producer_id: str) -> None:
-        self._router_of(producer_id, "producers", "producer").pause_producer(producer_id)
+        for router in self._producer_routers_or_fail(producer_id):
+            router.pause_producer(producer_id)
 
     async def resume_producer(self, producer_id: str) -> None:
-        self._router_of(producer_id, "producers", "producer").resume_producer(producer_id)
+        for router in self._producer_routers_or_fail(producer_id):
+            router.resume_producer(producer_id)
 
-    def can_consume(
+    def _producer_routers_or_fail(self, producer_id: str) -> list[Router]:
+        routers = self._producer_routers(producer_id)
+        if not routers:
+            raise NotFoundError(f"producer {producer_id!r} not found")
+        return routers
+
+    async def can_consume(
         self, router_id: str, producer_id: str, rtp_capabilities: RtpCapabilities
     ) -> bool:
         return self._router(router_id).can_consume(producer_id, rtp_capabilities)
@@ -341,6 +418,9 @@ class Worker:
 
     async def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
         router = self._index.get(entity_id)
+        if router is None and entity_id in self._copies:
+            routers = self._producer_routers(entity_id)
+            router = routers[0] if routers else None
         if router is not None:
             if (
                 entity_id in router.transports
@@ -350,6 +430,48 @@ class Worker:
                 return router.get_stats(entity_id)
             self._prune(router)
         raise NotFoundError(f"{entity_id!r} not found")
+
+    # ---- pipes between routers ----------------------------------------------------------
+    #
+    # mediasoup's PipeTransport and pipeToRouter (see trio_sfu.engine.pipe): the primitives
+    # act on this worker's routers; pipe_to_router() pipes between two of them, through
+    # self.pipes. A pool of worker processes drives the primitives of two workers instead.
+
+    async def create_pipe_transport(self, router_id: str) -> PipeTransportInfo:
+        router = self._router(router_id)
+        info = await router.create_pipe_transport()
+        self._remember(router, info.transport_id)
+        return info
+
+    async def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None:
+        router = self._router_of(transport_id, "transports", "transport")
+        router.connect_pipe_transport(transport_id, ip, port)
+
+    async def pipe_consume(self, transport_id: str, producer_id: str) -> PipeConsumerInfo:
+        router = self._router_of(transport_id, "transports", "transport")
+        info = router.pipe_consume(transport_id, producer_id)
+        self._remember(router, info.consumer_id)
+        return info
+
+    async def pipe_produce(
+        self,
+        transport_id: str,
+        producer_id: str,
+        kind: Kind,
+        rtp_parameters: RtpParameters,
+        *,
+        paused: bool = False,
+    ) -> None:
+        router = self._router_of(transport_id, "transports", "transport")
+        router.pipe_produce(transport_id, producer_id, kind, rtp_parameters, paused=paused)
+        self._remember(router, producer_id, copy=True)
+
+    async def pipe_to_router(self, producer_id: str, *, from_router: str, to_router: str) -> None:
+        """Pipe a producer between two routers of this worker (see
+        :meth:`RouterPipes.pipe_to_router`)."""
+        if self.pipes is None or self._closed:
+            raise InvalidStateError("the worker is not running")
+        await self.pipes.pipe_to_router(producer_id, from_router=from_router, to_router=to_router)
 
     def media_counters(self) -> dict[str, int]:
         """Packets and bytes in and out, and drops, of every transport this worker ran."""
@@ -361,6 +483,44 @@ class Worker:
 
     def dump(self) -> dict[str, Any]:
         return {"routers": [router.dump() for router in self._routers.values()]}
+
+    def router_overloaded(self, router_id: str) -> bool:
+        return False  # there is no other worker to move to
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """This one in-process worker; rates are since the previous call."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        counters = self.media_counters()
+        self._meter.sample(
+            time.monotonic(),
+            counters["packets_in"] + counters["packets_out"],
+            usage.ru_utime + usage.ru_stime,
+        )
+        return [
+            {
+                "index": 0,
+                "pid": os.getpid(),
+                "inProcess": True,
+                "alive": True,
+                "restarts": 0,
+                "udpPort": self.webrtc_server.udp_port if self.webrtc_server else None,
+                "tcpPort": self.webrtc_server.tcp_port if self.webrtc_server else None,
+                **self.load(),
+                "packetsPerSecond": self._meter.packets_per_second,
+                "cpuPercent": self._meter.cpu_percent,
+                "counters": counters,
+            }
+        ]
+
+    def load(self) -> dict[str, int]:
+        """How much this worker holds: routers, transports, producers, consumers."""
+        routers = self._routers.values()
+        return {
+            "routers": len(routers),
+            "transports": sum(len(r.transports) for r in routers),
+            "producers": sum(len(r.producers) for r in routers),
+            "consumers": sum(len(r.consumers) for r in routers),
+        }
 
 
 @asynccontextmanager

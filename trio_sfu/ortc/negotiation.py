@@ -819,14 +819,15 @@ def get_consumer_rtp_parameters(
     SSRC when RTX stays, ``scalabilityMode`` ``L<streams>T<temporal layers>`` for simulcast,
     the highest ``maxBitrate``; ``rtcp.cname`` never empty; ``msid`` passed through.
 
-    ``pipe=True`` (router to router) keeps every codec and stream as it is, with fresh
-    SSRCs, and ignores ``remote_caps``.
+    ``pipe=True`` (router to router) is :func:`get_pipe_consumer_rtp_parameters` with RTX
+    (``mid`` added), and ignores ``remote_caps``.
 
     Raises UnsupportedError when no media codec matches, InvalidMessageError when
     ``remote_caps`` is malformed.
     """
     if pipe:
-        return _pipe_consumer_rtp_parameters(consumable_params, mid=mid, rng=rng)
+        params = get_pipe_consumer_rtp_parameters(consumable_params, enable_rtx=True, rng=rng)
+        return attrs.evolve(params, mid=mid)
     validate_rtp_capabilities(remote_caps)
     codecs: list[RtpCodecParameters] = []
     for codec in consumable_params.codecs:
@@ -868,27 +869,39 @@ def get_consumer_rtp_parameters(
 _PIPE_DROPPED_EXTENSIONS = frozenset({URI_MID, URI_ABS_SEND_TIME, URI_TRANSPORT_CC})
 
 
-def _pipe_consumer_rtp_parameters(
-    consumable_params: RtpParameters, *, mid: str | None, rng: random.Random | None
+def get_pipe_consumer_rtp_parameters(
+    consumable_params: RtpParameters,
+    *,
+    enable_rtx: bool = False,
+    rng: random.Random | None = None,
 ) -> RtpParameters:
-    has_rtx = any(is_rtx(c.mime_type) for c in consumable_params.codecs)
-    streams = consumable_params.encodings
-    avoid = [e.ssrc for e in streams if e.ssrc is not None]
-    ssrcs = _fresh_ssrcs(len(streams) * (2 if has_rtx else 1), rng, avoid)
-    encodings = [
-        attrs.evolve(
-            encoding,
-            ssrc=ssrcs[index],
-            rtx=RtxParameters(ssrc=ssrcs[len(streams) + index]) if has_rtx else None,
-        )
-        for index, encoding in enumerate(streams)
-    ]
-    keep_fb = {("nack", ""), ("nack", "pli"), ("ccm", "fir")}
+    """The parameters of a pipe consumer (router to router), mediasoup's rule.
+
+    Every consumable codec (RTX ones only with ``enable_rtx``), their RTCP feedback cut to
+    PLI and FIR (plus generic NACK with ``enable_rtx``); the consumable header extensions
+    but MID and the bandwidth-estimation ones (abs-send-time, transport-cc); every stream
+    as an encoding with its consumable SSRC (the router's SSRC of that producer stream),
+    with ``enable_rtx`` a fresh RTX SSRC each. The pipe producer on the other router is
+    created from exactly these parameters, so it knows every SSRC in advance.
+    """
+    keep_fb = {("nack", "pli"), ("ccm", "fir")}
+    if enable_rtx:
+        keep_fb.add(("nack", ""))
     codecs = [
         attrs.evolve(
             c, rtcp_feedback=[fb for fb in c.rtcp_feedback if (fb.type, fb.parameter) in keep_fb]
         )
         for c in consumable_params.codecs
+        if enable_rtx or not is_rtx(c.mime_type)
+    ]
+    streams = consumable_params.encodings
+    rtx_ssrcs: list[int | None] = [None] * len(streams)
+    if enable_rtx:
+        avoid = [e.ssrc for e in streams if e.ssrc is not None]
+        rtx_ssrcs = list(_fresh_ssrcs(len(streams), rng, avoid))
+    encodings = [
+        attrs.evolve(encoding, rtx=RtxParameters(ssrc=rtx_ssrc) if rtx_ssrc is not None else None)
+        for encoding, rtx_ssrc in zip(streams, rtx_ssrcs, strict=True)
     ]
     return RtpParameters(
         codecs=codecs,
@@ -899,6 +912,5 @@ def _pipe_consumer_rtp_parameters(
         ],
         encodings=encodings,
         rtcp=consumable_params.rtcp,
-        mid=mid,
         msid=consumable_params.msid,
     )

@@ -475,18 +475,35 @@ def rewrite_extensions_untrusted(
 
 def _rewrite_extensions_slow_untrusted(
     data: Buffer, id_map: Mapping[int, int], values: Mapping[int, Buffer] | None
-) -> tuple[bytearray, _ExtensionPlan | None]:
+) -> tuple[bytearray, _ExtensionPlan | _StripPlan | None]:
     """The rewrite, and the plan to replay it on packets of the same layout (or None)."""
     csrc_end, payload_start, _ = rtp_layout_untrusted(data)
     if data[0] & 0x10 and data[csrc_end] == 0xBE and data[csrc_end + 1] == 0xDE:
         origin = list(range(payload_start))
         out = _edit_one_byte_untrusted(data, csrc_end, payload_start, id_map, values, origin)
         if out is not None:
-            plan = None
+            plan: _ExtensionPlan | _StripPlan | None = None
             if not data[0] & 0x20:  # a padded packet's count is checked every time
                 plan = _ExtensionPlan(data, out, origin, csrc_end, payload_start)
             return out, plan
+        out = _rebuild_extensions_untrusted(data, csrc_end, payload_start, id_map, values)
+        if not out[0] & 0x30:  # every element dropped (and no padding): the block goes
+            return out, _StripPlan(data, csrc_end, payload_start)
+        return out, None
     return _rebuild_extensions_untrusted(data, csrc_end, payload_start, id_map, values), None
+
+
+def _layout_check(data: Buffer, csrc_end: int, payload_start: int) -> tuple[_Check, object]:
+    """What decides a one-byte extension block's layout, to compare a later packet with:
+    every byte of the block but the elements' values, the first byte and the block header;
+    and those bytes in ``data``."""
+    values: set[int] = set()
+    for _, start, stop in _walk_untrusted(data, csrc_end + 4, payload_start, ONE_BYTE_PROFILE):
+        values.update(range(start, stop))
+    positions = [0, csrc_end, csrc_end + 1, csrc_end + 2, csrc_end + 3]
+    positions += [i for i in range(csrc_end + 4, payload_start) if i not in values]
+    check: _Check = operator.itemgetter(*positions)
+    return check, check(data)
 
 
 @final
@@ -503,13 +520,10 @@ class _ExtensionPlan:
         # origin[i]: the input index output byte i came from, -1 for a byte written anew;
         # len(origin) is where the output block ends. Every input byte of the block outside
         # an element's value is checked on replay: those bytes decide the layout.
+        self.check, self.expected = _layout_check(data, csrc_end, payload_start)
         values: set[int] = set()
         for _, start, stop in _walk_untrusted(data, csrc_end + 4, payload_start, ONE_BYTE_PROFILE):
             values.update(range(start, stop))
-        positions = [0, csrc_end, csrc_end + 1, csrc_end + 2, csrc_end + 3]
-        positions += [i for i in range(csrc_end + 4, payload_start) if i not in values]
-        self.check: _Check = operator.itemgetter(*positions)
-        self.expected = self.check(data)
         self.csrc_end = csrc_end
         self.payload_start = payload_start
         new_end = len(origin)
@@ -543,6 +557,29 @@ class _ExtensionPlan:
         return bytearray().join(parts)
 
 
+@final
+class _StripPlan:
+    """How a one-byte extension block layout whose every element is dropped is rewritten:
+    the block goes and the X bit is cleared (the walk's result, without the walk). A
+    pipe's packets often carry only extensions of the publisher's leg (transport-wide
+    sequence number, abs-send-time, MID, RID)."""
+
+    __slots__ = ("check", "csrc_end", "expected", "payload_start")
+
+    def __init__(self, data: Buffer, csrc_end: int, payload_start: int) -> None:
+        self.check, self.expected = _layout_check(data, csrc_end, payload_start)
+        self.csrc_end = csrc_end
+        self.payload_start = payload_start
+
+    def apply(self, data: Buffer) -> bytearray | None:
+        """The rewritten packet, or None when ``data`` does not have this layout."""
+        if len(data) < self.payload_start or self.check(data) != self.expected:
+            return None
+        out = bytearray().join((data[: self.csrc_end], data[self.payload_start :]))
+        out[0] &= 0xEF
+        return out
+
+
 _MAX_REWRITERS: Final = 4096
 _MAX_PLANS: Final = 4
 _REWRITERS: dict[tuple[int, int], ExtensionRewriter] = {}
@@ -566,7 +603,7 @@ class ExtensionRewriter:
         self.values = values
         self._map_copy = dict(id_map)
         self._values_copy = {k: bytes(v) for k, v in values.items()} if values is not None else None
-        self._plans: list[_ExtensionPlan] = []
+        self._plans: list[_ExtensionPlan | _StripPlan] = []
 
     def unchanged(self) -> bool:
         return self.id_map == self._map_copy and (
