@@ -1,9 +1,10 @@
-"""Shared fixtures. Every test is checked for leaked sockets.
+"""Shared fixtures. Every test is checked for leaked sockets and child processes.
 
 pytest-trio runs each test in its own ``trio.run``: a task that outlives its test makes that
 run fail, so tasks cannot leak silently. Sockets can (a socket closed by nobody stays open
 after the run), so an autouse fixture compares the process's open sockets before and after
-each test.
+each test. Worker processes (and any other child) must be gone too, reaped: another
+compares this process's children.
 """
 
 from __future__ import annotations
@@ -33,3 +34,23 @@ def no_leaked_sockets() -> Iterator[None]:
     yield
     leaked = open_sockets() - before
     assert not leaked, f"test left {len(leaked)} socket(s) open"
+
+
+def child_processes() -> set[int]:
+    """Pids of this process's children (zombies included: an unreaped child is a leak)."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as file:
+                found.update(int(pid) for pid in file.read().split())
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    before = child_processes()
+    yield
+    left = child_processes() - before
+    assert not left, f"test left child process(es) {sorted(left)}"

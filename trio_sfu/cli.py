@@ -37,6 +37,8 @@ _SERVE_OPTIONS = (
     "rtc_min_port",
     "rtc_max_port",
     "rtc_port",
+    "workers",
+    "pipe_threshold",
     "log_level",
     "jwt_secret",
     "jwt_algorithm",
@@ -75,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--rtc-port",
         help="one UDP+TCP port for every transport; 0 picks one of the range; empty: a port "
         "pair per transport [TRIO_SFU_RTC_PORT, unset]",
+    )
+    serve.add_argument(
+        "--workers",
+        help="media worker processes; 1 runs the media in this process "
+        "[TRIO_SFU_WORKERS, the number of cores]",
+    )
+    serve.add_argument(
+        "--pipe-threshold",
+        help="consumers on a worker past which its meetings take new peers on another "
+        "worker [TRIO_SFU_PIPE_THRESHOLD, 400]",
     )
     serve.add_argument(
         "--log-level",

@@ -8,6 +8,7 @@ server from starting (no JWT key outside dev mode, a bad port range, ...).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any, Final, final
 
@@ -89,6 +90,12 @@ class ServerConfig:
     #: WebRtcServer): that port, or 0 for a free one of rtc_min_port..rtc_max_port.
     #: None: each transport binds a port pair of its own from that range.
     rtc_port: int | None = 0
+    #: Media worker processes; None: one per core. 1 runs the media in the server's
+    #: own process. With several, worker i's shared RTC port is ``rtc_port + i``.
+    workers: int | None = None
+    #: Consumers on a worker past which a meeting on it takes new peers on a router of
+    #: another worker, producers piped to it on demand (pipe-to-router).
+    pipe_threshold: int = 400
     log_level: str = "info"
     #: Development mode: no token checks at all. Never in production.
     dev: bool = False
@@ -106,6 +113,10 @@ class ServerConfig:
     #: Bound on a graceful shutdown, after which everything left is cancelled.
     shutdown_timeout: float = 10.0
 
+    def worker_count(self) -> int:
+        """How many media workers run: ``workers``, or one per core."""
+        return self.workers if self.workers is not None else (os.cpu_count() or 1)
+
     def check(self) -> list[str]:
         """Everything that keeps this configuration from running (empty: all good)."""
         problems: list[str] = []
@@ -115,6 +126,14 @@ class ServerConfig:
                 problems.append(f"{name} {value} is not a port number")
         if self.rtc_port is not None and not 0 <= self.rtc_port <= 65535:
             problems.append(f"rtc_port {self.rtc_port} is not a port number")
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"workers {self.workers} must be at least 1")
+        if self.pipe_threshold < 1:
+            problems.append(f"pipe_threshold {self.pipe_threshold} must be at least 1")
+        if self.rtc_port and self.rtc_port + self.worker_count() - 1 > 65535:
+            problems.append(
+                f"rtc_port {self.rtc_port} + {self.worker_count()} workers passes port 65535"
+            )
         if self.rtc_min_port > self.rtc_max_port:
             problems.append(
                 f"rtc_min_port {self.rtc_min_port} is above rtc_max_port {self.rtc_max_port}"
@@ -153,6 +172,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "TRIO_SFU_RTC_MIN_PORT": "rtc_min_port",
     "TRIO_SFU_RTC_MAX_PORT": "rtc_max_port",
     "TRIO_SFU_RTC_PORT": "rtc_port",
+    "TRIO_SFU_WORKERS": "workers",
+    "TRIO_SFU_PIPE_THRESHOLD": "pipe_threshold",
     "TRIO_SFU_LOG_LEVEL": "log_level",
     "TRIO_SFU_DEV": "dev",
     "TRIO_SFU_JWT_SECRET": "jwt_secret",

@@ -1,0 +1,176 @@
+"""The worker channel: framing (sans-IO), what crosses it, and the pool around it.
+
+The framing and the event/error codecs are tested as values; the pool with real worker
+processes: requests routed by the worker tag in every id, placement by load, a request in
+flight when its worker dies, ids of a dead worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import attrs
+import msgpack
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_sfu.config import ServerConfig, config_from_env
+from trio_sfu.engine import api
+from trio_sfu.engine.channel import (
+    MAX_FRAME,
+    FrameDecoder,
+    decode_error,
+    decode_event,
+    encode_error,
+    encode_event,
+    encode_frame,
+)
+from trio_sfu.engine.pool import PoolSettings, WorkerDiedError, WorkerPool, open_worker_pool
+from trio_sfu.engine.worker import WorkerSettings
+from trio_sfu.engine.worker_process import structure_args
+from trio_sfu.errors import (
+    BadPacket,
+    InvalidStateError,
+    LimitExceededError,
+    NotFoundError,
+    UnsupportedError,
+)
+
+MESSAGES = [[0, 1, "produce", ["t", "audio", {"codecs": []}, False]], [2, "load", {"a": 1.5}]]
+
+
+def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
+    data = b"".join(encode_frame(m) for m in MESSAGES)
+    for cut in range(1, len(data)):
+        decoder = FrameDecoder()
+        out = list(decoder.feed_untrusted(data[:cut])) + list(decoder.feed_untrusted(data[cut:]))
+        assert out == MESSAGES
+        assert decoder.pending == 0
+
+
+@given(st.binary(max_size=64))
+def test_garbage_is_bad_packet_and_nothing_else(data: bytes) -> None:
+    decoder = FrameDecoder()
+    with contextlib.suppress(BadPacket):
+        list(decoder.feed_untrusted(len(data).to_bytes(4, "big") + data))
+
+
+def test_an_oversized_or_broken_frame_is_refused() -> None:
+    with pytest.raises(BadPacket, match="over"):
+        list(FrameDecoder().feed_untrusted((MAX_FRAME + 1).to_bytes(4, "big")))
+    with pytest.raises(BadPacket, match="MessagePack"):
+        list(FrameDecoder().feed_untrusted(b"\x00\x00\x00\x01\xc1"))  # 0xc1: never used
+    with pytest.raises(ValueError, match="over"):
+        encode_frame(b"x" * (MAX_FRAME + 1))
+
+
+EVENTS = [
+    api.RouterClosed("r", "worker_died"),
+    api.TransportClosed("r", "t", "ice_consent_timeout"),
+    api.ConsumerClosed("r", "c", "p", "producer_closed"),
+    api.ConsumerProducerPaused("r", "c", True),
+    api.ConsumerLayersChanged("r", "c", None, None),
+    api.ConsumerLayersChanged("r", "c", 2, 1),
+    api.NetworkQuality("r", "t", 0.125, 35.5, "fair"),
+    api.ActiveSpeaker("r", "p", -23.5),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_every_engine_event_crosses_the_channel(event: api.EngineEvent) -> None:
+    wire = msgpack.unpackb(msgpack.packb(encode_event(event)))
+    assert decode_event(wire) == event
+    assert attrs.fields(type(event))  # all fields are plain values
+
+
+def test_unknown_events_and_errors() -> None:
+    with pytest.raises(BadPacket):
+        decode_event(["Nonsense", 1])
+    with pytest.raises(BadPacket):
+        decode_event(["ConsumerClosed", "too", "few"])
+    for error in (NotFoundError("x"), UnsupportedError("y"), LimitExceededError("z")):
+        back = decode_error(encode_error(error))
+        assert type(back) is type(error) and back.message == error.message
+    assert decode_error(["internal", "boom"]).code == "internal"
+
+
+def test_requests_are_structured_by_a_table() -> None:
+    with pytest.raises(KeyError):
+        structure_args("close", [])
+    with pytest.raises(ValueError, match="takes 1"):
+        structure_args("close_router", [])
+    assert structure_args("close_router", ["r"]) == {"router_id": "r"}
+
+
+async def test_pool_routes_by_worker_tag_and_places_by_load() -> None:
+    settings = PoolSettings(workers=2, report_interval=0.1, pipe_threshold=1)
+    with trio.fail_after(20):
+        async with open_worker_pool(settings) as pool:
+            first = await pool.create_router(lambda event: None)
+            second = await pool.create_router(lambda event: None)
+            assert {first[:5], second[:5]} == {"w0g1-", "w1g1-"}
+            transport = await pool.create_webrtc_transport(first)
+            assert transport.transport_id.startswith(first[:5])
+            for bad in ("nonsense", "w9g9-abc", "-", second[:5] + "unknown"):
+                with pytest.raises(NotFoundError):
+                    await pool.restart_ice(bad)
+            # Spreading one meeting: a router elsewhere, then no worker is left.
+            third = await pool.create_router(lambda event: None, avoid=[first])
+            assert third[:5] == second[:5]
+            with pytest.raises(LimitExceededError):
+                await pool.create_router(lambda event: None, avoid=[first, third])
+            # Nothing consumed yet: no worker is past a threshold of one consumer.
+            assert not pool.router_overloaded(first)
+            await pool.close_router(third)
+            await pool.close_router(second)
+            await pool.close_router(first)
+            assert pool.dump() == {"routers": []}
+            assert [d["routers"] for d in await pool.dump_workers()] == [[], []]
+
+
+async def test_a_request_in_flight_fails_when_its_worker_dies() -> None:
+    with trio.fail_after(20):
+        async with open_worker_pool(PoolSettings(workers=2, restart_delay=0.1)) as pool:
+            events: list[api.EngineEvent] = []
+            router = await pool.create_router(events.append)
+            transport = await pool.create_webrtc_transport(router)
+            pid = pool.workers_info()[0]["pid"]
+            os.kill(pid, signal.SIGSTOP)  # it reads nothing more
+            async with trio.open_nursery() as nursery:
+
+                async def ask() -> None:
+                    with pytest.raises(WorkerDiedError):
+                        await pool.get_stats(transport.transport_id)
+
+                nursery.start_soon(ask)
+                await trio.sleep(0.2)
+                os.kill(pid, signal.SIGKILL)
+            assert events == [api.RouterClosed(router, "worker_died")]
+            with pytest.raises(NotFoundError):
+                await pool.get_stats(transport.transport_id)
+            with pytest.raises(NotFoundError):
+                pool.router_rtp_capabilities(router)
+            assert isinstance(WorkerDiedError("x"), InvalidStateError)
+
+
+def test_each_worker_takes_its_own_port_and_tag() -> None:
+    def settings(port: int | None, index: int, generation: int = 1) -> WorkerSettings:
+        pool = WorkerPool(PoolSettings(workers=3, worker=WorkerSettings(rtc_port=port)))
+        return pool._worker_settings(index, generation)
+
+    assert [settings(41000, i).rtc_port for i in range(3)] == [41000, 41001, 41002]
+    assert settings(0, 2).rtc_port == 0  # each picks a free port
+    assert settings(None, 1).rtc_port is None  # a port pair per transport
+    assert settings(0, 2, 5).id_prefix == "w2g5-"
+    with pytest.raises(ValueError, match="at least one"):
+        WorkerPool(PoolSettings(workers=0))
+    assert "passes port 65535" in " ".join(ServerConfig(rtc_port=65535, workers=2).check())
+    assert ServerConfig(workers=0, dev=True).check() == ["workers 0 must be at least 1"]
+    assert ServerConfig().worker_count() == (os.cpu_count() or 1)
+    assert config_from_env({"TRIO_SFU_WORKERS": "3"}).workers == 3
+    assert config_from_env({"TRIO_SFU_WORKERS": ""}).workers is None
+    assert config_from_env({"TRIO_SFU_PIPE_THRESHOLD": "50"}).pipe_threshold == 50
