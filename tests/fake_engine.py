@@ -37,7 +37,7 @@ from trio_sfu.engine.api import (
     TransportClosed,
     TransportInfo,
 )
-from trio_sfu.errors import InvalidStateError, NotFoundError, UnsupportedError
+from trio_sfu.errors import InvalidStateError, LimitExceededError, NotFoundError, UnsupportedError
 from trio_sfu.ortc.types import (
     DtlsFingerprint,
     DtlsParameters,
@@ -141,8 +141,10 @@ class FakeEngine:
 
     # ---- MediaEngine --------------------------------------------------------------------------
 
-    async def create_router(self, on_event: EventCallback) -> str:
+    async def create_router(self, on_event: EventCallback, *, avoid: Any = ()) -> str:
         await trio.lowlevel.checkpoint()
+        if avoid:
+            raise LimitExceededError("the fake engine is one worker")
         router_id = self._new_id("router")
         self.routers[router_id] = _Router(router_id, on_event)
         self.calls.append(("create_router", router_id))
@@ -156,6 +158,15 @@ class FakeEngine:
                 self._close_transport(transport_id, emit=False)
             del self.routers[router_id]
         await trio.lowlevel.checkpoint()
+
+    def router_overloaded(self, router_id: str) -> bool:
+        return False
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        return [{"index": 0, "alive": True, "routers": len(self.routers)}]
+
+    async def pipe_to_router(self, producer_id: str, *, from_router: str, to_router: str) -> None:
+        raise UnsupportedError("the fake engine has one router per meeting")
 
     def router_rtp_capabilities(self, router_id: str) -> RtpCapabilities:
         if router_id not in self.routers:
@@ -273,7 +284,7 @@ class FakeEngine:
             self.consumers[consumer_id].producer_paused = paused
             self._emit(router_id, ConsumerProducerPaused(router_id, consumer_id, paused))
 
-    def can_consume(
+    async def can_consume(
         self, router_id: str, producer_id: str, rtp_capabilities: RtpCapabilities
     ) -> bool:
         producer = self._producer(producer_id)
@@ -291,7 +302,7 @@ class FakeEngine:
         await trio.lowlevel.checkpoint()
         transport = self._transport(transport_id)
         producer = self._producer(producer_id)
-        if not self.can_consume(transport.router_id, producer_id, rtp_capabilities):
+        if not await self.can_consume(transport.router_id, producer_id, rtp_capabilities):
             raise UnsupportedError("cannot consume this producer")
         consumer_id = self._new_id("consumer")
         self.consumers[consumer_id] = _Consumer(

@@ -10,6 +10,7 @@ the page's books) and what the server still holds after everyone left.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -30,6 +31,10 @@ Scenario = Callable[..., dict[str, Any]]
 def assert_server_empty(result: dict[str, Any]) -> None:
     """After the pages left, the engine holds no router (so no transport, producer...)."""
     assert result["serverDump"]["routers"] == [], result["serverDump"]
+    # The media ran in the default number of worker processes (one per core).
+    workers = result["workers"]
+    assert len(workers) == (os.cpu_count() or 1), workers
+    assert all(w["alive"] for w in workers), workers
 
 
 def assert_call(result: dict[str, Any], video_mime: str) -> None:

@@ -53,6 +53,7 @@ import trio
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine import create_engine
 from trio_sfu.engine.api import TransportInfo
+from trio_sfu.engine.pool import WorkerPool
 from trio_sfu.engine.worker import Worker
 from trio_sfu.errors import SfuError
 from trio_sfu.server import serve_sfu
@@ -161,7 +162,7 @@ class RelayedEngine:
     end with the transport or with the nursery.
     """
 
-    def __init__(self, worker: Worker, nursery: trio.Nursery, seed: int = 1) -> None:
+    def __init__(self, worker: Worker | WorkerPool, nursery: trio.Nursery, seed: int = 1) -> None:
         self._worker = worker
         self._nursery = nursery
         self._seed = seed
@@ -353,8 +354,17 @@ TIMELINED = frozenset({"layers", "layers-loss"})
 TIMELINE_PERIOD = 0.2
 
 
+async def router_dumps(engine: Worker | WorkerPool) -> list[dict[str, Any]]:
+    """Every router's full dump (transports, producers, consumers), from the engine in
+    this process or asked of each worker process."""
+    if isinstance(engine, WorkerPool):
+        return [router for dump in await engine.dump_workers() for router in dump["routers"]]
+    routers: list[dict[str, Any]] = engine.dump()["routers"]
+    return routers
+
+
 async def record_timeline(
-    worker: Worker, timeline: list[dict[str, Any]], *, period: float = TIMELINE_PERIOD
+    worker: Worker | WorkerPool, timeline: list[dict[str, Any]], *, period: float = TIMELINE_PERIOD
 ) -> None:
     """Every ``period``: each video consumer's layers, level and counters with its
     transport's bandwidth estimate, and each video producer's streams (bitrate, packets),
@@ -364,7 +374,7 @@ async def record_timeline(
         await trio.sleep(period)
         consumers: list[dict[str, Any]] = []
         producers: list[dict[str, Any]] = []
-        for router in worker.dump()["routers"]:
+        for router in await router_dumps(worker):
             for transport in router["transports"]:
                 # Entities may close between the dump and a stats call: skip those.
                 with contextlib.suppress(SfuError):
@@ -444,7 +454,8 @@ async def run_scenario(
                 with trio.move_on_after(5):
                     while worker.dump()["routers"]:  # noqa: ASYNC110 (no event to wait on)
                         await trio.sleep(0.1)
-                result["serverDump"] = worker.dump()
+                result["serverDump"] = {"routers": await router_dumps(worker)}
+                result["workers"] = worker.workers_info()
             finally:
                 server.shutdown()
                 if engine is not None:

@@ -1,5 +1,6 @@
 """The admin HTTP API, behind ``Authorization: Bearer <TRIO_SFU_ADMIN_TOKEN>``.
 
+    GET    /v1/workers                        media workers: pid, ports, load, meetings
     GET    /v1/rooms                          open rooms with their counts
     GET    /v1/rooms/{meetingId}              one room: peers, transports, producers, consumers
     POST   /v1/rooms/{meetingId}/close        peers get rtc:roomClosed, then their sockets close
@@ -44,6 +45,26 @@ def _authorized(app: SignalingApp, headers: dict[bytes, bytes]) -> Answer | None
     return None
 
 
+def _workers(app: SignalingApp) -> list[dict[str, Any]]:
+    """The engine's workers, each with the meetings that have a router on it."""
+    routers = {
+        router_id: room.meeting_id
+        for room in app.rooms.rooms.values()
+        for router_id in room.router_ids
+    }
+    located = {r["id"]: r.get("worker", 0) for r in app.engine.dump()["routers"]}
+    workers = app.engine.workers_info()
+    for info in workers:
+        info["meetings"] = sorted(
+            {
+                meeting
+                for router_id, meeting in routers.items()
+                if located.get(router_id) == info["index"]
+            }
+        )
+    return workers
+
+
 async def handle_admin(
     app: SignalingApp, method: str, segments: list[str], headers: dict[bytes, bytes], body: bytes
 ) -> Answer:
@@ -53,6 +74,10 @@ async def handle_admin(
         return refused
     rooms = app.rooms.rooms
     match segments:
+        case ["workers"]:
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            return 200, {"workers": _workers(app)}
         case ["rooms"]:
             if method != "GET":
                 return 405, {"error": "use GET"}

@@ -45,7 +45,9 @@ class SignalingApp:
         self.engine = engine
         self.verifier = TokenVerifier.from_config(config)
         self.metrics = SfuMetrics(
-            counts=lambda: self.rooms.counts(), media_counters=engine.media_counters
+            counts=lambda: self.rooms.counts(),
+            media_counters=engine.media_counters,
+            workers=engine.workers_info,
         )
         self.rooms = RoomManager(engine, config, nursery, count_error=self.metrics.count_error)
         self.sessions: set[Session] = set()

@@ -3,7 +3,8 @@
 Gauges of the signaling side's books (rooms, peers, transports, producers, consumers) are
 read at scrape time. Media counters (packets and bytes in/out, drops) come from the
 engine's ``media_counters()``: keys ``packets_in``, ``packets_out``, ``bytes_in``,
-``bytes_out``, ``drops``.
+``bytes_out``, ``drops``. Per-worker series (label ``worker``, the slot index) come from
+``workers_info()``.
 """
 
 from __future__ import annotations
@@ -43,13 +44,33 @@ _MEDIA_COUNTERS: Final = (
 )
 
 
+#: Per-worker gauges: (info key, metric name, help).
+_WORKER_GAUGES: Final = (
+    ("alive", "trio_sfu_worker_up", "1 while the media worker process runs"),
+    ("routers", "trio_sfu_worker_routers", "routers on the worker"),
+    ("transports", "trio_sfu_worker_transports", "transports on the worker"),
+    ("producers", "trio_sfu_worker_producers", "producers on the worker"),
+    ("consumers", "trio_sfu_worker_consumers", "consumers on the worker"),
+    (
+        "packetsPerSecond",
+        "trio_sfu_worker_packets_per_second",
+        "packets received and sent per second by the worker (last report)",
+    ),
+    ("cpuPercent", "trio_sfu_worker_cpu_percent", "CPU use of the worker process (last report)"),
+)
+
+
 @final
 class _LiveCollector:
     def __init__(
-        self, counts: Callable[[], Counts], media_counters: Callable[[], Mapping[str, int]]
+        self,
+        counts: Callable[[], Counts],
+        media_counters: Callable[[], Mapping[str, int]],
+        workers: Callable[[], list[dict[str, Any]]],
     ) -> None:
         self._counts = counts
         self._media_counters = media_counters
+        self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
         counts = self._counts()
@@ -71,6 +92,27 @@ class _LiveCollector:
             yield CounterMetricFamily(
                 f"trio_sfu_{key}", help_text, value=value if isinstance(value, int | float) else 0
             )
+        yield from self._collect_workers()
+
+    def _collect_workers(self) -> Iterator[Metric]:
+        try:
+            workers = self._workers()
+        except Exception:
+            logger.exception("engine.workers_info() failed while collecting metrics")
+            return
+        for key, name, help_text in _WORKER_GAUGES:
+            family = GaugeMetricFamily(name, help_text, labels=["worker"])
+            for info in workers:
+                family.add_metric([str(info["index"])], float(info.get(key) or 0))
+            yield family
+        restarts = CounterMetricFamily(
+            "trio_sfu_worker_restarts",
+            "media worker processes started again after one died",
+            labels=["worker"],
+        )
+        for info in workers:
+            restarts.add_metric([str(info["index"])], float(info.get("restarts") or 0))
+        yield restarts
 
 
 @final
@@ -78,7 +120,10 @@ class SfuMetrics:
     """The server's metrics; :meth:`render` is the ``/metrics`` body."""
 
     def __init__(
-        self, counts: Callable[[], Counts], media_counters: Callable[[], Mapping[str, int]]
+        self,
+        counts: Callable[[], Counts],
+        media_counters: Callable[[], Mapping[str, int]],
+        workers: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -101,7 +146,7 @@ class SfuMetrics:
             "connections closed because their outgoing queue was full",
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(counts, media_counters))
+        self.registry.register(_LiveCollector(counts, media_counters, workers))
 
     def count_request(self, rtype: str) -> None:
         self.requests.labels(rtype if rtype in REQUESTS else "unknown").inc()

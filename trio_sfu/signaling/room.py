@@ -41,6 +41,7 @@ from trio_sfu.engine.api import (
     EngineEvent,
     MediaEngine,
     NetworkQuality,
+    RouterClosed,
     TransportClosed,
 )
 from trio_sfu.errors import (
@@ -171,8 +172,17 @@ class _Consumer:
 class Peer:
     """A connection's membership in one meeting: its ids, its task, its cancel scope."""
 
-    def __init__(self, room: Room, grant: Grant, display_name: str | None, link: PeerLink) -> None:
+    def __init__(
+        self,
+        room: Room,
+        grant: Grant,
+        display_name: str | None,
+        link: PeerLink,
+        router_id: str,
+    ) -> None:
         self.room = room
+        #: The router (of the room's routers) that holds this peer's transports.
+        self.router_id = router_id
         self.peer_id = secrets.token_hex(8)
         self.grant = grant
         self.display_name = display_name or grant.name or grant.user_id
@@ -211,6 +221,7 @@ class Peer:
             "peerId": self.peer_id,
             "userId": self.grant.user_id,
             "displayName": self.display_name,
+            "routerId": self.router_id,
             "canPublish": self.grant.can_publish,
             "canSubscribe": self.grant.can_subscribe,
             "transports": [
@@ -427,7 +438,7 @@ class Peer:
         return consumer
 
     async def _get_router_rtp_capabilities(self, req: Request) -> Any:
-        return RouterRtpCapabilitiesAnswer(self.room.engine.router_rtp_capabilities(self.room.rid))
+        return RouterRtpCapabilitiesAnswer(self.room.engine.router_rtp_capabilities(self.router_id))
 
     async def _create_transport(self, req: Request) -> Any:
         assert isinstance(req, CreateTransportRequest)
@@ -435,7 +446,7 @@ class Peer:
         if len(self.transports) >= limit:
             raise LimitExceededError(f"at most {limit} transports per peer")
         info = await self.room.engine.create_webrtc_transport(
-            self.room.rid,
+            self.router_id,
             force_tcp=bool(req.force_tcp),
             app_data={"peerId": self.peer_id, "direction": req.direction},
         )
@@ -524,7 +535,8 @@ class Peer:
         if not self.grant.can_subscribe:
             raise ForbiddenError("the token does not allow subscribing (canSubscribe is false)")
         room = self.room
-        if req.producer_id not in room.producer_owner:
+        owner = room.producer_owner.get(req.producer_id)
+        if owner is None:
             raise NotFoundError(f"producer {req.producer_id!r} not found")
         if req.transport_id is not None:
             transport = self._transport(req.transport_id)
@@ -539,7 +551,11 @@ class Peer:
         if len(self.consumers) >= limit:
             raise LimitExceededError(f"at most {limit} consumers per peer")
         caps: RtpCapabilities = req.rtp_capabilities
-        if not room.engine.can_consume(room.rid, req.producer_id, caps):
+        if owner.router_id != self.router_id:  # the meeting spans workers: pipe it here
+            await room.engine.pipe_to_router(
+                req.producer_id, from_router=owner.router_id, to_router=self.router_id
+            )
+        if not await room.engine.can_consume(self.router_id, req.producer_id, caps):
             raise UnsupportedError(f"cannot consume producer {req.producer_id!r}: no common codec")
         paused = True if req.paused is None else req.paused
         info = await room.engine.consume(
@@ -646,6 +662,10 @@ class Room:
         self.engine = manager.engine
         self.meeting_id = meeting_id
         self.router_id: str | None = None
+        #: Every router of the meeting: ``router_id`` first, then any opened on other
+        #: workers once its worker was past its load threshold (pipe-to-router).
+        self.router_ids: list[str] = []
+        self._placing = trio.Lock()
         self.created_at = time.time()
         self.peers: dict[str, Peer] = {}
         self.transport_owner: dict[str, Peer] = {}
@@ -660,16 +680,12 @@ class Room:
         self._nursery: trio.Nursery | None = None
         self.log = ContextLogger(logger, {"meeting": meeting_id})
 
-    @property
-    def rid(self) -> str:
-        assert self.router_id is not None
-        return self.router_id
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The room's task, in the server's nursery."""
         started = False
         try:
             self.router_id = await self.engine.create_router(self._on_event)
+            self.router_ids.append(self.router_id)
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -683,7 +699,8 @@ class Room:
                 self._mark_closing(self.close_reason or "empty")
                 timeout = self.manager.config.cleanup_timeout
                 with trio.move_on_after(timeout, shield=True):
-                    await self.engine.close_router(self.router_id)
+                    for router_id in self.router_ids:
+                        await self.engine.close_router(router_id)
                 self.log.info("room closed (%s)", self.close_reason)
         except Exception:
             if not started:
@@ -701,15 +718,19 @@ class Room:
             self.close_reason = reason
             self.manager.forget(self)
 
-    def close(self, reason: str, *, code: int = CLOSE_ROOM_CLOSED) -> None:
-        """Close the meeting: every peer gets ``rtc:roomClosed`` then its socket closes.
-        Never blocks; wait on :attr:`finished` for the end."""
+    def close(
+        self, reason: str, *, code: int = CLOSE_ROOM_CLOSED, keep_connections: bool = False
+    ) -> None:
+        """Close the meeting: every peer gets ``rtc:roomClosed`` then its socket closes
+        (with ``keep_connections`` it stays open, and may join again). Never blocks; wait
+        on :attr:`finished` for the end."""
         if self.closing:
             return
         self._mark_closing(reason)
         notice = notification_message("rtc:roomClosed", RoomClosedNotice(self.meeting_id, reason))
+        close = None if keep_connections else (code, reason)
         for peer in list(self.peers.values()):
-            peer.end(reason, close=(code, reason), notice=notice)
+            peer.end(reason, close=close, notice=notice)
         self._close_requested.set()
 
     async def start_peer(self, grant: Grant, display_name: str | None, link: PeerLink) -> Peer:
@@ -718,15 +739,35 @@ class Room:
         if len(self.peers) + self._pending >= limit:
             raise LimitExceededError(f"meeting {self.meeting_id!r} is full ({limit} peers)")
         assert self._nursery is not None
-        peer = Peer(self, grant, display_name, link)
         self._pending += 1
         try:
+            peer = Peer(self, grant, display_name, link, await self._place_peer())
             await self._nursery.start(peer.run)
         except BaseException:
             self._pending -= 1
             self._close_if_empty()
             raise
         return peer
+
+    async def _place_peer(self) -> str:
+        """The router for a new peer: the first of the meeting's routers whose worker is
+        not past its load threshold; when all are, a new router on another worker (the
+        peer's consumers of producers elsewhere are piped to it); when there is no other
+        worker, the newest router."""
+        async with self._placing:
+            for router_id in self.router_ids:
+                if not self.engine.router_overloaded(router_id):
+                    return router_id
+            try:
+                router_id = await self.engine.create_router(self._on_event, avoid=self.router_ids)
+            except LimitExceededError:
+                return self.router_ids[-1]
+            if self.closing:
+                await self.engine.close_router(router_id)
+                raise InvalidStateError(f"meeting {self.meeting_id!r} is closing; join again")
+            self.router_ids.append(router_id)
+            self.log.info("meeting spread to a new router %s (on another worker)", router_id)
+            return router_id
 
     def admit(self, peer: Peer) -> JoinedAnswer:
         """Make a started peer a member: the others hear ``rtc:peerJoined``. Synchronous,
@@ -776,13 +817,16 @@ class Room:
     def _on_event(self, event: EngineEvent) -> None:
         """The engine's event callback: never blocks, never raises."""
         try:
-            if event.router_id == self.router_id:
+            if event.router_id in self.router_ids:
                 self._dispatch(event)
         except Exception:
             self.log.exception("handling engine event %r failed", event)
 
     def _dispatch(self, event: EngineEvent) -> None:
-        if isinstance(event, ConsumerClosed):
+        if isinstance(event, RouterClosed):  # its worker died: everyone may rejoin
+            self.log.error("router %s closed: %s", event.router_id, event.reason)
+            self.close(event.reason, keep_connections=True)
+        elif isinstance(event, ConsumerClosed):
             owner = self.consumer_owner.get(event.consumer_id)
             if owner is not None:
                 owner.consumer_closed(event.consumer_id, event.producer_id, event.reason)
@@ -810,7 +854,8 @@ class Room:
                 )
         elif isinstance(event, ActiveSpeaker):
             owner = self.producer_owner.get(event.producer_id)
-            if owner is not None:
+            # A producer piped to other routers is heard there too: its own router speaks.
+            if owner is not None and owner.router_id == event.router_id:
                 self.broadcast(
                     "rtc:activeSpeaker",
                     ActiveSpeakerNotice(owner.peer_id, event.producer_id, event.volume),
@@ -822,6 +867,7 @@ class Room:
         out: dict[str, Any] = {
             "meetingId": self.meeting_id,
             "routerId": self.router_id,
+            "routerIds": list(self.router_ids),
             "createdAt": self.created_at,
             "peerCount": len(self.peers),
             "transportCount": len(self.transport_owner),
