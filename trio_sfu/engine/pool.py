@@ -376,7 +376,6 @@ class WorkerPool:
         #: Traffic of workers that died or were replaced.
         self._retired = new_media_counters()
         self._closing = False
-        self._rtp_capabilities: RtpCapabilities | None = None
         #: Pipes between routers of different workers (pipe-to-router), while running.
         self.pipes: RouterPipes | None = None
 
@@ -466,8 +465,6 @@ class WorkerPool:
                 handle.rtp_capabilities = converter.structure(
                     hello["rtpCapabilities"], RtpCapabilities
                 )
-                if self._rtp_capabilities is None:
-                    self._rtp_capabilities = handle.rtp_capabilities
                 handle.alive = True
                 self._slots[handle.index] = handle
                 self._by_tag[handle.tag] = handle
