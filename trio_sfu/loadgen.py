@@ -8,8 +8,11 @@ Run as ``python -m trio_sfu.loadgen``; it talks JSON lines with its parent:
 2. stdout ``{"event": "published", "producers": {name: [ids]}}`` once every peer joined
    (publishers produced audio and simulcast VP8; subscribers opened their receive
    transport).
-3. stdin ``{"producers": {name: [ids]}}``: every producer of the run; each subscriber
-   consumes all those that are not its own. stdout ``{"event": "ready", "consumers": n}``.
+3. stdin ``{"producers": {name: [ids]}}``: every producer of the meeting; each subscriber
+   consumes all those that are not its own. stdout ``{"event": "ready", "consumers": n,
+   "requests": {type: [ms, ...]}}``: how long each ``rtc:produce``, ``rtc:consume`` and
+   ``rtc:resumeConsumer`` took, from its send to its answer, as this client saw it (with
+   up to ``concurrency`` requests of this process in flight).
 4. stdin ``{"start": t0, "window": [w0, w1], "stop": t1}`` (``time.monotonic()`` seconds,
    one clock for every process of the machine): publishers send from ``t0`` to ``t1``;
    subscribers count what was *sent* in ``[w0, w1)``. About half a second after ``t1``
@@ -61,6 +64,7 @@ from trio_sfu.client.synthetic import (
     vp8_simulcast_rtp_parameters,
 )
 from trio_sfu.client.transport import ClientTransport
+from trio_sfu.wire import unstructure
 
 __all__ = [
     "HIST_BIN",
@@ -70,6 +74,7 @@ __all__ = [
     "LAYER_R1",
     "LAYER_R2",
     "STREAMS",
+    "RequestTimes",
     "StreamSpec",
     "Subscriber",
     "main",
@@ -471,6 +476,20 @@ def _ignore(packet: bytes) -> None:
 
 
 @final
+class RequestTimes:
+    """How long signaling requests took, by type, in milliseconds (client side: from
+    sending the request to reading its answer)."""
+
+    def __init__(self) -> None:
+        self.by_type: dict[str, list[float]] = collections.defaultdict(list)
+
+    def add(self, rtype: str, started: float) -> None:
+        """One request of ``rtype`` sent at ``started`` (``time.perf_counter()``) was just
+        answered."""
+        self.by_type[rtype].append(round((time.perf_counter() - started) * 1e3, 4))
+
+
+@final
 class _SfuPeer:
     def __init__(self, spec: dict[str, Any], rng: random.Random, pacing: bool = True) -> None:
         self.pacing = pacing
@@ -484,7 +503,7 @@ class _SfuPeer:
         self.consumers = 0
         self.srtp_profile: str | None = None
 
-    async def setup(self, peer: MediaPeer, reader: SocketReader) -> None:
+    async def setup(self, peer: MediaPeer, reader: SocketReader, times: RequestTimes) -> None:
         if self.subscribe:
             _, recv = await peer.open_transport("recv")
             recv.on_rtp = self.subscriber.on_rtp
@@ -498,8 +517,13 @@ class _SfuPeer:
                 ssrc=self.rng.randrange(1, 0x1_0000_0000), mid="0", transport_cc=True
             )
             video_parameters = vp8_simulcast_rtp_parameters(mid="1", transport_cc=True)
+            await peer.open_transport("send")  # so that publish times only rtc:produce
+            started = time.perf_counter()
             audio_id, _ = await peer.publish("audio", audio_parameters)
+            times.add("rtc:produce", started)
+            started = time.perf_counter()
             video_id, _ = await peer.publish("video", video_parameters)
+            times.add("rtc:produce", started)
             send: ClientTransport | None = peer.send_transport
             assert send is not None
             audio = SyntheticPublisher(audio_parameters, rng=self.rng, transport_counter=counter)
@@ -512,14 +536,24 @@ class _SfuPeer:
             send.on_rtcp = _pli_watcher(self.publisher)
             self.producer_ids = [audio_id, video_id]
 
-    async def consume(self, peer: MediaPeer, producers: dict[str, list[str]]) -> None:
+    async def consume(
+        self, peer: MediaPeer, producers: dict[str, list[str]], times: RequestTimes
+    ) -> None:
+        """What :meth:`MediaPeer.consume` does (the receive transport is open already), each
+        request timed."""
         if not self.subscribe:
             return
+        caps = unstructure(await peer.load_capabilities())
         for owner, ids in producers.items():
             if owner == self.name:
                 continue
             for producer_id in ids:
-                await peer.consume(producer_id)
+                started = time.perf_counter()
+                answer = await peer.signaling.consume(producer_id, caps)
+                times.add("rtc:consume", started)
+                started = time.perf_counter()
+                await peer.signaling.resume_consumer(str(answer["consumerId"]))
+                times.add("rtc:resumeConsumer", started)
                 self.consumers += 1
 
 
@@ -534,6 +568,7 @@ async def _run_sfu(job: dict[str, Any], lines: _Lines) -> None:
     counts = {"published": 0, "ready": 0}
     all_ready = trio.Event()
     all_published = trio.Event()
+    times = RequestTimes()
 
     async def run_peer(state: _SfuPeer) -> None:
         async with AsyncExitStack() as stack:
@@ -541,13 +576,13 @@ async def _run_sfu(job: dict[str, Any], lines: _Lines) -> None:
                 peer = await stack.enter_async_context(
                     open_peer(job["url"], job["meeting"], display_name=state.name)
                 )
-                await state.setup(peer, reader)
+                await state.setup(peer, reader, times)
             counts["published"] += 1
             if counts["published"] == len(peers):
                 all_published.set()
             await consume_now.wait()
             async with limit:
-                await state.consume(peer, producers_in)
+                await state.consume(peer, producers_in, times)
             counts["ready"] += 1
             if counts["ready"] == len(peers):
                 all_ready.set()
@@ -569,7 +604,13 @@ async def _run_sfu(job: dict[str, Any], lines: _Lines) -> None:
             producers_in.update((await lines.next())["producers"])
             consume_now.set()
             await all_ready.wait()
-            _emit({"event": "ready", "consumers": sum(p.consumers for p in peers)})
+            _emit(
+                {
+                    "event": "ready",
+                    "consumers": sum(p.consumers for p in peers),
+                    "requests": times.by_type,
+                }
+            )
             timing = await lines.next()
             start, stop = float(timing["start"]), float(timing["stop"])
             w0, w1 = (float(x) for x in timing["window"])
