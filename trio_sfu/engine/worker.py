@@ -10,6 +10,7 @@ routers are tasks in the worker's nursery, transports tasks in their router's.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
@@ -94,6 +95,10 @@ class WorkerSettings:
     id_prefix: str = ""
 
 
+#: How long a taken fixed RTC port is tried again at start-up, and how often.
+PORT_RETRY_TIME: Final = 10.0
+PORT_RETRY_INTERVAL: Final = 0.25
+
 #: Seconds between two checks whether freed memory should go back to the system (and
 #: whether refusals happened that should be logged).
 MEMORY_TRIM_INTERVAL: Final = 5.0
@@ -155,15 +160,7 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 settings = self.settings
                 if settings.rtc_port is not None:
-                    server = WebRtcServer(
-                        listen_ip=settings.listen_ip,
-                        announced_ip=settings.announced_ip,
-                        port=settings.rtc_port,
-                        port_range=(settings.rtc_min_port, settings.rtc_max_port),
-                        enable_udp=settings.enable_udp,
-                        enable_tcp=settings.enable_tcp,
-                    )
-                    await nursery.start(server.run)
+                    server = await self._start_webrtc_server(nursery)
                     self.webrtc_server = server
                     logger.info(
                         "WebRTC on %s: UDP port %s, TCP port %s, shared by every transport",
@@ -180,6 +177,38 @@ class Worker:
                     self._log_refusals(trio.current_time())
         finally:
             self.close()
+
+    async def _start_webrtc_server(self, nursery: trio.Nursery) -> WebRtcServer:
+        """Bind the shared RTC port. A fixed port that is taken is tried again for up to
+        ``PORT_RETRY_TIME``: a server restarted at once after a crash (SIGKILL) finds its
+        old workers still on their way out, holding the ports for a moment."""
+        settings = self.settings
+        give_up = trio.current_time() + PORT_RETRY_TIME
+        while True:
+            server = WebRtcServer(
+                listen_ip=settings.listen_ip,
+                announced_ip=settings.announced_ip,
+                port=settings.rtc_port or 0,
+                port_range=(settings.rtc_min_port, settings.rtc_max_port),
+                enable_udp=settings.enable_udp,
+                enable_tcp=settings.enable_tcp,
+            )
+            try:
+                await nursery.start(server.run)
+            except OSError as exc:
+                if (
+                    exc.errno != errno.EADDRINUSE
+                    or not settings.rtc_port
+                    or trio.current_time() >= give_up
+                ):
+                    raise
+                logger.warning(
+                    "RTC port %d is in use (by a process on its way out?): trying again",
+                    settings.rtc_port,
+                )
+                await trio.sleep(PORT_RETRY_INTERVAL)
+                continue
+            return server
 
     def _log_refusals(self, now: float) -> None:
         """A log line (rate-limited per reason) for each kind of trespass refused since the
