@@ -67,10 +67,10 @@ async def test_a_real_call_keeps_flowing_beside_the_fuzzer() -> None:
         results = {r.target: r for r in await fuzz_live_call(seconds=4.0, seed=5)}
     for result in results.values():
         assert not result.failures, no_failures(result)
-    assert results["live-call"].cases >= 10  # windows in which bob got ann's packet
+    assert results["live-call"].cases >= 5  # windows in which bob got ann's packet
     assert results["live-rtc-port"].cases > 1000
     assert results["live-srtp-peer"].cases > 1000
-    assert results["live-signaling"].cases > 100
+    assert results["live-signaling"].cases > 50
 
 
 json_values = st.recursive(
