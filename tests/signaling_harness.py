@@ -5,6 +5,7 @@ HTTP/1.1 client (h11) for the admin API, /healthz and /metrics."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -80,11 +81,28 @@ async def peer(
         yield client
 
 
+def fresh_ssrcs(rtp_parameters: dict[str, Any]) -> dict[str, Any]:
+    """A copy of captured ``rtpParameters`` with new random SSRCs: a router refuses an SSRC
+    that another of its producers has, and one capture may be published by several
+    clients of a test."""
+    copy: dict[str, Any] = json.loads(json.dumps(rtp_parameters))
+    for encoding in copy["encodings"]:
+        if "ssrc" in encoding:
+            encoding["ssrc"] = secrets.randbelow(0xFFFF_FFFF) + 1
+        if "rtx" in encoding:
+            encoding["rtx"]["ssrc"] = secrets.randbelow(0xFFFF_FFFF) + 1
+    return copy
+
+
 async def publish_audio(client: SignalingClient) -> tuple[str, str]:
-    """Create a send transport and produce the captured Opus track: (transport, producer)."""
+    """Create a send transport and produce the captured Opus track (with SSRCs of its own):
+    (transport, producer)."""
     send = await client.create_transport("send")
     producer_id = await client.produce(
-        send["transportId"], "audio", AUDIO["rtpParameters"], app_data={"label": "mic"}
+        send["transportId"],
+        "audio",
+        fresh_ssrcs(AUDIO["rtpParameters"]),
+        app_data={"label": "mic"},
     )
     return send["transportId"], producer_id
 

@@ -770,3 +770,24 @@ def test_a_released_server_still_answers_a_retransmitted_last_flight() -> None:
     pair.tick(1.0)  # the client resends its last flight; the kept flight answers it
     assert pair.client.state == "connected"
     assert_srtp_works(pair)
+
+
+def test_a_certificate_cryptography_cannot_read_fails_the_handshake_cleanly() -> None:
+    """Found by scripts/fuzz: a client Certificate whose validity time is not a valid
+    UTCTime passed OpenSSL's parsing, and reading it in the verify callback raised
+    ValueError out of receive_untrusted (the transport then logged a crash)."""
+    server_cert, client_cert = DtlsCertificate.generate(), DtlsCertificate.generate()
+    server = DtlsEndpoint(certificate=server_cert, role="server")
+    client = DtlsEndpoint(certificate=client_cert, role="client")
+    server.set_remote_fingerprints([client_cert.fingerprint("sha-256")])
+    client.set_remote_fingerprints([server_cert.fingerprint("sha-256")])
+    flight2 = [d for x in client.start(0.0) for d in server.receive_untrusted(x, 0.0)]
+    flight3 = [d for x in flight2 for d in client.receive_untrusted(x, 0.0)]
+    datagram = next(d for d in flight3 if b"\x17\x0d" in d)  # the one with the Certificate
+    not_after = datagram.index(b"\x17\x0d", datagram.index(b"\x17\x0d") + 1) + 2
+    broken = datagram[:not_after] + b"\x00\xff" + datagram[not_after + 2 :]
+    with pytest.raises(DtlsError) as info:
+        for data in flight3:
+            server.receive_untrusted(broken if data == datagram else data, 0.0)
+    assert info.value.reason == "fingerprint mismatch"
+    assert server.state == "failed"

@@ -108,6 +108,12 @@ class ServerConfig:
     ice_servers: tuple[IceServerConfig, ...] = ()
     turn: TurnConfig = TurnConfig()
     limits: Limits = Limits()
+    #: A WebRTC transport not connected (DTLS) this many seconds after it was created is
+    #: closed, and its peer told (``rtc:transportClosed``, reason ``connect_timeout``).
+    transport_connect_timeout: float = 30.0
+    #: A peer that has had no transport for this many seconds (joined and never created
+    #: one, or all of them were closed) is ended; its socket closes with 4003.
+    peer_idle_timeout: float = 60.0
     #: Bound on each peer's cleanup (closing its transports through the engine).
     cleanup_timeout: float = 5.0
     #: Bound on a graceful shutdown, after which everything left is cancelled.
@@ -158,6 +164,9 @@ class ServerConfig:
             problems.append("TRIO_SFU_TURN_SECRET is set but TRIO_SFU_TURN_URLS is empty")
         if self.turn.ttl <= 0:
             problems.append("the TURN credential ttl must be positive")
+        for name in ("transport_connect_timeout", "peer_idle_timeout"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive")
         limits = attrs.asdict(self.limits)
         problems.extend(f"limit {k} must be positive" for k, v in limits.items() if v <= 0)
         return problems
@@ -184,6 +193,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "TRIO_SFU_TURN_URLS": "turn.urls",
     "TRIO_SFU_TURN_SECRET": "turn.secret",
     "TRIO_SFU_TURN_TTL": "turn.ttl",
+    "TRIO_SFU_TRANSPORT_CONNECT_TIMEOUT": "transport_connect_timeout",
+    "TRIO_SFU_PEER_IDLE_TIMEOUT": "peer_idle_timeout",
     "TRIO_SFU_MAX_PEERS_PER_MEETING": "limits.peers_per_meeting",
     "TRIO_SFU_MAX_TRANSPORTS_PER_PEER": "limits.transports_per_peer",
     "TRIO_SFU_MAX_PRODUCERS_PER_PEER": "limits.producers_per_peer",

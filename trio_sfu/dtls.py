@@ -424,7 +424,15 @@ def _verify(connection: SSL.Connection, certificate: Any, errno: int, depth: int
         return False
     if depth != 0:
         return True  # only the peer's own certificate is checked (RFC 5763 section 5)
-    return endpoint._verify_peer_certificate(certificate.to_cryptography())
+    try:
+        peer_certificate = certificate.to_cryptography()
+    except ValueError:
+        # DER that OpenSSL took but cryptography cannot read (a malformed validity time,
+        # found by fuzzing): refused. Raising here would escape do_handshake() as a
+        # ValueError instead of failing the handshake.
+        endpoint._fingerprint_rejected = True
+        return False
+    return endpoint._verify_peer_certificate(peer_certificate)
 
 
 # --- the association ---------------------------------------------------------------------
@@ -795,7 +803,10 @@ class DtlsEndpoint:
     def _complete(self) -> None:
         """The handshake is done and the fingerprints are known: check, then export keys."""
         assert self._remote_fingerprints is not None
-        certificate = self._conn().get_peer_certificate(as_cryptography=True)
+        try:
+            certificate = self._conn().get_peer_certificate(as_cryptography=True)
+        except ValueError:
+            self._fail("fingerprint mismatch")  # a certificate that cannot be read
         if certificate is None:
             self._fail("peer sent no certificate")
         matched = _matching_fingerprint(certificate, self._remote_fingerprints)

@@ -9,7 +9,10 @@ Two families:
 
 * :class:`SfuError` and its subclasses are refusals of a request. Each carries the
   signaling error ``code`` from PROTOCOL.md, so that the signaling layer can answer
-  with ``rtc:error`` without a translation table.
+  with ``rtc:error`` without a translation table. A refusal of a trespass (a token that
+  does not verify, another peer's id, ...) also names its ``refusal`` reason, which the
+  server counts in ``/metrics`` (``trio_sfu_refused_total{reason=...}``) and logs at a
+  limited rate.
 
 This module imports nothing but the standard library.
 """
@@ -28,9 +31,11 @@ class SfuError(Exception):
 
     code: ClassVar[str] = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, refusal: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: The trespass this refuses (``"token_expired"``, ``"foreign_id"``, ...), if any.
+        self.refusal = refusal
 
 
 class InvalidMessageError(SfuError):

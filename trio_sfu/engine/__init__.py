@@ -28,6 +28,7 @@ def create_engine(config: ServerConfig) -> AbstractAsyncContextManager[Worker | 
         rtc_min_port=config.rtc_min_port,
         rtc_max_port=config.rtc_max_port,
         rtc_port=config.rtc_port,
+        transport_connect_timeout=config.transport_connect_timeout,
     )
     workers = config.worker_count()
     if workers == 1:

@@ -5,7 +5,8 @@ one MessagePack value. Three kinds of message travel in them::
 
     [REQUEST, id, method, args]        parent -> worker; ``args`` is a list
     [RESPONSE, id, True, result]       worker -> parent, exactly one per request
-    [RESPONSE, id, False, [code, text]]    a refusal (an SfuError code) or ``internal``
+    [RESPONSE, id, False, [code, text, refusal]]  a refusal (an SfuError code and, for a
+                                       trespass, its ``refusal`` reason) or ``internal``
     [NOTIFY, name, payload]            worker -> parent: ``event`` (an EngineEvent),
                                        ``load`` (the worker's periodic report)
 
@@ -140,13 +141,14 @@ class WorkerInternalError(SfuError):
     code = "internal"
 
 
-def encode_error(exc: SfuError) -> list[str]:
-    return [exc.code, exc.message]
+def encode_error(exc: SfuError) -> list[str | None]:
+    return [exc.code, exc.message, exc.refusal]
 
 
 def decode_error(value: Any) -> SfuError:
-    code, message = value
-    return _ERRORS.get(code, WorkerInternalError)(str(message))
+    code, message, *rest = value
+    refusal = rest[0] if rest and isinstance(rest[0], str) else None
+    return _ERRORS.get(code, WorkerInternalError)(str(message), refusal=refusal)
 
 
 _EVENTS: Final[dict[str, type[Any]]] = {

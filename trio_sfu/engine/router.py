@@ -129,14 +129,19 @@ def new_id(prefix: str = "") -> str:
 
 @final
 class RtpListener:
-    """Finds the producer stream of an incoming packet on one send transport."""
+    """Finds the producer stream of an incoming packet on one send transport.
 
-    __slots__ = ("producers", "ssrc_table")
+    ``ssrc_owners`` is the router's map of every SSRC any of its producers has (announced
+    or learned): an SSRC another producer of the router holds is never learned here.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("producers", "ssrc_owners", "ssrc_table")
+
+    def __init__(self, ssrc_owners: dict[int, Producer] | None = None) -> None:
         #: ssrc -> (producer, stream, is_rtx)
         self.ssrc_table: dict[int, tuple[Producer, ProducerStream, bool]] = {}
         self.producers: list[Producer] = []
+        self.ssrc_owners: dict[int, Producer] = {} if ssrc_owners is None else ssrc_owners
 
     def add(self, producer: Producer) -> None:
         for stream in producer.streams:
@@ -150,17 +155,23 @@ class RtpListener:
         self.producers.remove(producer)
         for ssrc in [s for s, entry in self.ssrc_table.items() if entry[0] is producer]:
             del self.ssrc_table[ssrc]
+            if self.ssrc_owners.get(ssrc) is producer:
+                del self.ssrc_owners[ssrc]
 
     def ssrc_in_use(self, ssrc: int) -> bool:
-        return ssrc in self.ssrc_table
+        return ssrc in self.ssrc_table or ssrc in self.ssrc_owners
 
     def _claim(self, ssrc: int, producer: Producer, stream: ProducerStream, rtx: bool) -> None:
         self.ssrc_table[ssrc] = (producer, stream, rtx)
+        self.ssrc_owners[ssrc] = producer
 
     def learn_untrusted(
         self, packet: bytes, ssrc: int
     ) -> tuple[Producer, ProducerStream, bool] | None:
-        """An unknown SSRC: match it by the MID and RID / repaired-RID header extensions."""
+        """An unknown SSRC: match it by the MID and RID / repaired-RID header extensions.
+        None for an SSRC that another producer of the router holds (never taken over)."""
+        if ssrc in self.ssrc_owners:
+            return None
         for producer in self.producers:
             ids = producer.extension_ids
             mid_id = ids.get(MID_URI)
@@ -233,9 +244,9 @@ class _TransportEntry:
         "uplink_prior",
     )
 
-    def __init__(self, transport: AnyTransport) -> None:
+    def __init__(self, transport: AnyTransport, ssrc_owners: dict[int, Producer]) -> None:
         self.transport = transport
-        self.listener = RtpListener()
+        self.listener = RtpListener(ssrc_owners)
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         self.consumers_by_ssrc: dict[int, Consumer] = {}
@@ -263,8 +274,36 @@ class _TransportEntry:
         self.quality: Quality | None = None
 
 
+#: Trespasses the engine refuses, each counted as the media counter ``refused_<reason>``
+#: (``/metrics``: ``trio_sfu_refused_total{reason=...}``):
+#:
+#: - ``stun_unauthenticated``: STUN that names no transport, or fails its transport's
+#:   check (wrong username, bad or missing MESSAGE-INTEGRITY or FINGERPRINT);
+#: - ``not_validated``: RTP, RTCP or DTLS from an address ICE never validated;
+#: - ``dtls_fingerprint``: a DTLS handshake whose certificate matches no fingerprint the
+#:   peer signaled (the transport closes);
+#: - ``ssrc_in_use``, ``mid_in_use``, ``rid_in_use``: a produce announcing an SSRC that
+#:   another producer of the router holds, a MID another producer of its transport has,
+#:   or RIDs that would make its transport's streams ambiguous. (A packet whose SSRC
+#:   another producer holds is never taken over by a RID/MID match either: dropped.)
+ENGINE_REFUSALS = (
+    "stun_unauthenticated",
+    "not_validated",
+    "dtls_fingerprint",
+    "ssrc_in_use",
+    "mid_in_use",
+    "rid_in_use",
+)
+
 #: The media counters the engine reports (``Worker.dump()["counters"]``, ``/metrics``).
-MEDIA_COUNTERS = ("packets_in", "packets_out", "bytes_in", "bytes_out", "drops")
+MEDIA_COUNTERS = (
+    "packets_in",
+    "packets_out",
+    "bytes_in",
+    "bytes_out",
+    "drops",
+    *(f"refused_{reason}" for reason in ENGINE_REFUSALS),
+)
 
 
 def new_media_counters() -> dict[str, int]:
@@ -277,6 +316,8 @@ def add_transport_counters(into: dict[str, int], transport: AnyTransport) -> Non
     for key in ("packets_in", "packets_out", "bytes_in", "bytes_out"):
         into[key] += stats[key]
     into["drops"] += sum(stats["dropped"].values())
+    for reason, count in stats.get("refused", {}).items():
+        into[f"refused_{reason}"] += count
 
 
 @final
@@ -319,6 +360,8 @@ class Router:
         self.transports: dict[str, _TransportEntry] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
+        #: Every SSRC a producer of this router has (announced or learned), by producer.
+        self.ssrc_owners: dict[int, Producer] = {}
         self.speakers = ActiveSpeakerDetector()
         self._speaker_at = -1e9
         # NTP timestamps in reports come from trio's clock, offset to the wall clock once.
@@ -379,7 +422,7 @@ class Router:
             timers=self._timers,
             **options,
         )
-        entry = _TransportEntry(transport)
+        entry = _TransportEntry(transport, self.ssrc_owners)
         transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
         transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
         transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
@@ -419,7 +462,7 @@ class Router:
             port_range=options.get("port_range", (40000, 49999)),
             app_data=app_data,
         )
-        entry = _TransportEntry(transport)
+        entry = _TransportEntry(transport, self.ssrc_owners)
         transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
         transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
         transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
@@ -529,15 +572,7 @@ class Router:
         mapping = negotiation.get_producer_rtp_mapping(
             rtp_parameters, self.rtp_capabilities, kind=kind
         )
-        for encoding in rtp_parameters.encodings:
-            for ssrc in (encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None):
-                if ssrc is not None and entry.listener.ssrc_in_use(ssrc):
-                    raise UnsupportedError(
-                        f"rtpParameters.encodings: ssrc {ssrc} is already in use on this transport"
-                    )
-        mid = rtp_parameters.mid
-        if mid is not None and any(p.rtp_parameters.mid == mid for p in entry.producers.values()):
-            raise UnsupportedError(f"rtpParameters.mid: mid {mid!r} is already in use")
+        self._check_claims(entry, rtp_parameters)
         if not pipe:
             # One endpoint, one CNAME; a pipe carries many endpoints' producers.
             entry.cname = negotiation.pick_transport_cname(entry.cname, rtp_parameters)
@@ -568,6 +603,47 @@ class Router:
             entry.twcc_recorder = TwccRecorder()
         return producer.id
 
+    def _check_claims(self, entry: _TransportEntry, rtp_parameters: RtpParameters) -> None:
+        """Refuse (counted) a producer whose packets could be taken for another's: an SSRC
+        any producer of the router holds; a MID another producer of the transport has;
+        RIDs another producer of the transport uses where either has no MID to tell
+        them apart. mediasoup checks the transport only; SSRCs are checked router-wide so
+        that no producer can even announce another's stream."""
+        seen: set[int] = set()
+        for encoding in rtp_parameters.encodings:
+            for ssrc in (encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None):
+                if ssrc is None:
+                    continue
+                if ssrc in seen or entry.listener.ssrc_in_use(ssrc):
+                    self._refuse("ssrc_in_use")
+                    raise UnsupportedError(
+                        f"rtpParameters.encodings: ssrc {ssrc} is already in use",
+                        refusal="ssrc_in_use",
+                    )
+                seen.add(ssrc)
+        mid = rtp_parameters.mid
+        others = list(entry.producers.values())
+        if mid is not None and any(p.rtp_parameters.mid == mid for p in others):
+            self._refuse("mid_in_use")
+            raise UnsupportedError(
+                f"rtpParameters.mid: mid {mid!r} is already in use", refusal="mid_in_use"
+            )
+        rids = {e.rid for e in rtp_parameters.encodings if e.rid is not None}
+        for other in others if rids else ():
+            if mid is not None and other.rtp_parameters.mid is not None:
+                continue  # told apart by their MIDs
+            shared = rids & {e.rid for e in other.rtp_parameters.encodings if e.rid is not None}
+            if shared:
+                self._refuse("rid_in_use")
+                raise UnsupportedError(
+                    f"rtpParameters.encodings: rid {min(shared)!r} is already in use on this "
+                    "transport by a producer it cannot be told from by MID",
+                    refusal="rid_in_use",
+                )
+
+    def _refuse(self, reason: str) -> None:
+        self.retired_counters[f"refused_{reason}"] += 1
+
     def _producer(self, producer_id: str) -> Producer:
         producer = self.producers.get(producer_id)
         if producer is None:
@@ -587,6 +663,11 @@ class Router:
             self._close_consumer(consumer, "producer_closed")
         self.producers.pop(producer.id, None)
         self.speakers.remove(producer.id)
+        owners = self.ssrc_owners
+        for stream in producer.streams:
+            for ssrc in (stream.ssrc, stream.rtx_ssrc):
+                if ssrc is not None and owners.get(ssrc) is producer:
+                    del owners[ssrc]
         entry = self.transports.get(producer.transport_id)
         if entry is not None:
             entry.producers.pop(producer.id, None)

@@ -90,8 +90,11 @@ class WebRtcServer:
         #: Each transport's entries in the two maps above, to forget them when it closes.
         self._owned: dict[WebRtcTransport, list[tuple[dict[Address, WebRtcTransport], Address]]]
         self._owned = {}
-        #: Datagrams and frames no transport claimed.
+        #: Datagrams and frames no transport claimed: STUN naming no transport (or not a
+        #: Binding request), and anything else from an address no transport validated.
         self.dropped_unknown = 0
+        self.refused_stun = 0
+        self.refused_not_validated = 0
         #: ICE-TCP connections closed because no transport claimed them in time.
         self.tcp_unclaimed_closed = 0
         self._sweep_scope = trio.CancelScope()
@@ -173,6 +176,8 @@ class WebRtcServer:
             "tcp_tuples": len(self._tcp_owners),
             "tcp_connections": len(tcp.connections) if tcp is not None else 0,
             "dropped_unknown": self.dropped_unknown,
+            "refused_stun": self.refused_stun,
+            "refused_not_validated": self.refused_not_validated,
             "send_would_block": udp.send_would_block if udp is not None else 0,
             "send_errors": udp.send_errors if udp is not None else 0,
             "tcp_frames_dropped": tcp.frames_dropped if tcp is not None else 0,
@@ -255,6 +260,10 @@ class WebRtcServer:
                 transport = self._by_ufrag.get(ufrag, owner)
         if transport is None:
             self.dropped_unknown += 1
+            if data and data[0] <= 3:
+                self.refused_stun += 1
+            else:
+                self.refused_not_validated += 1
             return
         try:
             transport.handle_datagram(data, address)

@@ -23,7 +23,9 @@ session and then to ``on_rtp`` / ``on_rtcp``. Bad bytes of any kind, and DTLS or
 addresses ICE has not validated, are dropped and counted (see :meth:`stats`); they never end
 the transport. A DTLS failure (e.g. a certificate that matches no fingerprint given to
 :meth:`connect`) closes it with the reason ``"dtls_failed: ..."``; an ICE consent timeout
-closes it with ``"consent_timeout"``.
+closes it with ``"consent_timeout"``; a transport whose DTLS is not connected
+``connect_timeout`` seconds after it started (its client never connected it, or vanished
+on the way) closes with ``"connect_timeout"``.
 
 Packets out (:meth:`send_rtp_nowait`, :meth:`send_rtcp_nowait`) go into a bounded memory
 channel; an egress task protects them and sends them to the tuple ICE selected. A full
@@ -123,6 +125,8 @@ class WebRtcTransport:
     __slots__ = (
         "_announced_ip",
         "_certificate",
+        "_connect_deadline",
+        "_connect_timeout",
         "_direct_address",
         "_dtls",
         "_dtls_address",
@@ -165,6 +169,7 @@ class WebRtcTransport:
         "dropped_srtp_auth",
         "dropped_srtp_not_ready",
         "dropped_unknown",
+        "dtls_fingerprint_refused",
         "dtls_in",
         "dtls_parameters",
         "ice_candidates",
@@ -200,12 +205,15 @@ class WebRtcTransport:
         close_timeout: float = 40.0,
         timers: TimerQueue | None = None,
         server: WebRtcServer | None = None,
+        connect_timeout: float | None = 30.0,
     ) -> None:
         check_listen_options(
             "WebRtcTransport", listen_ip, announced_ip, port_range, enable_udp, enable_tcp
         )
         if egress_queue_size < 1:
             raise ValueError("egress_queue_size must be at least 1")
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive (or None: no limit)")
 
         self.id = transport_id
         self.app_data: dict[str, Any] = app_data if app_data is not None else {}
@@ -276,6 +284,10 @@ class WebRtcTransport:
         # finished its handshake too); infinity before SRTP starts and once released.
         self._dtls_release_at = math.inf
         self._early_dtls: list[tuple[bytes, Address]] = []
+        #: Seconds from the start until DTLS must be connected (None: no limit), and when
+        #: that is (infinity before the start and once connected).
+        self._connect_timeout = connect_timeout
+        self._connect_deadline = math.inf
         self._srtp: SrtpSession | None = None
         self._selected_is_tcp = False
 
@@ -300,6 +312,9 @@ class WebRtcTransport:
         self.dropped_egress_not_ready = 0
         self.dropped_egress_protect = 0
         self.dropped_send = 0
+        #: 1 once a DTLS handshake was refused for a certificate that matches no
+        #: fingerprint given to connect() (the transport closed then).
+        self.dtls_fingerprint_refused = 0
 
     # ---- public state ------------------------------------------------------------------
 
@@ -366,6 +381,12 @@ class WebRtcTransport:
                 + (udp.send_would_block + udp.send_errors if udp is not None else 0)
                 + (tcp.frames_dropped if tcp is not None else 0),
             },
+            # Trespasses (see trio_sfu.engine.router.ENGINE_REFUSALS).
+            "refused": {
+                "stun_unauthenticated": self._ice.stun_dropped,
+                "not_validated": self.dropped_not_validated,
+                "dtls_fingerprint": self.dtls_fingerprint_refused,
+            },
             "tcp_connections": (
                 server.owns_tcp(self)
                 if server is not None
@@ -401,6 +422,7 @@ class WebRtcTransport:
                     if server is None and self._tcp is not None:
                         self._tcp.on_connection_closed = self.tcp_connection_closed
                         await nursery.start(self._tcp.serve, self.handle_datagram)
+                    self._start_connect_timer()
                     if self._timer.queued:
                         self._timer.reschedule()
                     else:
@@ -442,7 +464,12 @@ class WebRtcTransport:
             self._close_now("closed")
             raise
         self._nursery = nursery
+        self._start_connect_timer()
         self._timer.reschedule()
+
+    def _start_connect_timer(self) -> None:
+        if self._connect_timeout is not None:
+            self._connect_deadline = trio.current_time() + self._connect_timeout
 
     def close(self, reason: str = "closed") -> None:
         """Close the transport now: DTLS close_notify (best effort), sockets closed, tasks
@@ -894,6 +921,8 @@ class WebRtcTransport:
         if address is not None:
             for datagram in exc.datagrams:
                 self._send(datagram, address)
+        if exc.reason == "fingerprint mismatch":
+            self.dtls_fingerprint_refused = 1
         self._set_dtls_state("failed")
         self.close(f"dtls_failed: {exc.reason}")
 
@@ -908,6 +937,7 @@ class WebRtcTransport:
                     raise ValueError("connected without keys")
                 self._srtp = SrtpSession(dtls.srtp_keys)
                 self._dtls_release_at = trio.current_time() + DTLS_RELEASE_AFTER
+                self._connect_deadline = math.inf  # connected: no timeout any more
             except ValueError as exc:
                 self._set_dtls_state("failed")
                 self.close(f"dtls_failed: no SRTP keys ({exc})")
@@ -1010,9 +1040,12 @@ class WebRtcTransport:
             dtls_deadline = dtls.next_deadline(trio.current_time())
             if dtls_deadline is not None and dtls_deadline < result:
                 result = dtls_deadline
-        return min(result, self._dtls_release_at)
+        return min(result, self._dtls_release_at, self._connect_deadline)
 
     def _on_timer(self, now: float) -> None:
+        if now >= self._connect_deadline:
+            self.close("connect_timeout")
+            return
         self._ice.poll(now)
         self._after_ice_event()
         if self.closed:

@@ -10,6 +10,7 @@ routers are tasks in the worker's nursery, transports tasks in their router's.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
@@ -36,7 +37,13 @@ from trio_sfu.engine.api import (
 from trio_sfu.engine.layers import PolicySettings
 from trio_sfu.engine.load import LoadMeter
 from trio_sfu.engine.pipe import RouterPipes
-from trio_sfu.engine.router import Router, add_transport_counters, new_id, new_media_counters
+from trio_sfu.engine.router import (
+    ENGINE_REFUSALS,
+    Router,
+    add_transport_counters,
+    new_id,
+    new_media_counters,
+)
 from trio_sfu.engine.webrtc_server import WebRtcServer
 from trio_sfu.errors import InvalidStateError, LimitExceededError, NotFoundError
 from trio_sfu.ortc import negotiation
@@ -47,6 +54,7 @@ from trio_sfu.ortc.types import (
     RtpCodecCapability,
     RtpParameters,
 )
+from trio_sfu.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +77,10 @@ class WorkerSettings:
     #: closed after ``ice_close_timeout`` (RFC 7675 suggests 30 s).
     ice_consent_timeout: float = 30.0
     ice_close_timeout: float = 40.0
+    #: A WebRTC transport whose DTLS is not connected this many seconds after it was
+    #: created is closed (reason ``connect_timeout``; its owner gets ``TransportClosed``).
+    #: None: no limit.
+    transport_connect_timeout: float | None = 30.0
     #: Seconds between Sender/Receiver Report rounds.
     rtcp_interval: float = 1.0
     #: Seconds between two weak-network policy decisions (per video consumer).
@@ -83,7 +95,12 @@ class WorkerSettings:
     id_prefix: str = ""
 
 
-#: Seconds between two checks whether freed memory should go back to the system.
+#: How long a taken fixed RTC port is tried again at start-up, and how often.
+PORT_RETRY_TIME: Final = 10.0
+PORT_RETRY_INTERVAL: Final = 0.25
+
+#: Seconds between two checks whether freed memory should go back to the system (and
+#: whether refusals happened that should be logged).
 MEMORY_TRIM_INTERVAL: Final = 5.0
 
 
@@ -127,6 +144,9 @@ class Worker:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._meter = LoadMeter()
+        #: Refusal counts as of the last log check (see _log_refusals), and their log.
+        self._refusals_logged = dict.fromkeys(ENGINE_REFUSALS, 0)
+        self.refusal_log = RateLimitedLog(logger, DEFAULT_INTERVAL)
         #: The shared RTC sockets (``settings.rtc_port``), while running.
         self.webrtc_server: WebRtcServer | None = None
         #: Pipes between this worker's routers (:meth:`pipe_to_router`), while running.
@@ -140,15 +160,7 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 settings = self.settings
                 if settings.rtc_port is not None:
-                    server = WebRtcServer(
-                        listen_ip=settings.listen_ip,
-                        announced_ip=settings.announced_ip,
-                        port=settings.rtc_port,
-                        port_range=(settings.rtc_min_port, settings.rtc_max_port),
-                        enable_udp=settings.enable_udp,
-                        enable_tcp=settings.enable_tcp,
-                    )
-                    await nursery.start(server.run)
+                    server = await self._start_webrtc_server(nursery)
                     self.webrtc_server = server
                     logger.info(
                         "WebRTC on %s: UDP port %s, TCP port %s, shared by every transport",
@@ -162,8 +174,59 @@ class Worker:
                 while True:
                     await trio.sleep(MEMORY_TRIM_INTERVAL)
                     memory.trim_if_worth()
+                    self._log_refusals(trio.current_time())
         finally:
             self.close()
+
+    async def _start_webrtc_server(self, nursery: trio.Nursery) -> WebRtcServer:
+        """Bind the shared RTC port. A fixed port that is taken is tried again for up to
+        ``PORT_RETRY_TIME``: a server restarted at once after a crash (SIGKILL) finds its
+        old workers still on their way out, holding the ports for a moment."""
+        settings = self.settings
+        give_up = trio.current_time() + PORT_RETRY_TIME
+        while True:
+            server = WebRtcServer(
+                listen_ip=settings.listen_ip,
+                announced_ip=settings.announced_ip,
+                port=settings.rtc_port or 0,
+                port_range=(settings.rtc_min_port, settings.rtc_max_port),
+                enable_udp=settings.enable_udp,
+                enable_tcp=settings.enable_tcp,
+            )
+            try:
+                await nursery.start(server.run)
+            except OSError as exc:
+                if (
+                    exc.errno != errno.EADDRINUSE
+                    or not settings.rtc_port
+                    or trio.current_time() >= give_up
+                ):
+                    raise
+                logger.warning(
+                    "RTC port %d is in use (by a process on its way out?): trying again",
+                    settings.rtc_port,
+                )
+                await trio.sleep(PORT_RETRY_INTERVAL)
+                continue
+            return server
+
+    def _log_refusals(self, now: float) -> None:
+        """A log line (rate-limited per reason) for each kind of trespass refused since the
+        last check: per-packet refusals are counters, never a line each."""
+        counters = self.media_counters()
+        for reason, before in self._refusals_logged.items():
+            count = counters[f"refused_{reason}"]
+            if count > before:
+                self._refusals_logged[reason] = count
+                self.refusal_log.note(
+                    reason,
+                    now,
+                    "%d in the last %.0f s (%d in all)",
+                    count - before,
+                    MEMORY_TRIM_INTERVAL,
+                    count,
+                    count=count - before,
+                )
 
     def close(self) -> None:
         """Close every router. Idempotent."""
@@ -299,6 +362,7 @@ class Worker:
                 "egress_queue_size": self.settings.egress_queue_size,
                 "consent_timeout": self.settings.ice_consent_timeout,
                 "close_timeout": self.settings.ice_close_timeout,
+                "connect_timeout": self.settings.transport_connect_timeout,
                 "server": self.webrtc_server,
             },
         )
@@ -479,6 +543,11 @@ class Worker:
         for router in self._routers.values():
             for entry in router.transports.values():
                 add_transport_counters(counters, entry.transport)
+        server = self.webrtc_server
+        if server is not None:
+            # What no transport was even handed: STUN naming none, packets from strangers.
+            counters["refused_stun_unauthenticated"] += server.refused_stun
+            counters["refused_not_validated"] += server.refused_not_validated
         return counters
 
     def dump(self) -> dict[str, Any]:

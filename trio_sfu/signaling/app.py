@@ -17,6 +17,8 @@ import trio
 
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine.api import MediaEngine
+from trio_sfu.errors import SfuError
+from trio_sfu.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 from trio_sfu.signaling.admin import handle_admin
 from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.metrics import CONTENT_TYPE_LATEST, SfuMetrics
@@ -49,8 +51,23 @@ class SignalingApp:
             media_counters=engine.media_counters,
             workers=engine.workers_info,
         )
-        self.rooms = RoomManager(engine, config, nursery, count_error=self.metrics.count_error)
+        self.refusal_log = RateLimitedLog(logger, DEFAULT_INTERVAL)
+        self.rooms = RoomManager(
+            engine,
+            config,
+            nursery,
+            count_error=self.metrics.count_error,
+            on_refusal=self.note_refusal,
+        )
         self.sessions: set[Session] = set()
+
+    def note_refusal(self, exc: SfuError, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        """``exc`` refused a trespass (its ``refusal`` is set): count it for /metrics and
+        log it, at most one line per reason per minute (never a traceback)."""
+        if exc.refusal is None:
+            return
+        self.metrics.count_refusal(exc.refusal)
+        self.refusal_log.note(exc.refusal, trio.current_time(), "%s", exc.message, logger=log)
 
     def close_sessions(self, code: int, reason: str) -> None:
         """Close every connection (after what is queued on it). Never blocks."""

@@ -78,11 +78,17 @@ def _grant_from_claims(claims: dict[str, Any]) -> Grant:
     for claim in ("sub", "meetingId"):
         value = claims.get(claim)
         if not isinstance(value, str) or not value:
-            raise UnauthorizedError(f"invalid token: claim {claim!r} must be a non-empty string")
+            raise UnauthorizedError(
+                f"invalid token: claim {claim!r} must be a non-empty string",
+                refusal="token_invalid",
+            )
     for claim, kind in _OPTIONAL_CLAIMS.items():
         value = claims.get(claim)
         if value is not None and type(value) is not kind:
-            raise UnauthorizedError(f"invalid token: claim {claim!r} must be a {kind.__name__}")
+            raise UnauthorizedError(
+                f"invalid token: claim {claim!r} must be a {kind.__name__}",
+                refusal="token_invalid",
+            )
     return Grant(
         user_id=claims["sub"],
         meeting_id=claims["meetingId"],
@@ -113,12 +119,16 @@ class TokenVerifier:
         """The grant of ``token`` for ``meeting_id``.
 
         Raises :class:`UnauthorizedError` (no token, bad signature, expired, missing or
-        ill-typed claims) or :class:`ForbiddenError` (a token for another meeting).
+        ill-typed claims) or :class:`ForbiddenError` (a token for another meeting); their
+        ``refusal`` says which (``token_missing``, ``token_invalid``, ``token_expired``,
+        ``token_wrong_meeting``).
         """
         if self.dev:
             return self._dev_grant(token, meeting_id)
         if not token:
-            raise UnauthorizedError("a token is required (data.token or ?token= on the URL)")
+            raise UnauthorizedError(
+                "a token is required (data.token or ?token= on the URL)", refusal="token_missing"
+            )
         assert self._key is not None
         try:
             claims = jwt.decode(
@@ -129,14 +139,19 @@ class TokenVerifier:
                 leeway=LEEWAY,
             )
         except jwt.ExpiredSignatureError:
-            raise UnauthorizedError("token expired") from None
+            raise UnauthorizedError("token expired", refusal="token_expired") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise UnauthorizedError(f"invalid token: claim {exc.claim!r} is missing") from None
+            raise UnauthorizedError(
+                f"invalid token: claim {exc.claim!r} is missing", refusal="token_invalid"
+            ) from None
         except jwt.InvalidTokenError as exc:
-            raise UnauthorizedError(f"invalid token: {exc}") from None
+            raise UnauthorizedError(f"invalid token: {exc}", refusal="token_invalid") from None
         grant = _grant_from_claims(claims)
         if grant.meeting_id != meeting_id:
-            raise ForbiddenError(f"the token does not admit to meeting {meeting_id!r}")
+            raise ForbiddenError(
+                f"the token does not admit to meeting {meeting_id!r}",
+                refusal="token_wrong_meeting",
+            )
         return grant
 
     def _dev_grant(self, token: str | None, meeting_id: str) -> Grant:

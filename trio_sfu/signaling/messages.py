@@ -369,6 +369,17 @@ class RoomClosedNotice:
     reason: str
 
 
+@final
+@attrs.frozen
+class TransportClosedNotice:
+    """``rtc:transportClosed`` (a protocol addition, docs/protocol-additions.md): the
+    server closed one of the peer's transports by itself (``connect_timeout``,
+    ``dtls_failed: ...``, ``consent_timeout``)."""
+
+    transport_id: str
+    reason: str
+
+
 # ---- frames ----------------------------------------------------------------------------
 
 

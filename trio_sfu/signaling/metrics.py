@@ -5,6 +5,11 @@ read at scrape time. Media counters (packets and bytes in/out, drops) come from 
 engine's ``media_counters()``: keys ``packets_in``, ``packets_out``, ``bytes_in``,
 ``bytes_out``, ``drops``. Per-worker series (label ``worker``, the slot index) come from
 ``workers_info()``.
+
+Refused trespasses are one counter family, ``trio_sfu_refused_total{reason=...}``: the
+signaling side's reasons (:data:`SIGNALING_REFUSALS`, counted here) and the engine's
+(:data:`~trio_sfu.engine.router.ENGINE_REFUSALS`, the media counters ``refused_<reason>``;
+from worker processes as of their last load report).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from trio_sfu.engine.router import ENGINE_REFUSALS
 from trio_sfu.signaling.messages import REQUESTS
 
 logger = logging.getLogger(__name__)
@@ -34,6 +40,16 @@ class Counts:
     producers: int = 0
     consumers: int = 0
 
+
+#: Trespasses the signaling side refuses (the ``refusal`` of the SfuError it answers with).
+SIGNALING_REFUSALS: Final = (
+    "token_missing",  # rtc:join without a token
+    "token_invalid",  # bad signature, alg none, malformed, claims missing or ill-typed
+    "token_expired",
+    "token_wrong_meeting",  # a token for another meeting
+    "foreign_id",  # an id of another peer of the meeting, or of another meeting
+    "foreign_meeting",  # a request naming a meeting the connection is not in
+)
 
 _MEDIA_COUNTERS: Final = (
     ("packets_in", "RTP/RTCP packets received from peers"),
@@ -67,10 +83,12 @@ class _LiveCollector:
         counts: Callable[[], Counts],
         media_counters: Callable[[], Mapping[str, int]],
         workers: Callable[[], list[dict[str, Any]]],
+        refusals: Mapping[str, int],
     ) -> None:
         self._counts = counts
         self._media_counters = media_counters
         self._workers = workers
+        self._refusals = refusals
 
     def collect(self) -> Iterator[Metric]:
         counts = self._counts()
@@ -92,6 +110,18 @@ class _LiveCollector:
             yield CounterMetricFamily(
                 f"trio_sfu_{key}", help_text, value=value if isinstance(value, int | float) else 0
             )
+        refused = CounterMetricFamily(
+            "trio_sfu_refused",
+            "trespasses refused (bad tokens, other peers' ids, unauthenticated STUN, "
+            "packets from unvalidated addresses, wrong DTLS certificates, taken SSRC/MID/RID)",
+            labels=["reason"],
+        )
+        for reason in SIGNALING_REFUSALS:
+            refused.add_metric([reason], float(self._refusals.get(reason, 0)))
+        for reason in ENGINE_REFUSALS:
+            value = media.get(f"refused_{reason}", 0)
+            refused.add_metric([reason], float(value if isinstance(value, int | float) else 0))
+        yield refused
         yield from self._collect_workers()
 
     def _collect_workers(self) -> Iterator[Metric]:
@@ -146,13 +176,20 @@ class SfuMetrics:
             "connections closed because their outgoing queue was full",
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(counts, media_counters, workers))
+        #: Signaling-side refusals by reason (SIGNALING_REFUSALS).
+        self.refusals: dict[str, int] = dict.fromkeys(SIGNALING_REFUSALS, 0)
+        self.registry.register(_LiveCollector(counts, media_counters, workers, self.refusals))
 
     def count_request(self, rtype: str) -> None:
         self.requests.labels(rtype if rtype in REQUESTS else "unknown").inc()
 
     def count_error(self, code: str) -> None:
         self.errors.labels(code).inc()
+
+    def count_refusal(self, reason: str) -> None:
+        """Count a signaling-side refusal; the engine counts its own (ENGINE_REFUSALS)."""
+        if reason in self.refusals:
+            self.refusals[reason] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,9 +9,13 @@ Ownership (ARCHITECTURE.md)::
 A room opens on the first join and closes when its last peer has gone, or when it is closed
 (admin API, shutdown): peers then get ``rtc:roomClosed`` before their sockets close. A peer
 ends on ``rtc:leave``, a closed WebSocket, a transport closed by ICE consent timeout, an
-admin kick or a room close: each cancels its scope, and its ``finally`` closes its
-transports through the engine (bounded, shielded), after which the others hear
-``rtc:producerClosed`` and ``rtc:peerLeft``. Cleanup never waits for a client.
+admin kick, a room close, or ``peer_idle_timeout`` seconds without any transport (joined
+and never created one, or all of them were closed: its socket closes with 4003): each
+cancels its scope, and its ``finally`` closes its transports through the engine (bounded,
+shielded), after which the others hear ``rtc:producerClosed`` and ``rtc:peerLeft``.
+Cleanup never waits for a client. A transport the engine closes by itself (never connected
+within the engine's connect timeout, DTLS failure, ICE consent) is reported to its peer
+as ``rtc:transportClosed``.
 
 A peer's requests run inside its own task, one at a time in arrival order, so a kick or a
 room close also cancels the request in flight. Each answer is queued on the connection in
@@ -19,12 +23,14 @@ the same step that updates the books, so no notification about an object can ove
 answer that created it.
 
 Ids map to peers only here, on the room; a peer acts only on ids in its own maps, and any
-other id (another peer's, another meeting's) is ``not_found`` before the engine is called.
+other id (another peer's, another meeting's) is ``not_found`` before the engine is called
+(counted and logged as the refusal ``foreign_id`` when it does belong to someone else).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, MutableMapping
@@ -85,6 +91,7 @@ from trio_sfu.signaling.messages import (
     RouterRtpCapabilitiesAnswer,
     SetPreferredLayersRequest,
     StatsAnswer,
+    TransportClosedNotice,
     TransportCreatedAnswer,
     TransportIdAnswer,
     TransportRequest,
@@ -106,6 +113,8 @@ CLOSE_ROOM_CLOSED: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_KICKED: Final = 4001
 CLOSE_TRANSPORT_CLOSED: Final = 4002
+#: A peer without any transport for ``peer_idle_timeout`` seconds.
+CLOSE_IDLE: Final = 4003
 
 
 class ContextLogger(logging.LoggerAdapter[logging.Logger]):
@@ -197,6 +206,10 @@ class Peer:
         self._close: tuple[int, str] | None = None
         self._jobs_tx, self._jobs_rx = trio.open_memory_channel[Job](0)
         self._current: Job | None = None
+        #: Since when the peer has had no transport (None while it has one), and the
+        #: scope of the wait for its next request, whose deadline is the idle limit.
+        self._idle_since: float | None = None
+        self._idle_scope: trio.CancelScope | None = None
         self.log = ContextLogger(logger, {"meeting": room.meeting_id, "peer": self.peer_id})
 
     # ---- seen by others -----------------------------------------------------------------
@@ -286,8 +299,12 @@ class Peer:
         """The peer's task, in the room's nursery: serve requests until the peer ends."""
         try:
             with self.cancel_scope:
+                self._idle_since = trio.current_time()
                 task_status.started()
-                async for job in self._jobs_rx:
+                while True:
+                    job = await self._next_job()
+                    if job is None:
+                        break
                     self._current = job
                     await self._handle(job)
                     if job.type == "rtc:leave" and not job.answered:
@@ -306,6 +323,29 @@ class Peer:
                 self.log.exception("peer cleanup failed")
             finally:
                 self._finish()
+
+    def _idle_deadline(self) -> float:
+        if self._idle_since is None:
+            return math.inf
+        return self._idle_since + self.room.manager.config.peer_idle_timeout
+
+    async def _next_job(self) -> Job | None:
+        """The next request; None when the session is gone. A peer that has had no
+        transport for ``peer_idle_timeout`` seconds meanwhile is ended (reaped)."""
+        while True:
+            with trio.CancelScope(deadline=self._idle_deadline()) as idle:
+                self._idle_scope = idle
+                try:
+                    return await self._jobs_rx.receive()
+                except trio.EndOfChannel:
+                    return None
+                finally:
+                    self._idle_scope = None
+            if not self.transports and trio.current_time() >= self._idle_deadline():
+                timeout = self.room.manager.config.peer_idle_timeout
+                self.log.info("no transport for %.0f s: ending the idle peer", timeout)
+                self.end("idle_timeout", close=(CLOSE_IDLE, "idle_timeout"))
+                await trio.lowlevel.checkpoint()  # the cancelled scope ends the peer here
 
     def _finish(self) -> None:
         """Answer the request in flight (``rtc:left`` for a leave), then close the
@@ -354,11 +394,17 @@ class Peer:
     # ---- engine events for this peer ------------------------------------------------------
 
     def transport_closed(self, transport_id: str, reason: str) -> None:
-        """The engine closed one of our transports by itself."""
+        """The engine closed one of our transports by itself: the peer hears
+        ``rtc:transportClosed``."""
         if self.transports.pop(transport_id, None) is None:
             return
         self.room.transport_owner.pop(transport_id, None)
         self.log.info("transport %s closed by the engine: %s", transport_id, reason)
+        self.notify("rtc:transportClosed", TransportClosedNotice(transport_id, reason))
+        if not self.transports:
+            self._idle_since = trio.current_time()
+            if self._idle_scope is not None:
+                self._idle_scope.deadline = self._idle_deadline()
         if "consent" in reason:
             self.end("ice_consent_timeout", close=(CLOSE_TRANSPORT_CLOSED, reason))
             return
@@ -400,6 +446,8 @@ class Peer:
     def _answer_error(self, job: Job, exc: SfuError) -> None:
         job.answered = True
         self.room.manager.count_error(exc.code)
+        if exc.refusal is not None:
+            self.room.manager.on_refusal(exc, self.log)
         self.link.send_message(
             error_message(exc.code, exc.message, request_id=job.request_id, request=job.type)
         )
@@ -419,22 +467,30 @@ class Peer:
             if answer is not None:
                 self._answer(job, answer)
 
+    def _not_found(self, what: str, entity_id: str) -> NotFoundError:
+        """``not_found`` for an id this peer does not hold; a refusal (``foreign_id``) when
+        it is another peer's, in this meeting or another."""
+        foreign = self.room.manager.owned_by_another(entity_id, self)
+        return NotFoundError(
+            f"{what} {entity_id!r} not found", refusal="foreign_id" if foreign else None
+        )
+
     def _transport(self, transport_id: str) -> _Transport:
         transport = self.transports.get(transport_id)
         if transport is None:
-            raise NotFoundError(f"transport {transport_id!r} not found")
+            raise self._not_found("transport", transport_id)
         return transport
 
     def _producer(self, producer_id: str) -> _Producer:
         producer = self.producers.get(producer_id)
         if producer is None:
-            raise NotFoundError(f"producer {producer_id!r} not found")
+            raise self._not_found("producer", producer_id)
         return producer
 
     def _consumer(self, consumer_id: str) -> _Consumer:
         consumer = self.consumers.get(consumer_id)
         if consumer is None:
-            raise NotFoundError(f"consumer {consumer_id!r} not found")
+            raise self._not_found("consumer", consumer_id)
         return consumer
 
     async def _get_router_rtp_capabilities(self, req: Request) -> Any:
@@ -453,6 +509,7 @@ class Peer:
         tid = info.transport_id
         self.transports[tid] = _Transport(tid, req.direction)
         self.room.transport_owner[tid] = self
+        self._idle_since = None
         return TransportCreatedAnswer(
             transport_id=tid,
             direction=req.direction,
@@ -537,7 +594,7 @@ class Peer:
         room = self.room
         owner = room.producer_owner.get(req.producer_id)
         if owner is None:
-            raise NotFoundError(f"producer {req.producer_id!r} not found")
+            raise self._not_found("producer", req.producer_id)
         if req.transport_id is not None:
             transport = self._transport(req.transport_id)
             if transport.direction != "recv":
@@ -613,7 +670,7 @@ class Peer:
     async def _get_stats(self, req: Request) -> Any:
         assert isinstance(req, GetStatsRequest)
         if not (req.id in self.transports or req.id in self.producers or req.id in self.consumers):
-            raise NotFoundError(f"no transport, producer or consumer {req.id!r}")
+            raise self._not_found("transport, producer or consumer", req.id)
         return StatsAnswer(req.id, await self.room.engine.get_stats(req.id))
 
     async def _leave(self, req: Request) -> Any:
@@ -890,6 +947,7 @@ class RoomManager:
         nursery: trio.Nursery,
         *,
         count_error: Callable[[str], None] | None = None,
+        on_refusal: Callable[[SfuError, ContextLogger], None] | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -900,6 +958,17 @@ class RoomManager:
         self._all_closed = trio.Event()
         self._all_closed.set()
         self.count_error = count_error or (lambda code: None)
+        self.on_refusal = on_refusal or (lambda exc, log: None)
+
+    def owned_by_another(self, entity_id: str, peer: Peer) -> bool:
+        """Whether ``entity_id`` is a transport, producer or consumer of a peer other than
+        ``peer``, in any meeting (the error path of a request only: a scan of the rooms)."""
+        for room in self._live:
+            for index in (room.transport_owner, room.producer_owner, room.consumer_owner):
+                owner = index.get(entity_id)
+                if owner is not None and owner is not peer:
+                    return True
+        return False
 
     async def join(
         self, grant: Grant, display_name: str | None, link: PeerLink

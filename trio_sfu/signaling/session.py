@@ -321,6 +321,8 @@ class Session:
 
     def _error(self, exc: SfuError, request_id: str | None, request: str | None) -> None:
         self.app.metrics.count_error(exc.code)
+        if exc.refusal is not None:
+            self.app.note_refusal(exc, self.log)
         self.send_message(
             error_message(exc.code, exc.message, request_id=request_id, request=request)
         )
@@ -334,7 +336,9 @@ class Session:
             self.peer = None
             raise NotJoinedError("not in a meeting: send rtc:join first")
         if request.meeting_id != peer.room.meeting_id:
-            raise NotJoinedError(f"not joined to meeting {request.meeting_id!r}")
+            raise NotJoinedError(
+                f"not joined to meeting {request.meeting_id!r}", refusal="foreign_meeting"
+            )
         try:
             await peer.submit(Job(envelope.type, envelope.request_id, request))
         finally:

@@ -1,0 +1,386 @@
+"""Churn soak (``scripts/soak --minutes N``): peers come and go in many meetings, and at the
+end nothing is left.
+
+One trio program holds the server (signaling and an in-process media Worker, as
+``--workers 1`` runs it) and the peers, all on 127.0.0.1. Up to ``peers`` peer "lives" run
+at once over ``meetings`` meetings; each joins, maybe publishes audio and simulcast VP8,
+consumes what the others publish (as they appear), switches layers and pauses now and then,
+and after a few seconds goes away one of four ways:
+
+* ``leave``: ``rtc:leave``, then the socket closes;
+* ``drop``: the TCP connection is dropped without a WebSocket close;
+* ``silent``: media and ICE consent checks stop (a lost network): the server must close the
+  transports by ICE consent and end the peer (4002);
+* ``unconnected``: a transport is created and never connected, nothing else: the server
+  must close it (``connect_timeout``) and then reap the idle peer (4003).
+
+The server runs with short timeouts (consent 2 s, connect 3 s, idle 4 s) so that the
+abandoned ones are reaped within a life's length. The checks at the end:
+
+* zero rooms, peers, transports, producers and consumers (the signaling books, the
+  engine's dump and ``/metrics``);
+* open file descriptors and trio tasks back to their count before the first peer;
+* RSS growth under 5 % from the end of the warm-up (the first ``warmup`` share of the run)
+  to the end of the churn, both taken as the largest sample of a window of equal load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+import trio
+
+__all__ = ["SoakReport", "main", "run_soak"]
+
+MODES: Final = ("leave", "drop", "silent", "unconnected")
+MODE_WEIGHTS: Final = (4, 3, 2, 1)
+#: RSS growth allowed from the warm-up's end to the churn's end.
+MAX_RSS_GROWTH: Final = 0.05
+
+
+@attrs.define
+class SoakReport:
+    seconds: float = 0.0
+    lives: int = 0
+    ended: Counter[str] = attrs.Factory(Counter)
+    joins: int = 0
+    producers: int = 0
+    consumers: int = 0
+    layer_switches: int = 0
+    packets_sent: int = 0
+    packets_received: int = 0
+    errors: list[str] = attrs.Factory(list)
+    fds_before: int = 0
+    fds_after: int = 0
+    tasks_before: int = 0
+    tasks_after: int = 0
+    rss_warm_kib: int = 0
+    rss_end_kib: int = 0
+    rss_after_kib: int = 0
+    left: dict[str, int] = attrs.Factory(dict)
+    max_concurrent: int = 0
+    #: RSS growth allowed from the warm-up's end to the churn's end.
+    max_rss_growth: float = MAX_RSS_GROWTH
+    #: (seconds into the churn, RSS KiB), one sample a second.
+    rss_samples: list[tuple[float, int]] = attrs.Factory(list)
+
+    @property
+    def rss_growth(self) -> float:
+        return (
+            (self.rss_end_kib - self.rss_warm_kib) / self.rss_warm_kib if self.rss_warm_kib else 0.0
+        )
+
+    def problems(self) -> list[str]:
+        found = list(self.errors)
+        if any(self.left.values()):
+            found.append(f"left behind: {self.left}")
+        if self.fds_after != self.fds_before:
+            found.append(f"open fds {self.fds_before} -> {self.fds_after}")
+        if self.tasks_after != self.tasks_before:
+            found.append(f"trio tasks {self.tasks_before} -> {self.tasks_after}")
+        if self.rss_growth >= self.max_rss_growth:
+            found.append(
+                f"RSS grew {self.rss_growth:.1%} after the warm-up "
+                f"(limit {self.max_rss_growth:.0%})"
+            )
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 1),
+            "lives": self.lives,
+            "ended": dict(self.ended),
+            "max_concurrent_peers": self.max_concurrent,
+            "producers": self.producers,
+            "consumers": self.consumers,
+            "layer_switches": self.layer_switches,
+            "packets_sent": self.packets_sent,
+            "packets_received": self.packets_received,
+            "left": self.left,
+            "fds": [self.fds_before, self.fds_after],
+            "trio_tasks": [self.tasks_before, self.tasks_after],
+            "rss_kib": {
+                "warm": self.rss_warm_kib,
+                "end": self.rss_end_kib,
+                "after": self.rss_after_kib,
+                "growth": round(self.rss_growth, 4),
+                "every_10_s": [kib for at, kib in self.rss_samples[::10]],
+            },
+            "problems": self.problems(),
+        }
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def trio_tasks() -> int:
+    count = 0
+    root = trio.lowlevel.current_root_task()
+    stack = [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+async def run_soak(
+    *,
+    seconds: float,
+    meetings: int = 4,
+    peers: int = 12,
+    warmup: float = 0.3,
+    max_rss_growth: float = MAX_RSS_GROWTH,
+    seed: int = 0,
+    log: logging.Logger | None = None,
+) -> SoakReport:
+    """Churn for ``seconds`` and check what is left (see the module docstring)."""
+    from trio_sfu.client.peer import MediaPeer, open_peer
+    from trio_sfu.client.signaling import SignalingClosed, SignalingError
+    from trio_sfu.client.synthetic import audio_rtp_parameters, vp8_simulcast_rtp_parameters
+    from trio_sfu.config import ServerConfig
+    from trio_sfu.engine.worker import WorkerSettings, open_worker
+    from trio_sfu.server import serve_sfu
+
+    log = log or logging.getLogger(__name__)
+    rng = random.Random(seed)
+    report = SoakReport(max_rss_growth=max_rss_growth)
+    settings = WorkerSettings(
+        ice_consent_timeout=2.0,
+        ice_close_timeout=3.0,
+        transport_connect_timeout=3.0,
+        rtcp_interval=0.5,
+    )
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        dev=True,
+        transport_connect_timeout=3.0,
+        peer_idle_timeout=4.0,
+        cleanup_timeout=2.0,
+        shutdown_timeout=5.0,
+    )
+    started = time.monotonic()
+    async with open_worker(settings) as worker, trio.open_nursery() as server_nursery:
+        server = await server_nursery.start(serve_sfu, config, worker)
+        url = server.ws_url
+        await trio.sleep(0.2)
+        gc.collect()
+        report.fds_before, report.tasks_before = open_fds(), trio_tasks()
+        start = trio.current_time()
+        stop_at = start + seconds
+        warm_at = start + max(seconds * warmup, 5.0)
+        window = max(seconds * 0.1, 3.0)
+        samples: list[tuple[float, int]] = []
+        live = 0
+
+        async def life(number: int) -> None:
+            nonlocal live
+            meeting = f"soak-{rng.randrange(meetings)}"
+            mode = rng.choices(MODES, MODE_WEIGHTS)[0]
+            length = rng.uniform(2.0, 10.0)
+            live += 1
+            report.max_concurrent = max(report.max_concurrent, live)
+            try:
+                async with open_peer(url, meeting, display_name=f"p{number}") as peer:
+                    report.joins += 1
+                    await _live(peer, mode, length)
+            except Exception as exc:
+                for leaf in _leaves(exc):
+                    expected = (SignalingClosed, SignalingError, OSError, trio.BrokenResourceError)
+                    if not isinstance(leaf, expected):
+                        raise
+                    report.errors.append(f"life {number} ({mode}): {leaf!r}")
+            finally:
+                live -= 1
+            report.ended[mode] += 1
+
+        async def _live(peer: MediaPeer, mode: str, length: float) -> None:
+            signaling = peer.signaling
+            if mode == "unconnected":
+                await signaling.create_transport("send")
+                with trio.fail_after(
+                    config.transport_connect_timeout + config.peer_idle_timeout + 5
+                ):
+                    note = await signaling.next_notification("rtc:transportClosed")
+                    if note.data.get("reason") != "connect_timeout":
+                        report.errors.append(f"unconnected: {note.data}")
+                    closed = await signaling.wait_closed()
+                if closed.code != 4003:
+                    report.errors.append(f"unconnected peer closed with {closed.code}")
+                return
+            sources = []
+            # Consent checks well within the server's consent timeout.
+            await peer.open_transport("recv", consent_interval=0.5)
+            if rng.random() < 0.6:
+                await peer.open_transport("send", consent_interval=0.5)
+                _, audio = await peer.publish(
+                    "audio", audio_rtp_parameters(ssrc=rng.randrange(1, 2**32))
+                )
+                _, video = await peer.publish("video", vp8_simulcast_rtp_parameters())
+                sources = [audio, video]
+                report.producers += 2
+            consumed: set[str] = set()
+            video_consumers: list[str] = []
+
+            async def consume(producer_id: str) -> None:
+                if producer_id in consumed:
+                    return
+                consumed.add(producer_id)
+                try:
+                    consumer = await peer.consume(producer_id)
+                except SignalingError as exc:
+                    if exc.code not in ("not_found", "invalid_state"):  # it closed meanwhile
+                        raise
+                    return
+                report.consumers += 1
+                if peer.recv_transport is not None:  # count, do not queue, what arrives
+                    peer.recv_transport.on_rtp = _count_received
+                if consumer.kind == "video":
+                    video_consumers.append(consumer.consumer_id)
+
+            for other in peer.joined.get("peers", []):
+                for producer in other.get("producers", []):
+                    await consume(producer["producerId"])
+            end = trio.current_time() + length
+            frame = 0
+            while trio.current_time() < end:
+                now = trio.current_time()
+                if sources and peer.send_transport is not None:
+                    audio, video = sources
+                    report.packets_sent += peer.send_transport.send_rtp(
+                        audio.streams[0].opus_frame(now=now)
+                    )
+                    if frame % 3 == 0:
+                        for layer, stream in enumerate(video.streams):
+                            for packet in stream.vp8_frame(
+                                keyframe=frame % 60 == 0, size=200 * (layer + 1), now=now
+                            ):
+                                report.packets_sent += peer.send_transport.send_rtp(packet)
+                frame += 1
+                with trio.move_on_after(0.04):
+                    note = await signaling.next_notification()
+                    if note.type == "rtc:newProducer":
+                        await consume(note.data["producerId"])
+                if video_consumers and rng.random() < 0.02:
+                    consumer_id = rng.choice(video_consumers)
+                    try:
+                        if rng.random() < 0.8:
+                            await signaling.set_preferred_layers(
+                                consumer_id, rng.randrange(3), rng.randrange(3)
+                            )
+                            report.layer_switches += 1
+                        else:
+                            await signaling.pause_consumer(consumer_id)
+                            await signaling.resume_consumer(consumer_id)
+                    except SignalingError as exc:
+                        if exc.code != "not_found":  # closed with its producer
+                            raise
+                        video_consumers.remove(consumer_id)
+            if mode == "leave":
+                await signaling.leave()
+            elif mode == "drop":
+                await signaling.abort()
+            else:  # silent: no media, no consent checks; the server must notice
+                for transport in (peer.send_transport, peer.recv_transport):
+                    if transport is not None:
+                        transport.consent_refresh = False
+                with trio.fail_after(settings.ice_close_timeout + 10):
+                    closed = await signaling.wait_closed()
+                if closed.code not in (4002, 4003):
+                    report.errors.append(f"silent peer closed with {closed.code}")
+
+        def _count_received(packet: bytes) -> None:
+            report.packets_received += 1
+
+        async def sample_rss() -> None:
+            while trio.current_time() < stop_at:
+                samples.append((trio.current_time(), rss_kib()))
+                await trio.sleep(1.0)
+
+        async with trio.open_nursery() as lives:
+            lives.start_soon(sample_rss)
+            number = 0
+            while trio.current_time() < stop_at:
+                if live < peers:
+                    number += 1
+                    report.lives += 1
+                    lives.start_soon(life, number)
+                await trio.sleep(rng.uniform(0.05, 0.4))
+            # no new lives; the running ones end by themselves (bounded by their timeouts)
+        await server.app.rooms.wait_all_closed()
+        await trio.sleep(0.5)  # the last closes' follow-ups (timers, egress tasks)
+        gc.collect()
+        report.fds_after, report.tasks_after = open_fds(), trio_tasks()
+        counts = attrs.asdict(server.app.rooms.counts())
+        counts["engine_routers"] = len(worker.dump()["routers"])
+        report.left = {k: v for k, v in counts.items()}
+        warm = [kib for at, kib in samples if warm_at - window <= at <= warm_at]
+        end = [kib for at, kib in samples if at >= stop_at - window]
+        report.rss_warm_kib = max(warm, default=0)
+        report.rss_end_kib = max(end, default=0)
+        report.rss_after_kib = rss_kib()
+        report.rss_samples = [(round(at - start, 1), kib) for at, kib in samples]
+        server.shutdown()
+    report.seconds = time.monotonic() - started
+    log.info("soak: %s", json.dumps(report.summary()))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=1.0, help="length of the churn [1]")
+    parser.add_argument("--meetings", type=int, default=4, help="meetings [4]")
+    parser.add_argument("--peers", type=int, default=12, help="peers at once at most [12]")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument(
+        "--warmup", type=float, default=0.3, help="share of the run that is warm-up [0.3]"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    report = trio.run(
+        lambda: run_soak(
+            seconds=args.minutes * 60,
+            meetings=args.meetings,
+            peers=args.peers,
+            warmup=args.warmup,
+            seed=args.seed,
+        )
+    )
+    print(json.dumps(report.summary(), indent=2))
+    problems = report.problems()
+    print("soak: " + ("OK" if not problems else "FAILED: " + "; ".join(problems)))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
