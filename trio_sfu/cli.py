@@ -4,6 +4,7 @@
                    [--rtc-min-port N] [--rtc-max-port N] [--log-level L] [--dev]
                    [--jwt-secret S] [--jwt-public-key FILE] [--jwt-algorithm A]
     trio-sfu token --meeting M --user U [--ttl S] [--no-publish] [--no-subscribe] [--name N]
+                   [--plain-transport]
 
 Every ``serve`` option also reads a ``TRIO_SFU_*`` environment variable (the option wins);
 see :data:`trio_sfu.config.ENV_VARS` for the whole list (limits, TURN, admin token...).
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", help="display name (the 'name' claim)")
     token.add_argument("--no-publish", action="store_true", help="canPublish: false")
     token.add_argument("--no-subscribe", action="store_true", help="canSubscribe: false")
+    token.add_argument(
+        "--plain-transport",
+        action="store_true",
+        help="canPlainTransport: true (may create PlainTransports: ingest, bots)",
+    )
     token.add_argument("--jwt-secret", help="HS256 secret [TRIO_SFU_JWT_SECRET]")
     return parser
 
@@ -257,6 +263,7 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             name=args.name,
             can_publish=not args.no_publish,
             can_subscribe=not args.no_subscribe,
+            can_plain_transport=args.plain_transport,
         )
     )
     return 0

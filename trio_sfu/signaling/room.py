@@ -55,6 +55,7 @@ from trio_sfu.signaling.auth import Grant, ice_servers_for
 from trio_sfu.signaling.errors import ForbiddenError, NotJoinedError
 from trio_sfu.signaling.messages import (
     ActiveSpeakerNotice,
+    ConnectPlainTransportRequest,
     ConnectTransportRequest,
     ConsumedAnswer,
     ConsumerClosedNotice,
@@ -62,6 +63,7 @@ from trio_sfu.signaling.messages import (
     ConsumerIdAnswer,
     ConsumerLayersChangedNotice,
     ConsumerRequest,
+    CreatePlainTransportRequest,
     CreateTransportRequest,
     Direction,
     GetStatsRequest,
@@ -73,6 +75,7 @@ from trio_sfu.signaling.messages import (
     NewProducerNotice,
     PeerInfo,
     PeerLeftNotice,
+    PlainTransportAnswer,
     PreferredLayers,
     PreferredLayersSetAnswer,
     ProduceRequest,
@@ -144,8 +147,13 @@ class Job:
 @attrs.define(eq=False)
 class _Transport:
     transport_id: str
-    direction: Direction
+    #: None: a plain transport that may both produce and consume.
+    direction: Direction | None
     connected: bool = False
+    plain: bool = False
+
+    def can(self, direction: Direction) -> bool:
+        return self.direction == direction or (self.plain and self.direction is None)
 
 
 @final
@@ -225,7 +233,12 @@ class Peer:
             "canPublish": self.grant.can_publish,
             "canSubscribe": self.grant.can_subscribe,
             "transports": [
-                {"transportId": t.transport_id, "direction": t.direction, "connected": t.connected}
+                {
+                    "transportId": t.transport_id,
+                    "type": "plain" if t.plain else "webrtc",
+                    "direction": t.direction,
+                    "connected": t.connected,
+                }
                 for t in self.transports.values()
             ],
             "producers": [
@@ -461,6 +474,58 @@ class Peer:
             dtls_parameters=info.dtls_parameters,
         )
 
+    async def _create_plain_transport(self, req: Request) -> Any:
+        assert isinstance(req, CreatePlainTransportRequest)
+        if not self.grant.can_plain_transport:
+            raise ForbiddenError(
+                "the token does not allow plain transports (canPlainTransport is not true)"
+            )
+        limit = self.room.manager.config.limits.transports_per_peer
+        if len(self.transports) >= limit:
+            raise LimitExceededError(f"at most {limit} transports per peer")
+        info = await self.room.engine.create_plain_transport(
+            self.router_id,
+            rtcp_mux=True if req.rtcp_mux is None else req.rtcp_mux,
+            comedia=bool(req.comedia),
+            enable_srtp=bool(req.enable_srtp),
+            srtp_crypto_suite=req.srtp_crypto_suite or "AES_CM_128_HMAC_SHA1_80",
+            app_data={"peerId": self.peer_id, "plain": True, **(req.app_data or {})},
+        )
+        tid = info.transport_id
+        self.transports[tid] = _Transport(tid, req.direction, plain=True)
+        self.room.transport_owner[tid] = self
+        return PlainTransportAnswer(
+            transport_id=tid,
+            tuple=info.tuple,
+            rtcp_mux=info.rtcp_mux,
+            comedia=info.comedia,
+            rtcp_tuple=info.rtcp_tuple,
+            srtp_parameters=info.srtp_parameters,
+            direction=req.direction,
+        )
+
+    async def _connect_plain_transport(self, req: Request) -> Any:
+        assert isinstance(req, ConnectPlainTransportRequest)
+        transport = self._transport(req.transport_id)
+        if not transport.plain:
+            raise UnsupportedError(f"transport {req.transport_id!r} is not a plain transport")
+        info = await self.room.engine.connect_plain_transport(
+            req.transport_id,
+            ip=req.ip,
+            port=req.port,
+            rtcp_port=req.rtcp_port,
+            srtp_parameters=req.srtp_parameters,
+        )
+        transport.connected = True
+        return PlainTransportAnswer(
+            transport_id=req.transport_id,
+            tuple=info.tuple,
+            rtcp_mux=info.rtcp_mux,
+            comedia=info.comedia,
+            rtcp_tuple=info.rtcp_tuple,
+            direction=transport.direction,
+        )
+
     async def _connect_transport(self, req: Request) -> Any:
         assert isinstance(req, ConnectTransportRequest)
         transport = self._transport(req.transport_id)
@@ -479,7 +544,7 @@ class Peer:
         if not self.grant.can_publish:
             raise ForbiddenError("the token does not allow publishing (canPublish is false)")
         transport = self._transport(req.transport_id)
-        if transport.direction != "send":
+        if not transport.can("send"):
             raise InvalidStateError(f"transport {req.transport_id!r} is not a send transport")
         limit = self.room.manager.config.limits.producers_per_peer
         if len(self.producers) >= limit:
@@ -540,10 +605,13 @@ class Peer:
             raise NotFoundError(f"producer {req.producer_id!r} not found")
         if req.transport_id is not None:
             transport = self._transport(req.transport_id)
-            if transport.direction != "recv":
+            if not transport.can("recv"):
                 raise InvalidStateError(f"transport {req.transport_id!r} is not a recv transport")
         else:
-            found = next((t for t in self.transports.values() if t.direction == "recv"), None)
+            found = next(
+                (t for t in self.transports.values() if t.direction == "recv" and not t.plain),
+                None,
+            )
             if found is None:
                 raise InvalidStateError("no recv transport: create one before consuming")
             transport = found
@@ -643,6 +711,8 @@ _HANDLERS: Final[dict[str, Callable[[Peer, Request], Any]]] = {
     "rtc:setPreferredLayers": Peer._set_preferred_layers,
     "rtc:getStats": Peer._get_stats,
     "rtc:leave": Peer._leave,
+    "rtc:createPlainTransport": Peer._create_plain_transport,
+    "rtc:connectPlainTransport": Peer._connect_plain_transport,
 }
 
 
