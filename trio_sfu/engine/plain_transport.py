@@ -291,9 +291,7 @@ class PlainTransport:
                 self.port = self.rtcp_port = udp.local_address[1]
                 rtcp_udp = None
                 if not self.rtcp_mux:
-                    rtcp_udp = self._rtcp_udp = UdpListener.bind(
-                        self._listen_ip, self._port_range
-                    )
+                    rtcp_udp = self._rtcp_udp = UdpListener.bind(self._listen_ip, self._port_range)
                     self.rtcp_port = rtcp_udp.local_address[1]
                 task_status.started()
                 started = True

@@ -1244,6 +1244,7 @@ class Router:
                     "packetCount": s.packets,
                     "packetsLost": s.stats.cumulative_lost,
                     "packetsRetransmitted": s.retransmitted,
+                    "keyframeRequests": s.keyframe_requests,
                     "fractionLost": s.stats.fraction_lost / 256,
                     "jitter": s.stats.jitter / s.clock_rate,
                     "bitrate": s.bitrate,

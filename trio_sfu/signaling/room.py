@@ -99,6 +99,7 @@ from trio_sfu.signaling.metrics import Counts
 
 if TYPE_CHECKING:
     from trio_sfu.ortc.types import RtpCapabilities
+    from trio_sfu.signaling.recording import Recording
 
 logger = logging.getLogger(__name__)
 
@@ -741,6 +742,11 @@ class Room:
         self.transport_owner: dict[str, Peer] = {}
         self.producer_owner: dict[str, Peer] = {}
         self.consumer_owner: dict[str, Peer] = {}
+        #: Recordings (the admin API's), by id, ended ones too; and the consumers and
+        #: transports of the running ones.
+        self.recordings: dict[str, Recording] = {}
+        self.recording_of_consumer: dict[str, Recording] = {}
+        self.recording_of_transport: dict[str, Recording] = {}
         self.closing = False
         self.close_reason: str | None = None
         self.ready = trio.Event()
@@ -839,6 +845,34 @@ class Room:
             self.log.info("meeting spread to a new router %s (on another worker)", router_id)
             return router_id
 
+    async def start_recording(self, producer_ids: list[str] | None) -> Recording:
+        """Start recording ``producer_ids`` (None: every producer of the meeting now) to
+        one WebM file; returns once ffmpeg records (see :mod:`trio_sfu.signaling.recording`).
+        NotFoundError for an unknown producer, InvalidStateError when there is none or the
+        meeting is closing; FileNotFoundError without ffmpeg."""
+        from trio_sfu.signaling.recording import Recording
+
+        if self.closing or self._nursery is None:
+            raise InvalidStateError(f"meeting {self.meeting_id!r} is closing")
+        ids = list(self.producer_owner) if producer_ids is None else list(producer_ids)
+        if not ids:
+            raise InvalidStateError(f"meeting {self.meeting_id!r} has no producer to record")
+        for producer_id in ids:
+            if producer_id not in self.producer_owner:
+                raise NotFoundError(f"producer {producer_id!r} not found")
+        recording = Recording(self, ids, self.manager.config.recording_dir)
+        self.recordings[recording.recording_id] = recording
+        try:
+            await self._nursery.start(recording.run)
+        except BaseException:
+            del self.recordings[recording.recording_id]
+            raise
+        return recording
+
+    def recording_finished(self, recording: Recording) -> None:
+        """A recording ended (it stays listed with its end reason)."""
+        self.log.debug("recording %s finished", recording.recording_id)
+
     def admit(self, peer: Peer) -> JoinedAnswer:
         """Make a started peer a member: the others hear ``rtc:peerJoined``. Synchronous,
         so that the caller queues the ``rtc:joined`` answer before any notification."""
@@ -900,10 +934,16 @@ class Room:
             owner = self.consumer_owner.get(event.consumer_id)
             if owner is not None:
                 owner.consumer_closed(event.consumer_id, event.producer_id, event.reason)
+            recording = self.recording_of_consumer.get(event.consumer_id)
+            if recording is not None:
+                recording.consumer_closed(event.consumer_id, event.reason)
         elif isinstance(event, TransportClosed):
             owner = self.transport_owner.get(event.transport_id)
             if owner is not None:
                 owner.transport_closed(event.transport_id, event.reason)
+            recording = self.recording_of_transport.get(event.transport_id)
+            if recording is not None:
+                recording.stop("transport_closed")
         elif isinstance(event, ConsumerLayersChanged):
             owner = self.consumer_owner.get(event.consumer_id)
             if owner is not None:
