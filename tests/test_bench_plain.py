@@ -4,13 +4,15 @@ are not checked, only that packets were forwarded and the docs section is replac
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from trio_sfu.bench_plain import DOCS_END, DOCS_START, write_docs
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_fanout.py"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "bench_fanout.py"
 
 
 def test_quick_run_forwards_plain_and_srtp(tmp_path: Path) -> None:
@@ -35,6 +37,8 @@ def test_quick_run_forwards_plain_and_srtp(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=ROOT,  # the server and the generator run as `python -m` from here
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
