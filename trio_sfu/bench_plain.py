@@ -413,7 +413,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "(user + system, `/proc/<pid>/stat`) per forwarded packet; *server core busy* the "
         "whole core's non-idle time (`/proc/stat`): the kernel's loopback delivery runs "
         "partly in softirq work that is not charged to the server (ksoftirqd), and other "
-        "processes of this shared machine may run there too.",
+        "processes of this shared machine may run there too. *First lossy step* says how "
+        "much of its loss was already lost at the server's socket (the kernel dropped it "
+        "before the server read it: the server, or whatever else ran on its core, fell "
+        "behind a burst); where the core was much busier than the server, other work "
+        "took it, and the lossless rate of that row is the machine's, not the server's: "
+        "*µs/pkt* and *pkt/s per core* are the figures to compare.",
         "",
         "| mode | N | in pkt/s | fwd pkt/s (lossless) | server CPU % | server core busy % | "
         "µs/pkt | pkt/s per core | first lossy step: in pkt/s, loss %, server CPU %, "
@@ -423,14 +428,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     for result in report["results"]:
         best = result["best"]
         lossy = [s for s in result["steps"] if s is not best and s["loss"] > meta["loss"]]
-        first_lossy = f"{lossy[0]['in_pps']:,.0f}, {100 * lossy[0]['loss']:.2f}" if lossy else "-"
+        first_lossy = "-"
+        if lossy:
+            step = lossy[0]
+            lost_in = 1 - step["received"] / step["sent"] if step["sent"] else 0.0
+            first_lossy = (
+                f"{step['in_pps']:,.0f}, {100 * step['loss']:.2f} "
+                f"({100 * lost_in:.2f} at the server's socket), "
+                f"{step['cpu_percent']:.0f}, {step.get('core_busy_percent', 0):.0f}"
+            )
         if best is None:
-            lines.append(f"| {result['mode']} | {result['consumers']} | - | - | - | - | - | "
+            lines.append(f"| {result['mode']} | {result['consumers']} | - | - | - | - | - | - | "
                          f"{first_lossy} |")  # fmt: skip
             continue
         lines.append(
             f"| {result['mode']} | {result['consumers']} | {best['in_pps']:,.0f} | "
             f"{best['fwd_pps']:,.0f} | {best['cpu_percent']:.0f} | "
+            f"{best.get('core_busy_percent', 0):.0f} | "
             f"{best['us_per_pkt']:.1f} | {best['pps_per_core']:,.0f} | {first_lossy} |"
         )
     lines += ["", DOCS_END, ""]
@@ -478,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-docs", type=Path, help="put the table in this Markdown file")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=1,2, short steps")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--render", type=Path, help="no run: render a previous --json report (with --write-docs)"
+    )
     # The generator process.
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
@@ -495,9 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.step = 0.5
         args.warmup = 0.3
         args.max_steps = 2
-    if not args.no_pin:
-        os.sched_setaffinity(0, {args.generator_cpu})
-    report = trio.run(run_benchmark, args)
+    if args.render:
+        report = json.loads(args.render.read_text())
+    else:
+        if not args.no_pin:
+            os.sched_setaffinity(0, {args.generator_cpu})
+        report = trio.run(run_benchmark, args)
     section = render_markdown(report)
     print(section)
     if args.json:
