@@ -4,6 +4,7 @@
 .venv/bin/python scripts/bench_fanout.py                       # the full run (~10 min)
 .venv/bin/python scripts/bench_fanout.py --quick               # a smoke run (seconds)
 .venv/bin/python scripts/bench_fanout.py --profile 200 --write-docs docs/performance.md
+.venv/bin/python scripts/bench_fanout.py --transport plain   # PlainTransport (trio_sfu.bench_plain)
 """
 
 from __future__ import annotations
@@ -13,4 +14,8 @@ import sys
 from trio_sfu.bench import main
 
 if __name__ == "__main__":
+    if "--transport" in sys.argv:  # the PlainTransport benchmark lives in its own module
+        from trio_sfu.bench_plain import main as plain_main
+
+        sys.exit(plain_main())
     sys.exit(main())

@@ -43,6 +43,16 @@ def test_token_rights_and_secret_option(capsys: pytest.CaptureFixture[str]) -> N
     assert "name" not in claims
 
 
+def test_token_plain_transport_claim(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["token", "--meeting", "m", "--user", "bot", "--jwt-secret", SECRET]
+    assert main([*argv, "--plain-transport"], {}) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
+    assert claims["canPlainTransport"] is True
+    assert main(argv, {}) == 0  # without the option the claim is left out (false)
+    claims = jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
+    assert "canPlainTransport" not in claims
+
+
 def test_token_needs_a_secret(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["token", "--meeting", "m", "--user", "u"], {}) == 2
     assert "TRIO_SFU_JWT_SECRET" in capsys.readouterr().err

@@ -143,7 +143,7 @@ async def test_admin_lists_and_describes_rooms(server: SfuServer) -> None:
             peers = {p["userId"]: p for p in room["peers"]}
             assert peers["alice"]["peerId"] == a.peer_id
             assert peers["alice"]["transports"] == [
-                {"transportId": send_id, "direction": "send", "connected": False}
+                {"transportId": send_id, "type": "webrtc", "direction": "send", "connected": False}
             ]
             assert peers["alice"]["producers"] == [
                 {

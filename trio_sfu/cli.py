@@ -4,6 +4,9 @@
                    [--rtc-min-port N] [--rtc-max-port N] [--log-level L] [--dev]
                    [--jwt-secret S] [--jwt-public-key FILE] [--jwt-algorithm A]
     trio-sfu token --meeting M --user U [--ttl S] [--no-publish] [--no-subscribe] [--name N]
+                   [--plain-transport]
+    trio-sfu ingest --meeting M --file clip.webm [--url ws://...] [--token T] [--loop]
+                   [--print-command]
 
 Every ``serve`` option also reads a ``TRIO_SFU_*`` environment variable (the option wins);
 see :data:`trio_sfu.config.ENV_VARS` for the whole list (limits, TURN, admin token...).
@@ -121,7 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", help="display name (the 'name' claim)")
     token.add_argument("--no-publish", action="store_true", help="canPublish: false")
     token.add_argument("--no-subscribe", action="store_true", help="canSubscribe: false")
+    token.add_argument(
+        "--plain-transport",
+        action="store_true",
+        help="canPlainTransport: true (may create PlainTransports: ingest, bots)",
+    )
     token.add_argument("--jwt-secret", help="HS256 secret [TRIO_SFU_JWT_SECRET]")
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="publish a media file into a meeting (ffmpeg over PlainTransports)",
+        description="Publish a file's video (VP8) and audio (Opus) into a meeting through "
+        "PlainTransports, sent by Debian's ffmpeg in real time. The token needs "
+        "canPlainTransport (trio-sfu token --plain-transport).",
+    )
+    ingest.add_argument("--meeting", required=True, help="the meeting id")
+    ingest.add_argument("--file", required=True, help="the media file (e.g. clip.webm)")
+    ingest.add_argument(
+        "--url", default="ws://127.0.0.1:8080/ws", help="signaling URL [ws://127.0.0.1:8080/ws]"
+    )
+    ingest.add_argument("--token", help="access token [TRIO_SFU_TOKEN]")
+    ingest.add_argument("--name", default="ingest", help="display name [ingest]")
+    ingest.add_argument("--loop", action="store_true", help="loop the file until interrupted")
+    ingest.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the ffmpeg command line instead of running it; hold the transports "
+        "until interrupted",
+    )
     return parser
 
 
@@ -257,6 +287,7 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             name=args.name,
             can_publish=not args.no_publish,
             can_subscribe=not args.no_subscribe,
+            can_plain_transport=args.plain_transport,
         )
     )
     return 0
@@ -269,4 +300,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _serve(args, env)
     if args.command == "token":
         return _token(args, env)
+    if args.command == "ingest":
+        from trio_sfu.ingest import main_ingest
+
+        if args.token is None:
+            args.token = env.get("TRIO_SFU_TOKEN")
+        return main_ingest(args)
     return 2

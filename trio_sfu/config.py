@@ -105,6 +105,8 @@ class ServerConfig:
     jwt_algorithm: str = "HS256"
     #: Bearer token of the admin HTTP API; without it the admin API answers 403.
     admin_token: str | None = None
+    #: Where the admin API's recordings (``POST /v1/rooms/{id}/record``) are written.
+    recording_dir: str = "recordings"
     ice_servers: tuple[IceServerConfig, ...] = ()
     turn: TurnConfig = TurnConfig()
     limits: Limits = Limits()
@@ -189,6 +191,7 @@ ENV_VARS: Final[dict[str, str]] = {
     "TRIO_SFU_JWT_PUBLIC_KEY": "jwt_public_key",
     "TRIO_SFU_JWT_ALGORITHM": "jwt_algorithm",
     "TRIO_SFU_ADMIN_TOKEN": "admin_token",
+    "TRIO_SFU_RECORDING_DIR": "recording_dir",
     "TRIO_SFU_ICE_SERVERS": "ice_servers",
     "TRIO_SFU_TURN_URLS": "turn.urls",
     "TRIO_SFU_TURN_SECRET": "turn.secret",

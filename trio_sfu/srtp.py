@@ -26,6 +26,7 @@ from trio_sfu.errors import BadPacket
 
 __all__ = [
     "REPLAY_WINDOW",
+    "SRTP_CRYPTO_SUITES",
     "SRTP_PROFILES",
     "SRTP_PROFILE_PARAMETERS",
     "SrtpKeys",
@@ -66,6 +67,28 @@ SRTP_PROFILE_PARAMETERS: Final[Mapping[str, SrtpProfile]] = {
         salt_len=14,
         libsrtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
     ),
+    # Only for keys exchanged in signaling (PlainTransport): DTLS never offers these two.
+    "SRTP_AEAD_AES_256_GCM": SrtpProfile(
+        name="SRTP_AEAD_AES_256_GCM",
+        key_len=32,
+        salt_len=12,
+        libsrtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+    ),
+    "SRTP_AES128_CM_SHA1_32": SrtpProfile(
+        name="SRTP_AES128_CM_SHA1_32",
+        key_len=16,
+        salt_len=14,
+        libsrtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+    ),
+}
+
+#: mediasoup's ``SrtpCryptoSuite`` names (a PlainTransport's ``srtpParameters``; also
+#: ffmpeg's ``-srtp_out_suite``) -> the profile.
+SRTP_CRYPTO_SUITES: Final[Mapping[str, str]] = {
+    "AEAD_AES_256_GCM": "SRTP_AEAD_AES_256_GCM",
+    "AEAD_AES_128_GCM": "SRTP_AEAD_AES_128_GCM",
+    "AES_CM_128_HMAC_SHA1_80": "SRTP_AES128_CM_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32": "SRTP_AES128_CM_SHA1_32",
 }
 
 #: Our preference order. GCM first: it authenticates and encrypts in one AEAD pass and

@@ -260,6 +260,49 @@ class SignalingClient:
             },
         )
 
+    async def create_plain_transport(
+        self,
+        *,
+        rtcp_mux: bool | None = None,
+        comedia: bool | None = None,
+        enable_srtp: bool | None = None,
+        srtp_crypto_suite: str | None = None,
+        direction: str | None = None,
+    ) -> dict[str, Any]:
+        """``rtc:createPlainTransport`` (options left out take the server's defaults)."""
+        data: dict[str, Any] = {"meetingId": self._meeting()}
+        for key, value in (
+            ("rtcpMux", rtcp_mux),
+            ("comedia", comedia),
+            ("enableSrtp", enable_srtp),
+            ("srtpCryptoSuite", srtp_crypto_suite),
+            ("direction", direction),
+        ):
+            if value is not None:
+                data[key] = value
+        return await self.request("rtc:createPlainTransport", data)
+
+    async def connect_plain_transport(
+        self,
+        transport_id: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        rtcp_port: int | None = None,
+        srtp_parameters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``rtc:connectPlainTransport``; returns the answer (the transport's tuples)."""
+        data: dict[str, Any] = {"meetingId": self._meeting(), "transportId": transport_id}
+        for key, value in (
+            ("ip", ip),
+            ("port", port),
+            ("rtcpPort", rtcp_port),
+            ("srtpParameters", srtp_parameters),
+        ):
+            if value is not None:
+                data[key] = value
+        return await self.request("rtc:connectPlainTransport", data)
+
     async def restart_ice(self, transport_id: str) -> dict[str, Any]:
         answer = await self.request(
             "rtc:restartIce", {"meetingId": self._meeting(), "transportId": transport_id}

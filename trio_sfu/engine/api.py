@@ -27,6 +27,8 @@ from trio_sfu.ortc.types import (
     IceParameters,
     RtpCapabilities,
     RtpParameters,
+    SrtpParameters,
+    TransportTuple,
 )
 
 Kind = Literal["audio", "video"]
@@ -244,6 +246,51 @@ class MediaEngine(Protocol):
         concurrent calls wait for the first. Pause, resume and close of the producer
         follow on the destination; closing either router closes the other's pipe
         producers (their consumers get ``ConsumerClosed``)."""
+
+    # ---- plain transports (mediasoup's PlainTransport) -------------------------------
+    #
+    # Plain RTP/RTCP (optionally SRTP) for ffmpeg, GStreamer, recorders and bots.
+    # produce, consume, close_transport, get_stats and dump work on them as on a
+    # WebRtcTransport.
+
+    async def create_plain_transport(
+        self,
+        router_id: str,
+        *,
+        rtcp_mux: bool = True,
+        comedia: bool = False,
+        enable_srtp: bool = False,
+        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
+        app_data: dict[str, Any] | None = None,
+    ) -> PlainTransportInfo:
+        """A plain transport on the worker's listen IP (announced IP in its tuple), on
+        free port(s) of its RTC range. UnsupportedError for an unknown crypto suite."""
+
+    async def connect_plain_transport(
+        self,
+        transport_id: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        rtcp_port: int | None = None,
+        srtp_parameters: SrtpParameters | None = None,
+    ) -> PlainTransportInfo:
+        """The other end's address (ignored with comedia) and SRTP key. Raises
+        InvalidStateError when connected twice, InvalidMessageError when something
+        required is missing. Returns the transport's state after the call."""
+
+
+@attrs.frozen
+class PlainTransportInfo:
+    """A plain transport: where it listens (``tuple``, and ``rtcp_tuple`` without
+    rtcp-mux), the remote end once known, and its SRTP key for the other end."""
+
+    transport_id: str
+    tuple: TransportTuple
+    rtcp_mux: bool
+    comedia: bool
+    rtcp_tuple: TransportTuple | None = None
+    srtp_parameters: SrtpParameters | None = None
 
 
 @attrs.frozen

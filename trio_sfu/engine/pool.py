@@ -45,6 +45,7 @@ from trio_sfu.engine.api import (
     Kind,
     PipeConsumerInfo,
     PipeTransportInfo,
+    PlainTransportInfo,
     RouterClosed,
     TransportInfo,
 )
@@ -67,7 +68,13 @@ from trio_sfu.errors import (
     NotFoundError,
     SfuError,
 )
-from trio_sfu.ortc.types import DtlsParameters, IceParameters, RtpCapabilities, RtpParameters
+from trio_sfu.ortc.types import (
+    DtlsParameters,
+    IceParameters,
+    RtpCapabilities,
+    RtpParameters,
+    SrtpParameters,
+)
 from trio_sfu.wire import converter
 
 logger = logging.getLogger(__name__)
@@ -360,6 +367,42 @@ class WorkerHandle:
         params = converter.unstructure(rtp_parameters)
         await self.call("pipe_produce", transport_id, producer_id, kind, params, paused)
 
+    # ---- plain transports ----------------------------------------------------------------
+
+    async def create_plain_transport(
+        self,
+        router_id: str,
+        *,
+        rtcp_mux: bool = True,
+        comedia: bool = False,
+        enable_srtp: bool = False,
+        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
+        app_data: dict[str, Any] | None = None,
+    ) -> PlainTransportInfo:
+        raw = await self.call(
+            "create_plain_transport",
+            router_id,
+            rtcp_mux,
+            comedia,
+            enable_srtp,
+            srtp_crypto_suite,
+            app_data,
+        )
+        return converter.structure(raw, PlainTransportInfo)
+
+    async def connect_plain_transport(
+        self,
+        transport_id: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        rtcp_port: int | None = None,
+        srtp_parameters: SrtpParameters | None = None,
+    ) -> PlainTransportInfo:
+        srtp = None if srtp_parameters is None else converter.unstructure(srtp_parameters)
+        raw = await self.call("connect_plain_transport", transport_id, ip, port, rtcp_port, srtp)
+        return converter.structure(raw, PlainTransportInfo)
+
 
 @final
 class WorkerPool:
@@ -612,6 +655,38 @@ class WorkerPool:
 
     async def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
         await self._handle_of(transport_id).connect_transport(transport_id, dtls_parameters)
+
+    async def create_plain_transport(
+        self,
+        router_id: str,
+        *,
+        rtcp_mux: bool = True,
+        comedia: bool = False,
+        enable_srtp: bool = False,
+        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
+        app_data: dict[str, Any] | None = None,
+    ) -> PlainTransportInfo:
+        return await self._router_handle(router_id).create_plain_transport(
+            router_id,
+            rtcp_mux=rtcp_mux,
+            comedia=comedia,
+            enable_srtp=enable_srtp,
+            srtp_crypto_suite=srtp_crypto_suite,
+            app_data=app_data,
+        )
+
+    async def connect_plain_transport(
+        self,
+        transport_id: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        rtcp_port: int | None = None,
+        srtp_parameters: SrtpParameters | None = None,
+    ) -> PlainTransportInfo:
+        return await self._handle_of(transport_id).connect_plain_transport(
+            transport_id, ip=ip, port=port, rtcp_port=rtcp_port, srtp_parameters=srtp_parameters
+        )
 
     async def restart_ice(self, transport_id: str) -> IceParameters:
         return await self._handle_of(transport_id).restart_ice(transport_id)

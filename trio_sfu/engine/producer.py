@@ -70,6 +70,7 @@ class ProducerStream:
         "fir_seq",
         "index",
         "keyframe_requested_at",
+        "keyframe_requests",
         "last_keyframe_at",
         "last_sr_arrival",
         "last_sr_ntp",
@@ -110,6 +111,8 @@ class ProducerStream:
         self.active = False
         self.active_at = -1e9
         self.keyframe_requested_at = -1e9
+        #: PLI/FIR sent to the publisher for this stream.
+        self.keyframe_requests = 0
         self.last_keyframe_at = -1e9
         self.fir_seq = 0
         self.last_sr_ntp = 0
@@ -351,6 +354,7 @@ class Producer:
         if stream.ssrc is None or now - stream.keyframe_requested_at < KEYFRAME_REQUEST_INTERVAL:
             return False
         stream.keyframe_requested_at = now
+        stream.keyframe_requests += 1
         if self._use_fir:
             stream.fir_seq = (stream.fir_seq + 1) & 0xFF
             packet = build_rtcp([Fir(ROUTER_RTCP_SSRC, ((stream.ssrc, stream.fir_seq),))])

@@ -38,6 +38,7 @@ from trio_sfu.engine.api import (
     NetworkQuality,
     PipeConsumerInfo,
     PipeTransportInfo,
+    PlainTransportInfo,
     TransportClosed,
     TransportInfo,
 )
@@ -53,6 +54,7 @@ from trio_sfu.engine.layers import (
     network_quality,
 )
 from trio_sfu.engine.pipe_transport import PipeTransport
+from trio_sfu.engine.plain_transport import PlainTransport
 from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
 from trio_sfu.engine.rtc_sockets import is_unspecified
 from trio_sfu.engine.speaker import ActiveSpeakerDetector
@@ -65,6 +67,7 @@ from trio_sfu.ortc.types import (
     MediaKind,
     RtpCapabilities,
     RtpParameters,
+    SrtpParameters,
 )
 from trio_sfu.rtcp import (
     Fir,
@@ -115,10 +118,10 @@ PROBE_DURATION = 0.2
 REMB_DECREASE_PER_SECOND = 0.5
 
 
-#: What the router's transport bookkeeping holds: the two kinds share what the router uses
+#: What the router's transport bookkeeping holds: the kinds share what the router uses
 #: (``on_rtp``, ``on_rtcp``, ``on_closed``, ``send_rtp_nowait``, ``send_rtcp_nowait``,
 #: ``stats()``, ``close()``, ``id``, ``closed``).
-AnyTransport = WebRtcTransport | PipeTransport
+AnyTransport = WebRtcTransport | PlainTransport  # PipeTransport is a PlainTransport
 
 
 def new_id(prefix: str = "") -> str:
@@ -476,6 +479,62 @@ class Router:
         self.transports[transport.id] = entry
         return PipeTransportInfo(transport_id=transport.id, ip=transport.ip, port=transport.port)
 
+    async def create_plain_transport(
+        self,
+        *,
+        rtcp_mux: bool = True,
+        comedia: bool = False,
+        enable_srtp: bool = False,
+        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
+        app_data: dict[str, Any] | None = None,
+    ) -> PlainTransportInfo:
+        """A plain transport (mediasoup's PlainTransport) on the worker's listen IP, its
+        tuple announcing the announced IP when there is one; free port(s) of the RTC
+        range. Its receive task(s) run in the router's nursery, as a pipe transport's.
+        Cancellation: a cancelled call leaves no transport."""
+        nursery = self._nursery_or_fail()
+        options = self._transport_options
+        transport = PlainTransport(
+            transport_id=new_id(self.id_prefix),
+            listen_ip=options.get("listen_ip", "127.0.0.1"),
+            announced_ip=options.get("announced_ip"),
+            port_range=options.get("port_range", (40000, 49999)),
+            rtcp_mux=rtcp_mux,
+            comedia=comedia,
+            enable_srtp=enable_srtp,
+            srtp_crypto_suite=srtp_crypto_suite,
+            app_data=app_data,
+        )
+        entry = _TransportEntry(transport)
+        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
+        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
+        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
+        try:
+            await nursery.start(transport.run)
+        except BaseException:
+            transport.close()  # no free port, or cancelled: nothing stays bound
+            raise
+        if transport.closed:
+            raise InvalidStateError(f"plain transport {transport.id} closed while starting")
+        self.transports[transport.id] = entry
+        return plain_transport_info(transport)
+
+    def connect_plain_transport(
+        self,
+        transport_id: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        rtcp_port: int | None = None,
+        srtp_parameters: SrtpParameters | None = None,
+    ) -> PlainTransportInfo:
+        """The other end of a plain transport (InvalidStateError the second time)."""
+        transport = self._entry(transport_id).transport
+        if not isinstance(transport, PlainTransport) or isinstance(transport, PipeTransport):
+            raise UnsupportedError(f"transport {transport_id!r} is not a plain transport")
+        transport.connect(ip=ip, port=port, rtcp_port=rtcp_port, srtp_parameters=srtp_parameters)
+        return plain_transport_info(transport)
+
     def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None:
         """Where the other end of the pipe is (InvalidStateError the second time)."""
         transport = self._pipe_entry(transport_id).transport
@@ -491,7 +550,7 @@ class Router:
     def _webrtc_transport(self, transport_id: str) -> WebRtcTransport:
         transport = self._entry(transport_id).transport
         if not isinstance(transport, WebRtcTransport):
-            raise UnsupportedError(f"transport {transport_id!r} is a pipe transport")
+            raise UnsupportedError(f"transport {transport_id!r} is a {transport.kind} transport")
         return transport
 
     def _pipe_entry(self, transport_id: str) -> _TransportEntry:
@@ -1266,6 +1325,7 @@ class Router:
                     "packetCount": s.packets,
                     "packetsLost": s.stats.cumulative_lost,
                     "packetsRetransmitted": s.retransmitted,
+                    "keyframeRequests": s.keyframe_requests,
                     "fractionLost": s.stats.fraction_lost / 256,
                     "jitter": s.stats.jitter / s.clock_rate,
                     "bitrate": s.bitrate,
@@ -1294,17 +1354,38 @@ def _dump_transport(transport_id: str, entry: _TransportEntry) -> dict[str, Any]
         "producerIds": sorted(entry.producers),
         "consumerIds": sorted(entry.consumers),
     }
-    if isinstance(transport, PipeTransport):
-        out["type"] = "pipe"
+    if isinstance(transport, PlainTransport):
+        out["type"] = transport.kind
         out["tuple"] = {
             "localIp": transport.ip,
             "localPort": transport.port,
             "remote": list(transport.remote_address) if transport.remote_address else None,
         }
+        if transport.kind == "plain":
+            rtcp = transport.rtcp_remote_address
+            out["rtcpMux"] = transport.rtcp_mux
+            out["comedia"] = transport.comedia
+            out["rtcpTuple"] = {
+                "localIp": transport.ip,
+                "localPort": transport.rtcp_port,
+                "remote": list(rtcp) if rtcp else None,
+            }
+            out["srtpCryptoSuite"] = transport.srtp_crypto_suite
     else:
         out["iceState"] = transport.ice_state
         out["dtlsState"] = transport.dtls_state
     return out
+
+
+def plain_transport_info(transport: PlainTransport) -> PlainTransportInfo:
+    return PlainTransportInfo(
+        transport_id=transport.id,
+        tuple=transport.tuple,
+        rtcp_mux=transport.rtcp_mux,
+        comedia=transport.comedia,
+        rtcp_tuple=transport.rtcp_tuple,
+        srtp_parameters=transport.srtp_parameters,
+    )
 
 
 #: Bitrates assumed for streams not measured yet, by simulcast index (bps).

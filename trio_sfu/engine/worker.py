@@ -31,6 +31,7 @@ from trio_sfu.engine.api import (
     Kind,
     PipeConsumerInfo,
     PipeTransportInfo,
+    PlainTransportInfo,
     TransportClosed,
     TransportInfo,
 )
@@ -53,6 +54,7 @@ from trio_sfu.ortc.types import (
     RtpCapabilities,
     RtpCodecCapability,
     RtpParameters,
+    SrtpParameters,
 )
 from trio_sfu.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 
@@ -536,6 +538,43 @@ class Worker:
         if self.pipes is None or self._closed:
             raise InvalidStateError("the worker is not running")
         await self.pipes.pipe_to_router(producer_id, from_router=from_router, to_router=to_router)
+
+    # ---- plain transports ----------------------------------------------------------------
+
+    async def create_plain_transport(
+        self,
+        router_id: str,
+        *,
+        rtcp_mux: bool = True,
+        comedia: bool = False,
+        enable_srtp: bool = False,
+        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
+        app_data: dict[str, Any] | None = None,
+    ) -> PlainTransportInfo:
+        router = self._router(router_id)
+        info = await router.create_plain_transport(
+            rtcp_mux=rtcp_mux,
+            comedia=comedia,
+            enable_srtp=enable_srtp,
+            srtp_crypto_suite=srtp_crypto_suite,
+            app_data=app_data,
+        )
+        self._remember(router, info.transport_id)
+        return info
+
+    async def connect_plain_transport(
+        self,
+        transport_id: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        rtcp_port: int | None = None,
+        srtp_parameters: SrtpParameters | None = None,
+    ) -> PlainTransportInfo:
+        router = self._router_of(transport_id, "transports", "transport")
+        return router.connect_plain_transport(
+            transport_id, ip=ip, port=port, rtcp_port=rtcp_port, srtp_parameters=srtp_parameters
+        )
 
     def media_counters(self) -> dict[str, int]:
         """Packets and bytes in and out, and drops, of every transport this worker ran."""

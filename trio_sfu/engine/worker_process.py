@@ -37,7 +37,7 @@ from trio_sfu.engine import api
 from trio_sfu.engine.channel import NOTIFY, REQUEST, RESPONSE, Channel, encode_error, encode_event
 from trio_sfu.engine.worker import Worker, WorkerSettings
 from trio_sfu.errors import BadPacket, SfuError
-from trio_sfu.ortc.types import DtlsParameters, RtpCapabilities, RtpParameters
+from trio_sfu.ortc.types import DtlsParameters, RtpCapabilities, RtpParameters, SrtpParameters
 from trio_sfu.wire import converter
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,21 @@ _ARGS: Final[dict[str, tuple[tuple[str, Any], ...]]] = {
         ("kind", None),
         ("rtp_parameters", RtpParameters),
         ("paused", None),
+    ),
+    "create_plain_transport": (
+        ("router_id", None),
+        ("rtcp_mux", None),
+        ("comedia", None),
+        ("enable_srtp", None),
+        ("srtp_crypto_suite", None),
+        ("app_data", None),
+    ),
+    "connect_plain_transport": (
+        ("transport_id", None),
+        ("ip", None),
+        ("port", None),
+        ("rtcp_port", None),
+        ("srtp_parameters", SrtpParameters),
     ),
 }
 

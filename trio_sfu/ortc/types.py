@@ -46,6 +46,9 @@ __all__ = [
     "SctpCapabilities",
     "SctpParameters",
     "SctpStreamParameters",
+    "SrtpCryptoSuite",
+    "SrtpParameters",
+    "TransportTuple",
 ]
 
 MediaKind: TypeAlias = Literal["audio", "video"]
@@ -53,6 +56,9 @@ RtpHeaderExtensionDirection: TypeAlias = Literal["sendrecv", "sendonly", "recvon
 Priority: TypeAlias = Literal["very-low", "low", "medium", "high"]
 DtlsRole: TypeAlias = Literal["auto", "client", "server"]
 FingerprintAlgorithm: TypeAlias = Literal["sha-1", "sha-224", "sha-256", "sha-384", "sha-512"]
+SrtpCryptoSuite: TypeAlias = Literal[
+    "AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"
+]
 #: Codec ``parameters`` values: fmtp values, numbers when they look like numbers (``apt: 101``).
 CodecParameterValue: TypeAlias = str | int | float
 
@@ -233,6 +239,34 @@ class DtlsParameters:
 
     fingerprints: list[DtlsFingerprint]
     role: DtlsRole | None = None
+
+
+# --------------------------------------------------------------------------------------
+# PlainTransport
+
+
+@final
+@attrs.frozen
+class SrtpParameters:
+    """SRTP keys exchanged in signaling (a PlainTransport with ``enableSrtp``): the crypto
+    suite and the master key followed by the master salt, in base64."""
+
+    crypto_suite: SrtpCryptoSuite
+    key_base64: str
+
+
+@final
+@attrs.frozen
+class TransportTuple:
+    """Where a PlainTransport (or its RTCP) listens, and the remote end once known.
+    mediasoup sends the local IP both as ``localAddress`` and (older) ``localIp``."""
+
+    local_address: str
+    local_ip: str
+    local_port: int
+    protocol: Literal["udp", "tcp"] = "udp"
+    remote_ip: str | None = None
+    remote_port: int | None = None
 
 
 # --------------------------------------------------------------------------------------

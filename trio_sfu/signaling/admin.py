@@ -6,6 +6,13 @@
     POST   /v1/rooms/{meetingId}/close        peers get rtc:roomClosed, then their sockets close
                                               (optional JSON body {"reason": "..."})
     DELETE /v1/rooms/{meetingId}/peers/{peerId}   kick a peer (its socket closes with 4001)
+    POST   /v1/rooms/{meetingId}/record       record producers to WebM (ffmpeg): body
+                                              {"producerId": id} or {"producerIds": [...]},
+                                              none: every producer of the meeting
+    GET    /v1/rooms/{meetingId}/record       the meeting's recordings
+    GET    /v1/rooms/{meetingId}/record/{recordingId}
+    POST   /v1/rooms/{meetingId}/record/{recordingId}/stop   stop; answers once the file is
+                                              complete
 
 Answers are JSON. 401 without the right token, 403 when no admin token is configured.
 """
@@ -18,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from trio_sfu.errors import InvalidStateError, NotFoundError
 from trio_sfu.signaling.room import CLOSE_KICKED, CLOSE_ROOM_CLOSED
 
 if TYPE_CHECKING:
@@ -121,4 +129,61 @@ async def handle_admin(
             with trio.move_on_after(2 * app.config.cleanup_timeout):
                 await peer.finished.wait()
             return 200, {"meetingId": meeting_id, "peerId": peer_id, "kicked": True}
+        case ["rooms", meeting_id, "record"]:
+            room = rooms.get(meeting_id)
+            if room is None:
+                return 404, {"error": f"no open meeting {meeting_id!r}"}
+            if method == "GET":
+                return 200, {"recordings": [r.describe() for r in room.recordings.values()]}
+            if method != "POST":
+                return 405, {"error": "use GET or POST"}
+            producer_ids = _record_body(body)
+            if isinstance(producer_ids, str):
+                return 400, {"error": producer_ids}
+            try:
+                recording = await room.start_recording(producer_ids)
+            except NotFoundError as exc:
+                return 404, {"error": exc.message}
+            except InvalidStateError as exc:
+                return 409, {"error": exc.message}
+            except FileNotFoundError as exc:
+                return 503, {"error": str(exc)}
+            return 200, recording.describe()
+        case ["rooms", meeting_id, "record", recording_id, *rest] if rest in ([], ["stop"]):
+            room = rooms.get(meeting_id)
+            found = room.recordings.get(recording_id) if room is not None else None
+            if found is None:
+                return 404, {"error": f"no recording {recording_id!r} in meeting {meeting_id!r}"}
+            if not rest:
+                if method != "GET":
+                    return 405, {"error": "use GET"}
+                return 200, found.describe()
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            found.stop("stopped")
+            with trio.move_on_after(2 * app.config.cleanup_timeout + 10):
+                await found.finished.wait()
+            return 200, found.describe()
     return 404, {"error": "no such admin endpoint"}
+
+
+def _record_body(body: bytes) -> list[str] | str | None:
+    """The producer ids of a record request (None: all), or an error message."""
+    if not body.strip():
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return "the body must be JSON"
+    if not isinstance(parsed, dict) or set(parsed) - {"producerId", "producerIds"}:
+        return 'the body must be {"producerId": string} or {"producerIds": [string]}'
+    if "producerId" in parsed:
+        if not isinstance(parsed["producerId"], str) or "producerIds" in parsed:
+            return '"producerId" must be a string (and alone)'
+        return [parsed["producerId"]]
+    ids = parsed.get("producerIds")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        return '"producerIds" must be a non-empty list of strings'
+    return list(dict.fromkeys(ids))

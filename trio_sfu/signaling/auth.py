@@ -2,7 +2,8 @@
 
 A token admits one user to one meeting (PROTOCOL.md, "Access tokens"): claims ``sub``
 (user id), ``meetingId`` and ``exp`` are required; ``name``, ``canPublish`` and
-``canSubscribe`` (both default true) are optional. HS256 with the server's secret by
+``canSubscribe`` (both default true) and ``canPlainTransport`` (default false: who may
+create a PlainTransport, docs/protocol-additions.md) are optional. HS256 with the server's secret by
 default; RS256/ES256 with a public key as an option. Tokens are checked once, on
 ``rtc:join``: a token that expires later does not end the call.
 
@@ -42,6 +43,9 @@ class Grant:
     name: str | None = None
     can_publish: bool = True
     can_subscribe: bool = True
+    #: May create PlainTransports (``rtc:createPlainTransport``): claim
+    #: ``canPlainTransport``, false unless given.
+    can_plain_transport: bool = False
 
 
 def issue_token(
@@ -53,6 +57,7 @@ def issue_token(
     name: str | None = None,
     can_publish: bool = True,
     can_subscribe: bool = True,
+    can_plain_transport: bool = False,
     algorithm: str = "HS256",
     now: float | None = None,
 ) -> str:
@@ -68,10 +73,17 @@ def issue_token(
     }
     if name is not None:
         claims["name"] = name
+    if can_plain_transport:
+        claims["canPlainTransport"] = True
     return jwt.encode(claims, key, algorithm=algorithm)
 
 
-_OPTIONAL_CLAIMS: Final = {"name": str, "canPublish": bool, "canSubscribe": bool}
+_OPTIONAL_CLAIMS: Final = {
+    "name": str,
+    "canPublish": bool,
+    "canSubscribe": bool,
+    "canPlainTransport": bool,
+}
 
 
 def _grant_from_claims(claims: dict[str, Any]) -> Grant:
@@ -95,6 +107,7 @@ def _grant_from_claims(claims: dict[str, Any]) -> Grant:
         name=claims.get("name"),
         can_publish=claims.get("canPublish", True),
         can_subscribe=claims.get("canSubscribe", True),
+        can_plain_transport=claims.get("canPlainTransport", False),
     )
 
 
@@ -162,7 +175,10 @@ class TokenVerifier:
                 return attrs.evolve(grant, meeting_id=meeting_id)
             except (jwt.InvalidTokenError, UnauthorizedError):
                 pass
-        return Grant(user_id=f"dev-{secrets.token_hex(4)}", meeting_id=meeting_id)
+        # No authentication: everything is allowed, plain transports too.
+        return Grant(
+            user_id=f"dev-{secrets.token_hex(4)}", meeting_id=meeting_id, can_plain_transport=True
+        )
 
 
 def turn_credentials(secret: str, user_id: str, *, ttl: int, now: float) -> tuple[str, str]:

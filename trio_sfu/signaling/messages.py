@@ -29,6 +29,9 @@ from trio_sfu.ortc.types import (
     RtpParameters,
     SctpCapabilities,
     SctpParameters,
+    SrtpCryptoSuite,
+    SrtpParameters,
+    TransportTuple,
 )
 from trio_sfu.signaling.errors import InvalidJsonError, UnknownTypeError
 from trio_sfu.wire import structure_untrusted, unstructure, wire_name
@@ -73,6 +76,35 @@ class ConnectTransportRequest:
     meeting_id: str
     transport_id: str
     dtls_parameters: DtlsParameters
+
+
+@final
+@attrs.frozen
+class CreatePlainTransportRequest:
+    """``rtc:createPlainTransport``: mediasoup's PlainTransport options (the listen IP is
+    the server's). Without ``direction`` the transport may both produce and consume."""
+
+    meeting_id: str
+    rtcp_mux: bool | None = None
+    comedia: bool | None = None
+    enable_srtp: bool | None = None
+    srtp_crypto_suite: SrtpCryptoSuite | None = None
+    direction: Direction | None = None
+    app_data: dict[str, Any] | None = None
+
+
+@final
+@attrs.frozen
+class ConnectPlainTransportRequest:
+    """``rtc:connectPlainTransport``: the remote address (ignored with comedia) and, with
+    SRTP, the remote key."""
+
+    meeting_id: str
+    transport_id: str
+    ip: str | None = None
+    port: int | None = None
+    rtcp_port: int | None = None
+    srtp_parameters: SrtpParameters | None = None
 
 
 @final
@@ -144,6 +176,8 @@ Request = (
     | MeetingRequest
     | CreateTransportRequest
     | ConnectTransportRequest
+    | CreatePlainTransportRequest
+    | ConnectPlainTransportRequest
     | TransportRequest
     | ProduceRequest
     | ProducerRequest
@@ -171,6 +205,9 @@ REQUESTS: Final[dict[str, tuple[type[Request], str]]] = {
     "rtc:setPreferredLayers": (SetPreferredLayersRequest, "rtc:preferredLayersSet"),
     "rtc:getStats": (GetStatsRequest, "rtc:stats"),
     "rtc:leave": (MeetingRequest, "rtc:left"),
+    # Additions (docs/protocol-additions.md).
+    "rtc:createPlainTransport": (CreatePlainTransportRequest, "rtc:plainTransportCreated"),
+    "rtc:connectPlainTransport": (ConnectPlainTransportRequest, "rtc:plainTransportConnected"),
 }
 
 # ---- answers (server -> client), the ``data`` of each success answer ------------------
@@ -230,6 +267,20 @@ class TransportCreatedAnswer:
     ice_candidates: list[IceCandidate]
     dtls_parameters: DtlsParameters
     sctp_parameters: SctpParameters | None = None
+
+
+@final
+@attrs.frozen
+class PlainTransportAnswer:
+    """``rtc:plainTransportCreated`` and ``rtc:plainTransportConnected``."""
+
+    transport_id: str
+    tuple: TransportTuple
+    rtcp_mux: bool
+    comedia: bool
+    rtcp_tuple: TransportTuple | None = None
+    srtp_parameters: SrtpParameters | None = None
+    direction: Direction | None = None
 
 
 @final

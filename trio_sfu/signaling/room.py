@@ -61,6 +61,7 @@ from trio_sfu.signaling.auth import Grant, ice_servers_for
 from trio_sfu.signaling.errors import ForbiddenError, NotJoinedError
 from trio_sfu.signaling.messages import (
     ActiveSpeakerNotice,
+    ConnectPlainTransportRequest,
     ConnectTransportRequest,
     ConsumedAnswer,
     ConsumerClosedNotice,
@@ -68,6 +69,7 @@ from trio_sfu.signaling.messages import (
     ConsumerIdAnswer,
     ConsumerLayersChangedNotice,
     ConsumerRequest,
+    CreatePlainTransportRequest,
     CreateTransportRequest,
     Direction,
     GetStatsRequest,
@@ -79,6 +81,7 @@ from trio_sfu.signaling.messages import (
     NewProducerNotice,
     PeerInfo,
     PeerLeftNotice,
+    PlainTransportAnswer,
     PreferredLayers,
     PreferredLayersSetAnswer,
     ProduceRequest,
@@ -103,6 +106,7 @@ from trio_sfu.signaling.metrics import Counts
 
 if TYPE_CHECKING:
     from trio_sfu.ortc.types import RtpCapabilities
+    from trio_sfu.signaling.recording import Recording
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +157,13 @@ class Job:
 @attrs.define(eq=False)
 class _Transport:
     transport_id: str
-    direction: Direction
+    #: None: a plain transport that may both produce and consume.
+    direction: Direction | None
     connected: bool = False
+    plain: bool = False
+
+    def can(self, direction: Direction) -> bool:
+        return self.direction == direction or (self.plain and self.direction is None)
 
 
 @final
@@ -238,7 +247,12 @@ class Peer:
             "canPublish": self.grant.can_publish,
             "canSubscribe": self.grant.can_subscribe,
             "transports": [
-                {"transportId": t.transport_id, "direction": t.direction, "connected": t.connected}
+                {
+                    "transportId": t.transport_id,
+                    "type": "plain" if t.plain else "webrtc",
+                    "direction": t.direction,
+                    "connected": t.connected,
+                }
                 for t in self.transports.values()
             ],
             "producers": [
@@ -518,6 +532,58 @@ class Peer:
             dtls_parameters=info.dtls_parameters,
         )
 
+    async def _create_plain_transport(self, req: Request) -> Any:
+        assert isinstance(req, CreatePlainTransportRequest)
+        if not self.grant.can_plain_transport:
+            raise ForbiddenError(
+                "the token does not allow plain transports (canPlainTransport is not true)"
+            )
+        limit = self.room.manager.config.limits.transports_per_peer
+        if len(self.transports) >= limit:
+            raise LimitExceededError(f"at most {limit} transports per peer")
+        info = await self.room.engine.create_plain_transport(
+            self.router_id,
+            rtcp_mux=True if req.rtcp_mux is None else req.rtcp_mux,
+            comedia=bool(req.comedia),
+            enable_srtp=bool(req.enable_srtp),
+            srtp_crypto_suite=req.srtp_crypto_suite or "AES_CM_128_HMAC_SHA1_80",
+            app_data={"peerId": self.peer_id, "plain": True, **(req.app_data or {})},
+        )
+        tid = info.transport_id
+        self.transports[tid] = _Transport(tid, req.direction, plain=True)
+        self.room.transport_owner[tid] = self
+        return PlainTransportAnswer(
+            transport_id=tid,
+            tuple=info.tuple,
+            rtcp_mux=info.rtcp_mux,
+            comedia=info.comedia,
+            rtcp_tuple=info.rtcp_tuple,
+            srtp_parameters=info.srtp_parameters,
+            direction=req.direction,
+        )
+
+    async def _connect_plain_transport(self, req: Request) -> Any:
+        assert isinstance(req, ConnectPlainTransportRequest)
+        transport = self._transport(req.transport_id)
+        if not transport.plain:
+            raise UnsupportedError(f"transport {req.transport_id!r} is not a plain transport")
+        info = await self.room.engine.connect_plain_transport(
+            req.transport_id,
+            ip=req.ip,
+            port=req.port,
+            rtcp_port=req.rtcp_port,
+            srtp_parameters=req.srtp_parameters,
+        )
+        transport.connected = True
+        return PlainTransportAnswer(
+            transport_id=req.transport_id,
+            tuple=info.tuple,
+            rtcp_mux=info.rtcp_mux,
+            comedia=info.comedia,
+            rtcp_tuple=info.rtcp_tuple,
+            direction=transport.direction,
+        )
+
     async def _connect_transport(self, req: Request) -> Any:
         assert isinstance(req, ConnectTransportRequest)
         transport = self._transport(req.transport_id)
@@ -536,7 +602,7 @@ class Peer:
         if not self.grant.can_publish:
             raise ForbiddenError("the token does not allow publishing (canPublish is false)")
         transport = self._transport(req.transport_id)
-        if transport.direction != "send":
+        if not transport.can("send"):
             raise InvalidStateError(f"transport {req.transport_id!r} is not a send transport")
         limit = self.room.manager.config.limits.producers_per_peer
         if len(self.producers) >= limit:
@@ -597,10 +663,13 @@ class Peer:
             raise self._not_found("producer", req.producer_id)
         if req.transport_id is not None:
             transport = self._transport(req.transport_id)
-            if transport.direction != "recv":
+            if not transport.can("recv"):
                 raise InvalidStateError(f"transport {req.transport_id!r} is not a recv transport")
         else:
-            found = next((t for t in self.transports.values() if t.direction == "recv"), None)
+            found = next(
+                (t for t in self.transports.values() if t.direction == "recv" and not t.plain),
+                None,
+            )
             if found is None:
                 raise InvalidStateError("no recv transport: create one before consuming")
             transport = found
@@ -700,6 +769,8 @@ _HANDLERS: Final[dict[str, Callable[[Peer, Request], Any]]] = {
     "rtc:setPreferredLayers": Peer._set_preferred_layers,
     "rtc:getStats": Peer._get_stats,
     "rtc:leave": Peer._leave,
+    "rtc:createPlainTransport": Peer._create_plain_transport,
+    "rtc:connectPlainTransport": Peer._connect_plain_transport,
 }
 
 
@@ -728,6 +799,11 @@ class Room:
         self.transport_owner: dict[str, Peer] = {}
         self.producer_owner: dict[str, Peer] = {}
         self.consumer_owner: dict[str, Peer] = {}
+        #: Recordings (the admin API's), by id, ended ones too; and the consumers and
+        #: transports of the running ones.
+        self.recordings: dict[str, Recording] = {}
+        self.recording_of_consumer: dict[str, Recording] = {}
+        self.recording_of_transport: dict[str, Recording] = {}
         self.closing = False
         self.close_reason: str | None = None
         self.ready = trio.Event()
@@ -826,6 +902,34 @@ class Room:
             self.log.info("meeting spread to a new router %s (on another worker)", router_id)
             return router_id
 
+    async def start_recording(self, producer_ids: list[str] | None) -> Recording:
+        """Start recording ``producer_ids`` (None: every producer of the meeting now) to
+        one WebM file; returns once ffmpeg records (see :mod:`trio_sfu.signaling.recording`).
+        NotFoundError for an unknown producer, InvalidStateError when there is none or the
+        meeting is closing; FileNotFoundError without ffmpeg."""
+        from trio_sfu.signaling.recording import Recording
+
+        if self.closing or self._nursery is None:
+            raise InvalidStateError(f"meeting {self.meeting_id!r} is closing")
+        ids = list(self.producer_owner) if producer_ids is None else list(producer_ids)
+        if not ids:
+            raise InvalidStateError(f"meeting {self.meeting_id!r} has no producer to record")
+        for producer_id in ids:
+            if producer_id not in self.producer_owner:
+                raise NotFoundError(f"producer {producer_id!r} not found")
+        recording = Recording(self, ids, self.manager.config.recording_dir)
+        self.recordings[recording.recording_id] = recording
+        try:
+            await self._nursery.start(recording.run)
+        except BaseException:
+            del self.recordings[recording.recording_id]
+            raise
+        return recording
+
+    def recording_finished(self, recording: Recording) -> None:
+        """A recording ended (it stays listed with its end reason)."""
+        self.log.debug("recording %s finished", recording.recording_id)
+
     def admit(self, peer: Peer) -> JoinedAnswer:
         """Make a started peer a member: the others hear ``rtc:peerJoined``. Synchronous,
         so that the caller queues the ``rtc:joined`` answer before any notification."""
@@ -887,10 +991,16 @@ class Room:
             owner = self.consumer_owner.get(event.consumer_id)
             if owner is not None:
                 owner.consumer_closed(event.consumer_id, event.producer_id, event.reason)
+            recording = self.recording_of_consumer.get(event.consumer_id)
+            if recording is not None:
+                recording.consumer_closed(event.consumer_id, event.reason)
         elif isinstance(event, TransportClosed):
             owner = self.transport_owner.get(event.transport_id)
             if owner is not None:
                 owner.transport_closed(event.transport_id, event.reason)
+            recording = self.recording_of_transport.get(event.transport_id)
+            if recording is not None:
+                recording.stop("transport_closed")
         elif isinstance(event, ConsumerLayersChanged):
             owner = self.consumer_owner.get(event.consumer_id)
             if owner is not None:
