@@ -505,7 +505,7 @@ class Router:
             srtp_crypto_suite=srtp_crypto_suite,
             app_data=app_data,
         )
-        entry = _TransportEntry(transport)
+        entry = _TransportEntry(transport, self.ssrc_owners)
         transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
         transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
         transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
