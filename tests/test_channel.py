@@ -8,16 +8,20 @@ flight when its worker dies, ids of a dead worker.
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import signal
 
 import attrs
+import cattrs
 import msgpack
 import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fake_engine import load_fixture
 from trio_sfu.config import ServerConfig, config_from_env
 from trio_sfu.engine import api
 from trio_sfu.engine.channel import (
@@ -39,6 +43,8 @@ from trio_sfu.errors import (
     NotFoundError,
     UnsupportedError,
 )
+from trio_sfu.ortc.types import RtpCapabilities
+from trio_sfu.wire import converter
 
 MESSAGES = [[0, 1, "produce", ["t", "audio", {"codecs": []}, False]], [2, "load", {"a": 1.5}]]
 
@@ -106,6 +112,25 @@ def test_requests_are_structured_by_a_table() -> None:
     assert structure_args("close_router", ["r"]) == {"router_id": "r"}
 
 
+def test_capabilities_are_structured_once_per_wire_form() -> None:
+    caps = load_fixture("device-rtp-capabilities.chromium.json")
+    first = structure_args("consume", ["t", "p", caps, True])["rtp_capabilities"]
+    assert isinstance(first, RtpCapabilities)
+    assert converter.unstructure(first) == converter.unstructure(
+        converter.structure(caps, RtpCapabilities)
+    )
+    # The same capabilities again (a new copy off the wire): the same object.
+    again = structure_args("consume", ["t", "p", copy.deepcopy(caps), True])
+    assert again["rtp_capabilities"] is first
+    # Others: structured on their own, not mixed up with the first.
+    other = copy.deepcopy(caps)
+    other["codecs"] = other["codecs"][:1]
+    third = structure_args("consume", ["t", "p", other, True])["rtp_capabilities"]
+    assert third is not first and len(third.codecs) == 1
+    with pytest.raises(cattrs.BaseValidationError):  # garbage is still refused
+        structure_args("consume", ["t", "p", {"codecs": "nonsense"}, True])
+
+
 async def test_pool_routes_by_worker_tag_and_places_by_load() -> None:
     settings = PoolSettings(workers=2, report_interval=0.1, pipe_threshold=1)
     with trio.fail_after(20):
@@ -155,6 +180,26 @@ async def test_a_request_in_flight_fails_when_its_worker_dies() -> None:
             with pytest.raises(NotFoundError):
                 pool.router_rtp_capabilities(router)
             assert isinstance(WorkerDiedError("x"), InvalidStateError)
+
+
+async def test_a_pool_cancelled_from_outside_stops_its_workers_without_a_death(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cancelled (a deadline, Ctrl-C) rather than closed: the workers are stopped, and
+    that is no death: no worker_died to the routers' owners, no error logged."""
+    events: list[api.EngineEvent] = []
+    with trio.fail_after(20), trio.CancelScope() as outside:
+        async with open_worker_pool(PoolSettings(workers=2)) as pool:
+            await pool.create_router(events.append)
+            pids = [info["pid"] for info in pool.workers_info()]
+            outside.cancel()
+            await trio.sleep_forever()
+    assert outside.cancelled_caught
+    assert events == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_each_worker_takes_its_own_port_and_tag() -> None:

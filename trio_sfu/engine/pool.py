@@ -133,6 +133,9 @@ class WorkerHandle:
         self.pid: int | None = None
         self.alive = False
         self.died = trio.Event()
+        #: Its channel ended by itself (EOF or broken): the process died, it was not
+        #: stopped by the pool.
+        self.channel_ended = False
         #: Taken out of the pool's books (see WorkerPool._forget_worker).
         self.forgotten = False
         self.channel: Channel | None = None
@@ -193,8 +196,10 @@ class WorkerHandle:
                     message = await channel.receive()
                 except (BadPacket, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     logger.error("worker %d: broken channel: %s", self.index, exc)
+                    self.channel_ended = True
                     return
                 if message is None:
+                    self.channel_ended = True
                     return
                 self._dispatch(message, on_event)
         finally:
@@ -545,8 +550,8 @@ class WorkerPool:
         if self.pipes is not None:
             for router_id in routers:
                 self.pipes.router_closed(router_id)
-        if self._closing:
-            return
+        if self._closing or not handle.channel_ended:
+            return  # stopped (the pool closing, or its run cancelled): not a death
         logger.error(
             "worker %d (pid %s) died: closing its %d router(s)",
             handle.index,

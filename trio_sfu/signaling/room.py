@@ -681,8 +681,8 @@ class Peer:
             await room.engine.pipe_to_router(
                 req.producer_id, from_router=owner.router_id, to_router=self.router_id
             )
-        if not await room.engine.can_consume(self.router_id, req.producer_id, caps):
-            raise UnsupportedError(f"cannot consume producer {req.producer_id!r}: no common codec")
+        # No can_consume first: consume refuses (unsupported) what it cannot serve, in
+        # one round trip to the worker instead of two.
         paused = True if req.paused is None else req.paused
         info = await room.engine.consume(
             transport.transport_id, req.producer_id, caps, paused=paused
