@@ -70,6 +70,7 @@ def test_quick_run_forwards_and_reports_every_column(tmp_path: Path) -> None:
         ("meeting-3", "relay", None),
         ("fanout-2x2", "sfu", 1),
         ("fanout-2x2", "sfu", 2),
+        ("fanout-2-floating", "sfu", 1),  # (c)'s reference
     }
     for row in rows.values():
         assert {key for key, _, _ in COLUMNS} <= set(row)
@@ -104,6 +105,13 @@ def test_quick_run_forwards_and_reports_every_column(tmp_path: Path) -> None:
     dual = rows[("fanout-2x2", "sfu", 2)]
     assert sorted(on[0] for on in dual["meetings_on"]) == [0, 1]
     assert all(us > 0 for us in dual["worker_us_per_packet"])
+    # (c) compared with its reference: one worker, the generators floating as in (c).
+    floating = rows[("fanout-2-floating", "sfu", 1)]
+    assert floating["layout"].endswith("gen 0,1")
+    assert dual["vs_one_worker"] == [
+        pytest.approx((us / floating["us_per_packet"] - 1) * 100)
+        for us in dual["worker_us_per_packet"]
+    ]
     sfu = rows[("fanout-2", "sfu", 1)]
     assert sfu["consumers"] == 4  # two subscribers x (audio + video)
     assert sfu["rss_per_consumer_kib"] is not None
@@ -130,10 +138,14 @@ def test_quick_run_forwards_and_reports_every_column(tmp_path: Path) -> None:
 
 def _row(scenario: str, workers: int, **fields: Any) -> dict[str, Any]:
     kind, _, size = scenario.partition("-")
+    if size.endswith("x2"):
+        kind = "dual"
+    elif size.endswith("-floating"):
+        kind = "floating"
     row: dict[str, Any] = {
         "scenario": scenario,
-        "kind": "dual" if size.endswith("x2") else kind,
-        "size": int(size.removesuffix("x2")),
+        "kind": kind,
+        "size": int(size.removesuffix("x2").removesuffix("-floating")),
         "target": "sfu",
         "workers": workers,
         "loss": 0.0,
@@ -177,6 +189,12 @@ def test_workers_compare_with_the_one_worker_run_of_the_same_load() -> None:
     annotate_workers(rows)
     one_meeting = worker_targets(rows)[0]
     assert "left out (load generators saturated): fanout-100" in one_meeting[1]
+    # With (c)'s reference run (one worker, the generators as in (c)), (c) compares with it.
+    rows.append(_row("fanout-100-floating", 1, us_per_packet=22.0, worker_us_per_packet=[22.0]))
+    annotate_workers(rows)
+    assert rows[3]["vs_one_worker"] == [pytest.approx(-100 / 22), pytest.approx(100 / 22)]
+    two_meetings = worker_targets(rows)[1]
+    assert two_meetings[2] and "2 of 2" in two_meetings[1]
 
 
 def test_capacity_per_worker_count() -> None:

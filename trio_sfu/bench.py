@@ -10,7 +10,11 @@ then the same fan-out once through :mod:`trio_sfu.bench_relay`, the reference:
 * (b) ``meeting-P``: P peers all publishing and consuming each other (P = 4, 8, 12);
 * (c) ``fanout-Nx2``: two fan-out meetings of N subscribers at once (``--dual``; N = 50,
   100): a meeting lives on one worker, so this is the scenario in which two workers both
-  forward (no relay run: the relay has no meetings).
+  forward (no relay run: the relay has no meetings);
+* (c') ``fanout-N-floating``: (c)'s reference, one fan-out meeting of N on one worker with
+  the load generators laid out as in (c) with several workers (floating over every CPU),
+  so that a worker of (c) is compared with one worker at the same load and the same
+  neighbours (run with ``--dual`` when the worker counts are 1 and more).
 
 Pinning (``taskset``): with one worker the server is one process on CPU 0
 (``--server-cpu``) and the load generators run on CPU 1 (``--generator-cpu``). With N
@@ -18,7 +22,7 @@ workers the signaling process and the worker holding the (first) meeting run on 
 the other workers on the other CPUs in turn (all their threads, moved once the admin API,
 ``GET /v1/workers``, has said where the meetings went); the generators stay on CPU 1,
 sharing it with the second worker, except in (c) with several workers, where they float
-over every CPU (on CPU 1 beside a forwarding worker they would not fit).
+over every CPU (on CPU 1 beside a forwarding worker they would not fit), and in (c').
 
 Per run: forwarded packets/s (as received by the subscribers, for packets sent in the
 measurement window), server CPU µs per forwarded packet and CPU % (every server process,
@@ -155,13 +159,18 @@ REQUESTS: Final = {
 }
 
 
+#: Scenario kinds, in the order of the tables.
+KINDS: Final = {"fanout": 0, "meeting": 1, "dual": 2, "floating": 3}
+
+
 @final
 class Scenario:
-    """Who publishes and who subscribes in one run: ``kind`` "fanout", "meeting", or
-    "dual" (two fan-out meetings of ``size`` subscribers at once)."""
+    """Who publishes and who subscribes in one run: ``kind`` "fanout", "meeting", "dual"
+    (two fan-out meetings of ``size`` subscribers at once), or "floating" (a fan-out whose
+    load generators float over every CPU: the reference of "dual")."""
 
     def __init__(self, kind: str, size: int) -> None:
-        if kind not in ("fanout", "meeting", "dual"):
+        if kind not in KINDS:
             raise ValueError(f"unknown scenario kind {kind!r}")
         self.kind = kind
         self.size = size
@@ -170,6 +179,8 @@ class Scenario:
     def name(self) -> str:
         if self.kind == "dual":
             return f"fanout-{self.size}x2"
+        if self.kind == "floating":
+            return f"fanout-{self.size}-floating"
         return f"{self.kind}-{self.size}"
 
     @property
@@ -178,7 +189,7 @@ class Scenario:
 
     def peers(self) -> list[dict[str, Any]]:
         """The peers of one meeting."""
-        if self.kind in ("fanout", "dual"):
+        if self.kind != "meeting":
             return [{"name": "pub", "publish": True, "subscribe": False}] + [
                 {"name": f"sub{i}", "publish": False, "subscribe": True} for i in range(self.size)
             ]
@@ -564,7 +575,9 @@ async def run_one(
     meeting_of: list[int] = []  # per generator, its meeting
     spy: trio.Process | None = None
     # The generators' CPU: their own, or every CPU when two workers forward (see above).
-    floating = target == "sfu" and workers > 1 and scenario.meetings > 1
+    floating = target == "sfu" and (
+        scenario.kind == "floating" or (workers > 1 and scenario.meetings > 1)
+    )
     generator_cpu: int | str | None = opts.generator_cpu
     if floating and generator_cpu is not None:
         generator_cpu = ",".join(str(c) for c in opts.cpus)
@@ -1021,11 +1034,16 @@ def _one_worker_reference(
     rows: Sequence[dict[str, Any]], row: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The one-worker run a worker of ``row`` compares with: the same scenario; for two
-    fan-out meetings, the one-worker run of one such meeting (the same load per worker)."""
-    scenario = f"fanout-{row['size']}" if row["kind"] == "dual" else row["scenario"]
-    for other in rows:
-        if other["target"] == "sfu" and _workers(other) == 1 and other["scenario"] == scenario:
-            return other
+    fan-out meetings, the one-worker run of one such meeting (the same load per worker)
+    with the load generators laid out as in ``row`` (``fanout-N-floating``), or else
+    ``fanout-N``."""
+    names = [row["scenario"]]
+    if row["kind"] == "dual":
+        names = [f"fanout-{row['size']}-floating", f"fanout-{row['size']}"]
+    for scenario in names:
+        for other in rows:
+            if other["target"] == "sfu" and _workers(other) == 1 and other["scenario"] == scenario:
+                return other
     return None
 
 
@@ -1222,8 +1240,8 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
             "where they float over every CPU: on one CPU beside a forwarding worker they "
             "would not fit. There they share cores with the workers, which costs the "
             "workers CPU time per packet too (caches, context switches, waiting for the "
-            "core): (c) with several workers is compared with one worker alone on its core "
-            "at that disadvantage"
+            "core): (c) with several workers is compared with (c'), one worker at the same "
+            "load beside the same floating load generators"
         )
     server_line += f"; {report['peers_per_process']} peers per process"
     lines = [
@@ -1251,7 +1269,9 @@ def render_markdown(report: dict[str, Any], compare: dict[str, Any] | None = Non
         "Scenarios: (a) `fanout-N`, one publisher and N subscribers; (b) `meeting-P`, P peers "
         "all publishing and subscribing to each other; (c) `fanout-Nx2`, two fan-out meetings "
         "of N subscribers at once (a meeting lives on one worker: with two workers, each "
-        "forwards one). "
+        "forwards one); (c') `fanout-N-floating`, the reference of (c): one fan-out meeting "
+        "of N on one worker, the load generators floating over every CPU as in (c) with "
+        "several workers (the same load per worker, the same neighbours on its core). "
         "Load per publisher: Opus 50 pkt/s (100 B) and simulcast VP8 r0 15, r1 40, r2 150 "
         "pkt/s (about 1,160 B), a keyframe every 3 s and on PLI. "
         + (
@@ -1389,8 +1409,9 @@ def _workers_section(report: dict[str, Any]) -> list[str]:
         "`GET /v1/workers`); then, per worker in index order (`a / b`), what it forwarded "
         "(its meetings' packets as their subscribers counted them), its CPU % and its CPU "
         "µs per packet it forwarded (`-`: it forwarded nothing), and how that compares "
-        "with the one-worker server's µs/pkt in the same scenario (for (c), in the "
-        "one-meeting run of the same size: the same load per worker); *signaling CPU %* "
+        "with the one-worker server's µs/pkt in the same scenario (for (c), in (c') "
+        "`fanout-N-floating`: the same load per worker, the same layout of the load "
+        "generators); *signaling CPU %* "
         "the signaling process alone (in the server with one worker); *server µs/pkt* "
         "every process together. The request columns: the time from sending "
         "`rtc:consume`, `rtc:resumeConsumer` or `rtc:produce` to reading its answer, as "
@@ -1577,6 +1598,11 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for scenario in scenarios:
         for workers in counts:
             await run_pair(scenario, workers)
+    if 1 in counts and max(counts) > 1:
+        for size in args.dual:  # (c)'s references: one worker, the generators as in (c)
+            row = await run_quiet(Scenario("floating", size), "sfu", 1)
+            _print_row(row)
+            rows.append(row)
     for workers in counts:
         if args.capacity_max:
             size = max(args.fanout, default=10)
@@ -1605,8 +1631,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if high is None or high - low < max(4, low // 8):
                 break
             await run_pair(Scenario("fanout", (low + high) // 2), workers)
-    kinds = {"fanout": 0, "meeting": 1, "dual": 2}
-    rows.sort(key=lambda r: (kinds[r["kind"]], r["size"], r["target"] != "sfu", r["workers"] or 0))
+    rows.sort(key=lambda r: (KINDS[r["kind"]], r["size"], r["target"] != "sfu", r["workers"] or 0))
     annotate_workers(rows)
     profile = None
     if args.profile:
@@ -1735,9 +1760,8 @@ def merge_reports(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             row["ratio"] = row["forwarded_pps"] / relay["forwarded_pps"]
         if relay["us_per_packet"] and row["us_per_packet"]:
             row["cost_ratio"] = relay["us_per_packet"] / row["us_per_packet"]
-    kinds = {"fanout": 0, "meeting": 1, "dual": 2}
     rows.sort(
-        key=lambda r: (kinds[r["kind"]], r["size"], r["target"] != "sfu", r.get("workers") or 0)
+        key=lambda r: (KINDS[r["kind"]], r["size"], r["target"] != "sfu", r.get("workers") or 0)
     )
     stale = tuple(_where(r) + ":" for r in gone)
     report = dict(old)
