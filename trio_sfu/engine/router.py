@@ -410,6 +410,27 @@ class Router:
 
     # ---- transports --------------------------------------------------------------------
 
+    def _hook(self, transport: AnyTransport) -> _TransportEntry:
+        """A new transport's entry, its packets and its end wired to this router."""
+        entry = _TransportEntry(transport, self.ssrc_owners)
+        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
+        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
+        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
+        return entry
+
+    async def _start_plain(self, nursery: trio.Nursery, transport: PlainTransport) -> None:
+        """Start a plain (or pipe) transport's receive task(s) in the router's nursery and
+        register it. Cancellation, or no free port: nothing stays bound."""
+        entry = self._hook(transport)
+        try:
+            await nursery.start(transport.run)
+        except BaseException:
+            transport.close()
+            raise
+        if transport.closed:
+            raise InvalidStateError(f"transport {transport.id} closed while starting")
+        self.transports[transport.id] = entry
+
     async def create_webrtc_transport(
         self, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
     ) -> TransportInfo:
@@ -425,10 +446,7 @@ class Router:
             timers=self._timers,
             **options,
         )
-        entry = _TransportEntry(transport, self.ssrc_owners)
-        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
-        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
-        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
+        entry = self._hook(transport)
         if options.get("server") is not None:
             transport.start(nursery)  # on the worker's sockets: no task of its own
         else:
@@ -465,18 +483,7 @@ class Router:
             port_range=options.get("port_range", (40000, 49999)),
             app_data=app_data,
         )
-        entry = _TransportEntry(transport, self.ssrc_owners)
-        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
-        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
-        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
-        try:
-            await nursery.start(transport.run)
-        except BaseException:
-            transport.close()  # no free port, or cancelled: nothing stays bound
-            raise
-        if transport.closed:
-            raise InvalidStateError(f"pipe transport {transport.id} closed while starting")
-        self.transports[transport.id] = entry
+        await self._start_plain(nursery, transport)
         return PipeTransportInfo(transport_id=transport.id, ip=transport.ip, port=transport.port)
 
     async def create_plain_transport(
@@ -505,18 +512,7 @@ class Router:
             srtp_crypto_suite=srtp_crypto_suite,
             app_data=app_data,
         )
-        entry = _TransportEntry(transport, self.ssrc_owners)
-        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
-        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
-        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
-        try:
-            await nursery.start(transport.run)
-        except BaseException:
-            transport.close()  # no free port, or cancelled: nothing stays bound
-            raise
-        if transport.closed:
-            raise InvalidStateError(f"plain transport {transport.id} closed while starting")
-        self.transports[transport.id] = entry
+        await self._start_plain(nursery, transport)
         return plain_transport_info(transport)
 
     def connect_plain_transport(
