@@ -232,8 +232,10 @@ async def test_recording_stops_when_the_producers_close(clip: str, tmp_path: Pat
                 (video,) = await engine.get_stats(producers["video"])
                 assert video["keyframeRequests"] >= 1
             # The ingest is over: its producers closed, the recording ends by itself (the
-            # meeting, empty now, closes too).
-            with trio.fail_after(20):
+            # meeting, empty now, closes too). At once: every stream's consumer sent ffmpeg
+            # an RTCP BYE as its producer closed (without them ffmpeg would wait out its
+            # 10 s read timeout).
+            with trio.fail_after(5):
                 await running.finished.wait()
             described = running.describe()
             assert described["endReason"] == "producer_closed"

@@ -30,6 +30,7 @@ from trio_sfu.engine.worker import WorkerSettings, open_worker
 from trio_sfu.errors import InvalidMessageError, InvalidStateError, UnsupportedError
 from trio_sfu.ortc.types import SrtpParameters
 from trio_sfu.rtcp import (
+    Bye,
     GenericNack,
     Pli,
     ReceiverReport,
@@ -198,7 +199,11 @@ async def media_both_ways(
         if suite is not None:
             assert sub.bad >= 1
 
+        # The publisher's transport closes, its producer with it: the consumer's receiver
+        # hears that its source left (an RTCP BYE for the stream it received).
         await engine.close_transport(pub_info.transport_id)
+        bye = await rtcp_until(sub, lambda p: isinstance(p, Bye))
+        assert bye.ssrcs == (out_ssrc,)
         await engine.close_transport(sub_info.transport_id)
         with pytest.raises(Exception, match="not found"):
             await engine.get_stats(pub_info.transport_id)

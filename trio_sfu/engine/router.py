@@ -70,6 +70,7 @@ from trio_sfu.ortc.types import (
     SrtpParameters,
 )
 from trio_sfu.rtcp import (
+    Bye,
     Fir,
     GenericNack,
     Pli,
@@ -873,6 +874,14 @@ class Router:
                     entry.consumers_by_ssrc.pop(ssrc, None)
             entry.policies.pop(consumer.id, None)
             entry.planned = False
+            if reason == "producer_closed" and type(entry.transport) is PlainTransport:
+                # Its source left: say so (RFC 3550 BYE) to a plain receiver, which
+                # would otherwise wait for more (ffmpeg ends its input on the BYE of
+                # every stream at once, instead of after its read timeout).
+                ssrcs = (consumer.ssrc,) + ((consumer.rtx_ssrc,) if consumer.rtx_ssrc else ())
+                entry.transport.send_rtcp_nowait(
+                    build_rtcp((ReceiverReport(consumer.ssrc), Bye(ssrcs)))
+                )
         if reason is not None and not self.closed:
             self._on_event(ConsumerClosed(self.id, consumer.id, consumer.producer_id, reason))
 
