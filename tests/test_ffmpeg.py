@@ -90,6 +90,18 @@ def ingest_token() -> str:
     return token(MEETING, "ingest", can_plain_transport=True)
 
 
+async def start_ingest(
+    nursery: trio.Nursery, server: SfuServer, clip: str, *, loop: bool
+) -> dict[str, str]:
+    """``run_ingest`` of the clip into MEETING, in ``nursery``: its producers by kind."""
+    producers: dict[str, str] = await nursery.start(
+        lambda task_status: run_ingest(
+            server.ws_url, MEETING, clip, token=ingest_token(), loop=loop, task_status=task_status
+        )
+    )
+    return producers
+
+
 def decode(path: str) -> dict[str, Any]:
     """Decode every frame of ``path`` with ffmpeg (errors fail), and ffprobe it (frames
     counted by decoding)."""
@@ -160,16 +172,7 @@ async def test_ingest_is_decoded_by_a_subscriber(clip: str, tmp_path: Path) -> N
                 open_peer(server.ws_url, MEETING, token=token(MEETING, "sub")) as sub,
                 trio.open_nursery() as nursery,
             ):
-                producers = await nursery.start(
-                    lambda task_status: run_ingest(
-                        server.ws_url,
-                        MEETING,
-                        clip,
-                        token=ingest_token(),
-                        loop=True,
-                        task_status=task_status,
-                    )
-                )
+                producers = await start_ingest(nursery, server, clip, loop=True)
                 assert set(producers) == {"video", "audio"}
                 consumers = [await sub.consume(producers[kind], resume=False) for kind in producers]
                 process, ports = await relay_to_ffmpeg(sub, consumers, out)
@@ -217,11 +220,7 @@ async def test_recording_stops_when_the_producers_close(clip: str, tmp_path: Pat
     with trio.fail_after(60):
         async with sfu("worker", recording_dir=str(tmp_path)) as (engine, server):
             async with trio.open_nursery() as nursery:
-                producers = await nursery.start(
-                    lambda task_status: run_ingest(
-                        server.ws_url, MEETING, clip, token=ingest_token(), task_status=task_status
-                    )
-                )
+                producers = await start_ingest(nursery, server, clip, loop=False)
                 answer = await admin(server, "POST", f"/v1/rooms/{MEETING}/record")
                 assert answer.status == 200, answer.json()
                 recording = answer.json()
@@ -260,16 +259,7 @@ async def test_recording_stops_on_request(clip: str, tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with sfu("pool", recording_dir=str(tmp_path)) as (_, server):
             async with trio.open_nursery() as nursery:
-                producers = await nursery.start(
-                    lambda task_status: run_ingest(
-                        server.ws_url,
-                        MEETING,
-                        clip,
-                        token=ingest_token(),
-                        loop=True,
-                        task_status=task_status,
-                    )
-                )
+                producers = await start_ingest(nursery, server, clip, loop=True)
                 base = f"/v1/rooms/{MEETING}/record"
                 bad = await admin(server, "POST", base, {"producerId": "nope"})
                 assert bad.status == 404
