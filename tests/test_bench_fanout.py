@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from trio_sfu.bench.figures import fmt, latency_percentile, quantile
+from trio_sfu.bench.media import TAIL, stamp
 from trio_sfu.bench.profile import summarize_profile
 from trio_sfu.bench.render import COLUMNS, WORKER_COLUMNS
 from trio_sfu.bench.report import annotate_workers, capacity, merge_reports, worker_targets
 from trio_sfu.bench.row import other_load
-from trio_sfu.loadgen import TAIL, stamp
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_fanout.py"
 

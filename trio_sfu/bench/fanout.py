@@ -2,8 +2,8 @@
 
 ``python scripts/bench_fanout.py`` (or ``python -m trio_sfu.bench``) runs, per scenario and
 per worker count (``--workers 1,2``: ``trio-sfu serve --workers N``), a fresh ``trio-sfu
-serve --dev`` and load peers (:mod:`trio_sfu.loadgen`, several processes) over 127.0.0.1,
-then the same fan-out once through :mod:`trio_sfu.bench_relay`, the reference:
+serve --dev`` and load peers (:mod:`trio_sfu.bench.loadgen`, several processes) over 127.0.0.1,
+then the same fan-out once through :mod:`trio_sfu.bench.relay`, the reference:
 
 * (a) ``fanout-N``: one publisher (Opus + three simulcast VP8 layers), N subscribers taking
   r2 and audio (N = 10, 50, 100, 200 by default);

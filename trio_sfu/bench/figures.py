@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from trio_sfu.loadgen import HIST_BIN
+from trio_sfu.bench.media import HIST_BIN
 
 __all__ = ["fmt", "latency_percentile", "quantile"]
 

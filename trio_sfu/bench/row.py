@@ -9,9 +9,9 @@ from typing import Any, Final
 import attrs
 
 from trio_sfu.bench.figures import latency_percentile, quantile
+from trio_sfu.bench.media import LAYER_AUDIO, LAYER_R0, LAYER_R1, LAYER_R2
 from trio_sfu.bench.options import Options
 from trio_sfu.bench.scenarios import Scenario
-from trio_sfu.loadgen import LAYER_AUDIO, LAYER_R0, LAYER_R1, LAYER_R2
 
 __all__ = ["GENERATOR_BUSY", "REQUESTS", "Readings", "other_load", "request_times", "run_row"]
 

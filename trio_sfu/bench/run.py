@@ -120,7 +120,7 @@ class _Run:
         children: list[Child] = []
         for group in _split(self.scenario.peers(), opts.peers_per_process):
             index = len(self.generators)
-            command = [sys.executable, "-m", "trio_sfu.loadgen", "--timeout", "400"]
+            command = [sys.executable, "-m", "trio_sfu.bench.loadgen", "--timeout", "400"]
             log = (
                 opts.workdir / f"{self.scenario.name}-{self.target}-{self.workers}w-gen{index}.log"
             )
@@ -271,7 +271,7 @@ async def _warm_up(
         {"name": "warm-pub", "publish": True, "subscribe": False},
         {"name": "warm-sub", "publish": False, "subscribe": True},
     ]
-    command = [sys.executable, "-m", "trio_sfu.loadgen", "--timeout", "120"]
+    command = [sys.executable, "-m", "trio_sfu.bench.loadgen", "--timeout", "120"]
     children: list[Child] = []
     try:
         for index in range(meetings):

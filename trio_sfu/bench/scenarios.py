@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final, final
 
-from trio_sfu.loadgen import LAYER_AUDIO, LAYER_R2, STREAMS
+from trio_sfu.bench.media import LAYER_AUDIO, LAYER_R2, STREAMS
 
 __all__ = ["FORWARDED_PPS", "KINDS", "Scenario"]
 

@@ -45,7 +45,7 @@ async def start_target(
         command = [python, "-m", "trio_sfu", "serve", "--dev", "--port", "0"]
         command += ["--workers", str(workers), "--log-level", "warning"]
     else:
-        command = [python, "-m", "trio_sfu.bench_relay", "--max-seconds", "600"]
+        command = [python, "-m", "trio_sfu.bench.relay", "--max-seconds", "600"]
     child = await open_child(
         pinned(opts.server_cpu, command, opts.nice),
         log,
