@@ -41,8 +41,8 @@ import trio
 from trio_sfu.bench.docs import DOCS_END, DOCS_START, write_plain_section
 from trio_sfu.bench.plain_generator import PAYLOAD_TYPE, SRTP_SUITE, SSRC
 from trio_sfu.bench.procfs import core_busy, cpu_model, cpu_seconds
-from trio_sfu.client.plain import plain_rtp_capabilities, vp8_plain_rtp_parameters
 from trio_sfu.client.signaling import SignalingClient, open_signaling
+from trio_sfu.ortc.plain import plain_rtp_capabilities, vp8_plain_rtp_parameters
 from trio_sfu.ortc.types import RtpCapabilities
 from trio_sfu.wire import structure_untrusted, unstructure
 
