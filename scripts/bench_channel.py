@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The cost of one request through the worker channel (issue 12): see
-:func:`trio_sfu.bench.channel_round_trips`.
+:func:`trio_sfu.bench.channel.channel_round_trips`.
 
 Times N ``get_stats`` and N ``consume`` calls, one at a time, on the in-process engine and
 through one worker process, and prints p50/p99/mean microseconds of each.
@@ -18,7 +18,7 @@ import sys
 
 import trio
 
-from trio_sfu.bench import channel_round_trips
+from trio_sfu.bench.channel import channel_round_trips
 
 
 def main() -> int:

@@ -5,14 +5,22 @@ run fail, so tasks cannot leak silently. Sockets can (a socket closed by nobody 
 after the run), so an autouse fixture compares the process's open sockets before and after
 each test. Worker processes (and any other child) must be gone too, reaped: another
 compares this process's children.
+
+The signaling tests share ``engine`` (the fake engine of :mod:`tests.fake_engine`) and
+``server`` (a real server on it, :mod:`tests.signaling_harness`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from tests.fake_engine import make_test_engine
+from tests.signaling_harness import make_config, running_server
+from trio_sfu.engine.api import MediaEngine
+from trio_sfu.server import SfuServer
 
 
 def open_sockets() -> set[str]:
@@ -54,3 +62,17 @@ def no_leaked_processes() -> Iterator[None]:
     yield
     left = child_processes() - before
     assert not left, f"test left child process(es) {sorted(left)}"
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[MediaEngine]:
+    """The fake engine of the signaling tests (:func:`tests.fake_engine.make_test_engine`)."""
+    async with make_test_engine() as made:
+        yield made
+
+
+@pytest.fixture
+async def server(engine: MediaEngine) -> AsyncIterator[SfuServer]:
+    """A signaling server on ``engine``, 127.0.0.1 port 0, shut down after the test."""
+    async with running_server(engine, make_config()) as running:
+        yield running

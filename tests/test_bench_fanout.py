@@ -15,20 +15,12 @@ from typing import Any
 
 import pytest
 
-from trio_sfu.bench import (
-    COLUMNS,
-    WORKER_COLUMNS,
-    _fmt,
-    _other_load,
-    _quantile,
-    annotate_workers,
-    capacity,
-    latency_percentile,
-    merge_reports,
-    summarize_profile,
-    worker_targets,
-)
-from trio_sfu.loadgen import TAIL, stamp
+from trio_sfu.bench.figures import fmt, latency_percentile, quantile
+from trio_sfu.bench.media import TAIL, stamp
+from trio_sfu.bench.profile import summarize_profile
+from trio_sfu.bench.render import COLUMNS, WORKER_COLUMNS
+from trio_sfu.bench.report import annotate_workers, capacity, merge_reports, worker_targets
+from trio_sfu.bench.row import other_load
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_fanout.py"
 
@@ -264,18 +256,18 @@ def test_other_load_per_core_and_with_floating_processes() -> None:
     spent = {10: 4.0, 11: 1.0, 12: 3.0}
     busy = {0: 5.5, 1: 3.5}
     # Pinned: core 0 runs 10 and 11 (5 s of 5.5), core 1 runs 12 (3 of 3.5): 0.5 s each.
-    pinned = _other_load({10: 0, 11: 0, 12: 1}, spent, busy, 10.0)
+    pinned = other_load({10: 0, 11: 0, 12: 1}, spent, busy, 10.0)
     assert pinned == {0: pytest.approx(5.0), 1: pytest.approx(5.0)}
     # 12 floats: 9 s busy, 8 s ours, spread over both cores.
-    floating = _other_load({10: 0, 11: 0, 12: None}, spent, busy, 10.0)
+    floating = other_load({10: 0, 11: 0, 12: None}, spent, busy, 10.0)
     assert floating == {0: pytest.approx(5.0), 1: pytest.approx(5.0)}
 
 
 def test_quantile_and_list_cells() -> None:
-    assert _quantile([], 0.5) is None
-    assert _quantile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
-    assert _quantile([float(i) for i in range(1, 101)], 0.99) == 99.0
-    assert _fmt([12.25, None, 3.0], "{:.1f}") == "12.2 / - / 3.0"
+    assert quantile([], 0.5) is None
+    assert quantile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert quantile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    assert fmt([12.25, None, 3.0], "{:.1f}") == "12.2 / - / 3.0"
 
 
 def test_payload_tail_carries_layer_and_send_time() -> None:

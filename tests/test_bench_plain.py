@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trio_sfu.bench_plain import DOCS_END, DOCS_START, write_docs
+from trio_sfu.bench.docs import DOCS_END, DOCS_START, write_plain_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "bench_fanout.py"
@@ -59,5 +59,5 @@ def test_quick_run_forwards_plain_and_srtp(tmp_path: Path) -> None:
 def test_write_docs_replaces_its_own_section_only(tmp_path: Path) -> None:
     docs = tmp_path / "performance.md"
     docs.write_text(f"head\n\n{DOCS_START}\nold\n{DOCS_END}\n\ntail\n")
-    write_docs(docs, f"{DOCS_START}\nnew\n{DOCS_END}\n")
+    write_plain_section(docs, f"{DOCS_START}\nnew\n{DOCS_END}\n")
     assert docs.read_text() == f"head\n\n{DOCS_START}\nnew\n{DOCS_END}\ntail\n"

@@ -18,14 +18,10 @@ from trio_sfu.signaling.messages import (
     parse_envelope_untrusted,
     parse_request_untrusted,
 )
-from trio_sfu.testing.fuzz import (
-    FuzzResult,
-    fuzz_router,
-    fuzz_target,
-    pure_targets,
-    signaling_seeds,
-)
+from trio_sfu.testing.fuzz import fuzz_router
 from trio_sfu.testing.fuzz_live import fuzz_live_call
+from trio_sfu.testing.fuzz_targets import pure_targets, signaling_seeds
+from trio_sfu.testing.fuzzer import FuzzResult, fuzz_target
 
 TARGETS = {target.name: target for target in pure_targets()}
 

@@ -18,16 +18,13 @@ import trio
 
 from tests.signaling_harness import make_config, peer, running_server, token
 from trio_sfu.client.peer import open_peer
-from trio_sfu.client.plain import (
-    open_plain_endpoint,
-    plain_rtp_capabilities,
-    vp8_plain_rtp_parameters,
-)
+from trio_sfu.client.plain import open_plain_endpoint
 from trio_sfu.client.signaling import SignalingError
 from trio_sfu.client.synthetic import SyntheticStream, audio_rtp_parameters
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.engine.pool import PoolSettings, open_worker_pool
 from trio_sfu.engine.worker import WorkerSettings, open_worker
+from trio_sfu.ortc.plain import plain_rtp_capabilities, vp8_plain_rtp_parameters
 from trio_sfu.ortc.types import RtpCapabilities
 from trio_sfu.rtp.packet import RtpPacket
 from trio_sfu.server import SfuServer

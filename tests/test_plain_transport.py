@@ -17,17 +17,13 @@ from typing import Any
 import pytest
 import trio
 
-from trio_sfu.client.plain import (
-    PlainEndpoint,
-    open_plain_endpoint,
-    plain_rtp_capabilities,
-    vp8_plain_rtp_parameters,
-)
+from trio_sfu.client.plain import PlainEndpoint, open_plain_endpoint
 from trio_sfu.client.synthetic import SyntheticStream
 from trio_sfu.engine.api import EngineEvent, MediaEngine, PlainTransportInfo
 from trio_sfu.engine.pool import PoolSettings, open_worker_pool
 from trio_sfu.engine.worker import WorkerSettings, open_worker
 from trio_sfu.errors import InvalidMessageError, InvalidStateError, UnsupportedError
+from trio_sfu.ortc.plain import plain_rtp_capabilities, vp8_plain_rtp_parameters
 from trio_sfu.ortc.types import SrtpParameters
 from trio_sfu.rtcp import (
     Bye,

@@ -8,14 +8,13 @@ use only ``MediaEngine.dump()`` unless a test says it needs the fake's controls.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from tests.fake_engine import FakeEngine, make_test_engine
+from tests.fake_engine import FakeEngine
 from tests.signaling_harness import (
     AUDIO,
     DEVICE_CAPS,
@@ -27,25 +26,12 @@ from tests.signaling_harness import (
     make_config,
     peer,
     publish_audio,
-    running_server,
     token,
 )
 from trio_sfu.client.signaling import SignalingClosed, SignalingError, open_signaling
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.server import SfuServer, serve_sfu
 from trio_sfu.signaling.metrics import Counts
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[MediaEngine]:
-    async with make_test_engine() as made:
-        yield made
-
-
-@pytest.fixture
-async def server(engine: MediaEngine) -> AsyncIterator[SfuServer]:
-    async with running_server(engine, make_config()) as running:
-        yield running
 
 
 def routers(engine: MediaEngine) -> list[Any]:

@@ -8,13 +8,12 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 
-from tests.fake_engine import FakeEngine, make_test_engine
+from tests.fake_engine import FakeEngine
 from tests.signaling_harness import (
     ADMIN_TOKEN,
     DEVICE_CAPS,
@@ -37,19 +36,6 @@ from trio_sfu.engine.api import (
 )
 from trio_sfu.server import SfuServer
 from trio_sfu.signaling.app import SignalingApp
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[MediaEngine]:
-    async with make_test_engine() as made:
-        yield made
-
-
-@pytest.fixture
-async def server(engine: MediaEngine) -> AsyncIterator[SfuServer]:
-    async with running_server(engine, make_config()) as running:
-        yield running
-
 
 # ---- /healthz, /metrics --------------------------------------------------------------------
 

@@ -8,14 +8,13 @@ one), ``request``, ``code`` and an ``error`` text that names the problem.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from tests.fake_engine import FakeEngine, make_test_engine
+from tests.fake_engine import FakeEngine
 from tests.signaling_harness import (
     AUDIO,
     DEVICE_CAPS,
@@ -34,18 +33,6 @@ from trio_sfu.server import SfuServer
 from trio_sfu.signaling.auth import issue_token
 
 OTHER_SECRET = "another-secret-of-enough-length-000"
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[MediaEngine]:
-    async with make_test_engine() as made:
-        yield made
-
-
-@pytest.fixture
-async def server(engine: MediaEngine) -> AsyncIterator[SfuServer]:
-    async with running_server(engine, make_config()) as running:
-        yield running
 
 
 async def refused(client: SignalingClient, rtype: str, **data: Any) -> SignalingError:

@@ -12,7 +12,8 @@ Two families:
   with ``rtc:error`` without a translation table. A refusal of a trespass (a token that
   does not verify, another peer's id, ...) also names its ``refusal`` reason, which the
   server counts in ``/metrics`` (``trio_sfu_refused_total{reason=...}``) and logs at a
-  limited rate.
+  limited rate. The engine's own refusals, of packets and handshakes rather than requests,
+  are :data:`ENGINE_REFUSALS`.
 
 This module imports nothing but the standard library.
 """
@@ -66,3 +67,25 @@ class LimitExceededError(SfuError):
     """A configured limit (peers per meeting, transports per peer, ...) is reached."""
 
     code = "limit_exceeded"
+
+
+#: Trespasses the engine refuses, each counted as the media counter ``refused_<reason>``
+#: (``/metrics``: ``trio_sfu_refused_total{reason=...}``):
+#:
+#: - ``stun_unauthenticated``: STUN that names no transport, or fails its transport's
+#:   check (wrong username, bad or missing MESSAGE-INTEGRITY or FINGERPRINT);
+#: - ``not_validated``: RTP, RTCP or DTLS from an address ICE never validated;
+#: - ``dtls_fingerprint``: a DTLS handshake whose certificate matches no fingerprint the
+#:   peer signaled (the transport closes);
+#: - ``ssrc_in_use``, ``mid_in_use``, ``rid_in_use``: a produce announcing an SSRC that
+#:   another producer of the router holds, a MID another producer of its transport has,
+#:   or RIDs that would make its transport's streams ambiguous. (A packet whose SSRC
+#:   another producer holds is never taken over by a RID/MID match either: dropped.)
+ENGINE_REFUSALS = (
+    "stun_unauthenticated",
+    "not_validated",
+    "dtls_fingerprint",
+    "ssrc_in_use",
+    "mid_in_use",
+    "rid_in_use",
+)

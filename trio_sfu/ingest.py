@@ -20,9 +20,9 @@ from typing import Any, TextIO
 
 import trio
 
-from trio_sfu.client.plain import opus_plain_rtp_parameters, vp8_plain_rtp_parameters
 from trio_sfu.client.signaling import SignalingClient, open_signaling
 from trio_sfu.media_tools import IngestOutput, ingest_command, probe, stop_ffmpeg
+from trio_sfu.ortc.plain import opus_plain_rtp_parameters, vp8_plain_rtp_parameters
 from trio_sfu.wire import unstructure
 
 logger = logging.getLogger(__name__)

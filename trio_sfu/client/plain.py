@@ -13,7 +13,8 @@ What ffmpeg or GStreamer are to a plain transport, for tests and bots in Python:
 
 Its reader tasks live in the nursery of :func:`open_plain_endpoint`; leaving the block
 closes the sockets. What arrives waits in bounded queues (the oldest is kept, newer ones
-are counted in :attr:`PlainEndpoint.dropped` when a queue is full).
+are counted in :attr:`PlainEndpoint.dropped` when a queue is full). The parameters such an
+endpoint produces and consumes with are in :mod:`trio_sfu.ortc.plain`.
 """
 
 from __future__ import annotations
@@ -26,18 +27,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, final
 
-import attrs
 import trio
 
 from trio_sfu.errors import BadPacket
-from trio_sfu.ortc.types import (
-    RtcpFeedback,
-    RtcpParameters,
-    RtpCapabilities,
-    RtpCodecParameters,
-    RtpEncodingParameters,
-    RtpParameters,
-)
 from trio_sfu.srtp import SRTP_CRYPTO_SUITES, SRTP_PROFILE_PARAMETERS, SrtpKeys, SrtpSession
 
 Address = tuple[str, int]
@@ -205,78 +197,4 @@ async def open_plain_endpoint(
                 rtcp_sock.close()
 
 
-# ---- parameters for tools that are not browsers ---------------------------------------
-
-#: Feedback a plain endpoint may use: NACK, PLI and FIR (ffmpeg uses none of them).
-PLAIN_FEEDBACK = (
-    RtcpFeedback(type="nack"),
-    RtcpFeedback(type="nack", parameter="pli"),
-    RtcpFeedback(type="ccm", parameter="fir"),
-)
-
-
-def vp8_plain_rtp_parameters(
-    *, ssrc: int, payload_type: int = 101, cname: str = "plain"
-) -> RtpParameters:
-    """A VP8 producer as ffmpeg's RTP muxer sends it: one stream of a known SSRC, no
-    header extensions, no MID, no RTX."""
-    return RtpParameters(
-        codecs=[
-            RtpCodecParameters(
-                mime_type="video/VP8",
-                payload_type=payload_type,
-                clock_rate=90000,
-                rtcp_feedback=list(PLAIN_FEEDBACK),
-            )
-        ],
-        encodings=[RtpEncodingParameters(ssrc=ssrc)],
-        rtcp=RtcpParameters(cname=cname, reduced_size=False),
-    )
-
-
-def opus_plain_rtp_parameters(
-    *, ssrc: int, payload_type: int = 100, cname: str = "plain"
-) -> RtpParameters:
-    """An Opus producer as ffmpeg's RTP muxer sends it (stereo signalled, 48 kHz)."""
-    return RtpParameters(
-        codecs=[
-            RtpCodecParameters(
-                mime_type="audio/opus",
-                payload_type=payload_type,
-                clock_rate=48000,
-                channels=2,
-                parameters={"sprop-stereo": 1},
-            )
-        ],
-        encodings=[RtpEncodingParameters(ssrc=ssrc)],
-        rtcp=RtcpParameters(cname=cname, reduced_size=False),
-    )
-
-
-def plain_rtp_capabilities(router: RtpCapabilities, *, feedback: bool = True) -> RtpCapabilities:
-    """What a plain receiver (a recorder, ffmpeg) takes of a router's capabilities: its
-    media codecs without RTX, no header extensions; NACK/PLI/FIR only with ``feedback``."""
-    codecs = [
-        attrs.evolve(
-            codec,
-            rtcp_feedback=[
-                fb
-                for fb in codec.rtcp_feedback
-                if feedback
-                and (fb.type, fb.parameter) in {(f.type, f.parameter) for f in PLAIN_FEEDBACK}
-            ],
-        )
-        for codec in router.codecs
-        if not codec.mime_type.lower().endswith("/rtx")
-    ]
-    return RtpCapabilities(codecs=codecs, header_extensions=[])
-
-
-__all__ = [
-    "PLAIN_FEEDBACK",
-    "PlainEndpoint",
-    "open_plain_endpoint",
-    "opus_plain_rtp_parameters",
-    "plain_rtp_capabilities",
-    "vp8_plain_rtp_parameters",
-]
+__all__ = ["PlainEndpoint", "open_plain_endpoint"]

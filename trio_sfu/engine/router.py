@@ -59,7 +59,13 @@ from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
 from trio_sfu.engine.rtc_sockets import is_unspecified
 from trio_sfu.engine.speaker import ActiveSpeakerDetector
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
-from trio_sfu.errors import BadPacket, InvalidStateError, NotFoundError, UnsupportedError
+from trio_sfu.errors import (
+    ENGINE_REFUSALS,
+    BadPacket,
+    InvalidStateError,
+    NotFoundError,
+    UnsupportedError,
+)
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
     DtlsParameters,
@@ -277,27 +283,6 @@ class _TransportEntry:
         self.remb_at = 0.0
         self.quality: Quality | None = None
 
-
-#: Trespasses the engine refuses, each counted as the media counter ``refused_<reason>``
-#: (``/metrics``: ``trio_sfu_refused_total{reason=...}``):
-#:
-#: - ``stun_unauthenticated``: STUN that names no transport, or fails its transport's
-#:   check (wrong username, bad or missing MESSAGE-INTEGRITY or FINGERPRINT);
-#: - ``not_validated``: RTP, RTCP or DTLS from an address ICE never validated;
-#: - ``dtls_fingerprint``: a DTLS handshake whose certificate matches no fingerprint the
-#:   peer signaled (the transport closes);
-#: - ``ssrc_in_use``, ``mid_in_use``, ``rid_in_use``: a produce announcing an SSRC that
-#:   another producer of the router holds, a MID another producer of its transport has,
-#:   or RIDs that would make its transport's streams ambiguous. (A packet whose SSRC
-#:   another producer holds is never taken over by a RID/MID match either: dropped.)
-ENGINE_REFUSALS = (
-    "stun_unauthenticated",
-    "not_validated",
-    "dtls_fingerprint",
-    "ssrc_in_use",
-    "mid_in_use",
-    "rid_in_use",
-)
 
 #: The media counters the engine reports (``Worker.dump()["counters"]``, ``/metrics``).
 MEDIA_COUNTERS = (

@@ -21,7 +21,7 @@ Run it with ``await nursery.start(server.run)`` before creating transports on it
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import trio
 
@@ -34,10 +34,7 @@ from trio_sfu.engine.rtc_sockets import (
 from trio_sfu.errors import InvalidStateError
 from trio_sfu.stun import request_ufrag_untrusted
 
-if TYPE_CHECKING:
-    from trio_sfu.engine.webrtc_transport import WebRtcTransport
-
-__all__ = ["MAX_TCP_CONNECTIONS", "WebRtcServer"]
+__all__ = ["MAX_TCP_CONNECTIONS", "ServedTransport", "WebRtcServer"]
 
 #: ICE-TCP connections open at once on the shared listener (over every transport).
 MAX_TCP_CONNECTIONS: Final = 4096
@@ -45,6 +42,26 @@ MAX_TCP_CONNECTIONS: Final = 4096
 #: validated a check on it); then it is closed, so idle connections cannot fill the
 #: listener. Checked every half of it.
 UNCLAIMED_TCP_TIMEOUT: Final = 10.0
+
+
+class ServedTransport(Protocol):
+    """What the server needs of a transport it routes to (a
+    :class:`~trio_sfu.engine.webrtc_transport.WebRtcTransport`)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def handle_datagram(self, data: bytes, address: Address) -> None:
+        """One datagram or frame from ``address``; never raises for bad input."""
+
+    def is_validated(self, address: Address) -> bool:
+        """Whether ICE accepts media from ``address``."""
+
+    def tcp_connection_closed(self, address: Address) -> None:
+        """The ICE-TCP connection from ``address`` closed."""
+
+    def crashed(self, part: str) -> None:
+        """The exception being handled is a bug in the transport: it closes."""
 
 
 @final
@@ -83,12 +100,12 @@ class WebRtcServer:
         self.closed = False
         self._started = False
         #: ICE ufrag -> its transport.
-        self._by_ufrag: dict[str, WebRtcTransport] = {}
+        self._by_ufrag: dict[str, ServedTransport] = {}
         #: Validated remote address -> its transport, per protocol.
-        self._udp_owners: dict[Address, WebRtcTransport] = {}
-        self._tcp_owners: dict[Address, WebRtcTransport] = {}
+        self._udp_owners: dict[Address, ServedTransport] = {}
+        self._tcp_owners: dict[Address, ServedTransport] = {}
         #: Each transport's entries in the two maps above, to forget them when it closes.
-        self._owned: dict[WebRtcTransport, list[tuple[dict[Address, WebRtcTransport], Address]]]
+        self._owned: dict[ServedTransport, list[tuple[dict[Address, ServedTransport], Address]]]
         self._owned = {}
         #: Datagrams and frames no transport claimed: STUN naming no transport (or not a
         #: Binding request), and anything else from an address no transport validated.
@@ -187,7 +204,7 @@ class WebRtcServer:
 
     # ---- transports --------------------------------------------------------------------
 
-    def add(self, transport: WebRtcTransport, ufrag: str) -> None:
+    def add(self, transport: ServedTransport, ufrag: str) -> None:
         """Route Binding requests for ``ufrag`` to ``transport`` from now on."""
         if self.closed:
             raise InvalidStateError("the WebRtcServer is closed")
@@ -196,13 +213,13 @@ class WebRtcServer:
         self._by_ufrag[ufrag] = transport
         self._owned.setdefault(transport, [])
 
-    def rename(self, transport: WebRtcTransport, old: str, new: str) -> None:
+    def rename(self, transport: ServedTransport, old: str, new: str) -> None:
         """An ICE restart: requests for ``old`` are not routed any more, ``new`` ones are."""
         if self._by_ufrag.get(old) is transport:
             del self._by_ufrag[old]
         self.add(transport, new)
 
-    def remove(self, transport: WebRtcTransport, ufrag: str) -> None:
+    def remove(self, transport: ServedTransport, ufrag: str) -> None:
         """Forget ``transport`` (it closed): its ufrag and every address it owned; its
         ICE-TCP connections are closed."""
         if self._by_ufrag.get(ufrag) is transport:
@@ -217,14 +234,14 @@ class WebRtcServer:
                     if connection is not None:
                         connection.close()
 
-    def owns_tcp(self, transport: WebRtcTransport) -> int:
+    def owns_tcp(self, transport: ServedTransport) -> int:
         """How many ICE-TCP connections route to ``transport``."""
         return sum(1 for owners, _ in self._owned.get(transport, ()) if owners is self._tcp_owners)
 
     # ---- demultiplexing ----------------------------------------------------------------
 
     def _demultiplexer(
-        self, owners: dict[Address, WebRtcTransport]
+        self, owners: dict[Address, ServedTransport]
     ) -> Callable[[bytes, Address], None]:
         """The receive handler of one socket; ``owners`` maps its validated addresses."""
         route = self._route
@@ -247,8 +264,8 @@ class WebRtcServer:
         self,
         data: bytes,
         address: Address,
-        owner: WebRtcTransport | None,
-        owners: dict[Address, WebRtcTransport],
+        owner: ServedTransport | None,
+        owners: dict[Address, ServedTransport],
     ) -> None:
         """STUN, or anything from an address no transport owns yet."""
         transport = owner

@@ -381,7 +381,7 @@ class WebRtcTransport:
                 + (udp.send_would_block + udp.send_errors if udp is not None else 0)
                 + (tcp.frames_dropped if tcp is not None else 0),
             },
-            # Trespasses (see trio_sfu.engine.router.ENGINE_REFUSALS).
+            # Trespasses (see trio_sfu.errors.ENGINE_REFUSALS).
             "refused": {
                 "stun_unauthenticated": self._ice.stun_dropped,
                 "not_validated": self.dropped_not_validated,

@@ -39,14 +39,13 @@ from trio_sfu.engine.layers import PolicySettings
 from trio_sfu.engine.load import LoadMeter
 from trio_sfu.engine.pipe import RouterPipes
 from trio_sfu.engine.router import (
-    ENGINE_REFUSALS,
     Router,
     add_transport_counters,
     new_id,
     new_media_counters,
 )
 from trio_sfu.engine.webrtc_server import WebRtcServer
-from trio_sfu.errors import InvalidStateError, LimitExceededError, NotFoundError
+from trio_sfu.errors import ENGINE_REFUSALS, InvalidStateError, LimitExceededError, NotFoundError
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
     DtlsParameters,

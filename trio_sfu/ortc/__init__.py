@@ -4,6 +4,8 @@
 * :mod:`trio_sfu.ortc.negotiation`: router capabilities, producer mapping, consumable and
   consumer parameters, the transport-wide CNAME rule.
 * :mod:`trio_sfu.ortc.h264`: H.264 profile-level-id parsing and matching (RFC 6184).
+* :mod:`trio_sfu.ortc.plain`: parameters for tools that are not browsers (ffmpeg, a
+  recorder) on a PlainTransport.
 
 Sans-IO: no trio import, no clocks, no sockets.
 """

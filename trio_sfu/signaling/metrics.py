@@ -8,7 +8,7 @@ engine's ``media_counters()``: keys ``packets_in``, ``packets_out``, ``bytes_in`
 
 Refused trespasses are one counter family, ``trio_sfu_refused_total{reason=...}``: the
 signaling side's reasons (:data:`SIGNALING_REFUSALS`, counted here) and the engine's
-(:data:`~trio_sfu.engine.router.ENGINE_REFUSALS`, the media counters ``refused_<reason>``;
+(:data:`~trio_sfu.errors.ENGINE_REFUSALS`, the media counters ``refused_<reason>``;
 from worker processes as of their last load report).
 """
 
@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from trio_sfu.engine.router import ENGINE_REFUSALS
+from trio_sfu.errors import ENGINE_REFUSALS
 from trio_sfu.signaling.messages import REQUESTS
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Final, final
 import attrs
 import trio
 
-from trio_sfu.client.plain import plain_rtp_capabilities
 from trio_sfu.engine.api import ConsumerInfo
 from trio_sfu.errors import InvalidStateError, NotFoundError, SfuError
 from trio_sfu.media_tools import (
@@ -41,6 +40,7 @@ from trio_sfu.media_tools import (
     stop_ffmpeg,
     wait_udp_bound,
 )
+from trio_sfu.ortc.plain import plain_rtp_capabilities
 
 if TYPE_CHECKING:
     from trio_sfu.signaling.room import Room

@@ -30,15 +30,13 @@ import trio
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine.rtc_sockets import frame
 from trio_sfu.errors import BadPacket
-from trio_sfu.testing.fuzz import (
-    FuzzResult,
-    _json_mutate,
-    _rtcp_seeds,
-    _rtp_seeds,
-    mutate,
+from trio_sfu.testing.fuzz_targets import (
     pure_targets,
+    rtcp_seed_packets,
+    rtp_seed_packets,
     signaling_seeds,
 )
+from trio_sfu.testing.fuzzer import FuzzResult, mutate, mutate_json_bytes
 
 __all__ = ["fuzz_live_call"]
 
@@ -70,7 +68,7 @@ async def fuzz_live_call(*, seconds: float, seed: int = 0) -> list[FuzzResult]:
     package_logger = logging.getLogger("trio_sfu")
     package_logger.addHandler(errors)
     stun_dtls = [s for t in pure_targets()[:2] for s in t.seeds]  # STUN and DTLS seeds
-    rtp_seeds, rtcp_seeds = _rtp_seeds(), _rtcp_seeds()
+    rtp_seeds, rtcp_seeds = rtp_seed_packets(), rtcp_seed_packets()
     datagram_seeds = [*stun_dtls, *rtp_seeds, *rtcp_seeds]
     config = ServerConfig(host="127.0.0.1", port=0, dev=True, cleanup_timeout=2.0)
     start = time.monotonic()
@@ -187,7 +185,7 @@ async def fuzz_live_call(*, seconds: float, seed: int = 0) -> list[FuzzResult]:
                                 )
                                 seeds.append(text.encode())
                             while trio.current_time() < deadline and client.closed is None:
-                                data = _json_mutate(rng.choice(seeds), rng, seeds)
+                                data = mutate_json_bytes(rng.choice(seeds), rng, seeds)
                                 try:
                                     await client.send_raw(data.decode("utf-8", "replace"))
                                 except Exception:

@@ -7,10 +7,10 @@ read. The server (``trio-sfu serve --workers 1``: media in its own process) is p
 one core; the generator and this driver to the other. The input rate goes up step by step
 until packets are lost; CPU comes from ``/proc/<pid>/stat``.
 
-The generator is a Python process (``python -m trio_sfu.bench_plain --generator``) that
-paces a precomputed ring of VP8 packets (4 packets of ``--size`` bytes a frame, the first
-frame a keyframe) with non-blocking ``sendto`` in batches, protecting each with SRTP on
-the fly in SRTP mode. Each step: ``--step`` seconds at a fixed rate, then the server's
+The generator is a Python process (:mod:`trio_sfu.bench.plain_generator`) that paces a
+precomputed ring of VP8 packets (4 packets of ``--size`` bytes a frame, the first frame a
+keyframe) with non-blocking ``sendto`` in batches, protecting each with SRTP on the fly in
+SRTP mode. Each step: ``--step`` seconds at a fixed rate, then the server's
 counters (``rtc:getStats``) say what it received and forwarded.
 
 Columns: *in pkt/s* the generator's rate; *fwd pkt/s* the consumers' packets the server
@@ -29,111 +29,26 @@ import os
 import platform
 import re
 import socket
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import trio
 
-from trio_sfu.bench import _cpu_model, core_busy, cpu_seconds
+from trio_sfu.bench.docs import DOCS_END, DOCS_START, write_plain_section
+from trio_sfu.bench.plain_generator import PAYLOAD_TYPE, SRTP_SUITE, SSRC
+from trio_sfu.bench.procfs import core_busy, cpu_model, cpu_seconds
+from trio_sfu.client.signaling import SignalingClient, open_signaling
+from trio_sfu.ortc.plain import plain_rtp_capabilities, vp8_plain_rtp_parameters
+from trio_sfu.ortc.types import RtpCapabilities
+from trio_sfu.wire import structure_untrusted, unstructure
 
-#: Where the docs' plain-benchmark section starts and ends (the rest of the file belongs
-#: to ``bench_fanout.py --write-docs``).
-DOCS_START = "<!-- plain-benchmark:start -->"
-DOCS_END = "<!-- plain-benchmark:end -->"
-SSRC = 0x5EED0001
-PAYLOAD_TYPE = 101
-SRTP_SUITE = "AEAD_AES_128_GCM"
+__all__ = ["build_parser", "main", "render_markdown", "run_benchmark"]
+
 MEETING = "bench-plain"
-
-
-# ---- the generator (a process of its own) ------------------------------------------------
-
-
-def _frames(size: int) -> tuple[list[bytes], list[bytes]]:
-    """A VP8 keyframe and a delta frame, 4 packets each; the generator numbers them."""
-    from trio_sfu.client.synthetic import SyntheticStream
-
-    stream = SyntheticStream(ssrc=SSRC, payload_type=PAYLOAD_TYPE, clock_rate=90000)
-    key = stream.vp8_frame(keyframe=True, size=size, packets=4, tid=0)
-    delta = stream.vp8_frame(keyframe=False, size=size, packets=4, tid=0)
-    return key, delta
-
-
-#: Where the generator writes each packet's numbers: sequence number and timestamp (RTP
-#: header), PictureID (15 bits, M set) and TL0PICIDX (the VP8 descriptor after 12 bytes).
-_HEADER = struct.Struct("!HI")
-_VP8_IDS = struct.Struct("!HB")
-
-
-def generator_main(args: argparse.Namespace) -> int:
-    """Send on command: ``RUN <rate> <seconds>`` on stdin -> ``SENT <n> <seconds>`` on
-    stdout; ``QUIT`` (or the end of stdin) ends it."""
-    from trio_sfu.srtp import SRTP_CRYPTO_SUITES, SrtpKeys, SrtpSession
-
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    host, port = args.dest.rsplit(":", 1)
-    dest = (host, int(port))
-    key, delta = _frames(args.size)
-    key_templates = [bytearray(p) for p in key]
-    templates = [bytearray(p) for p in delta]
-    protect = None
-    if args.srtp_key:
-        master = base64.b64decode(args.srtp_key)
-        session = SrtpSession(
-            SrtpKeys(SRTP_CRYPTO_SUITES[SRTP_SUITE], local_master=master, remote_master=master)
-        )
-        protect = session.protect_rtp
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.setblocking(False)
-    sendto = sock.sendto
-    pack_header = _HEADER.pack_into
-    pack_ids = _VP8_IDS.pack_into
-    number = 0  # packets made: 4 a frame, the first frame the keyframe
-    print("READY", flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words or words[0] == "QUIT":
-            break
-        rate, seconds = float(words[1]), float(words[2])
-        sent = 0
-        start = time.perf_counter()
-        while True:
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-            due = min(int(elapsed * rate) + 1, int(seconds * rate))
-            if sent >= due:
-                time.sleep(0.0002)
-                continue
-            for _ in range(min(due - sent, 256)):
-                frame, index = divmod(number, 4)
-                packet = key_templates[index] if frame == 0 else templates[index]
-                # Sequence numbers, timestamps (30 fps) and VP8 picture numbers run on
-                # without a jump, however long the run.
-                pack_header(packet, 2, (number + 1000) & 0xFFFF, (frame * 3000) & 0xFFFFFFFF)
-                pack_ids(packet, 14, 0x8000 | (frame & 0x7FFF), frame & 0xFF)
-                number += 1
-                data = protect(packet) if protect is not None else packet
-                while True:
-                    try:
-                        sendto(data, dest)
-                        break
-                    except BlockingIOError:  # our socket's buffer is full: wait a little
-                        time.sleep(0.0001)
-                sent += 1
-        print(f"SENT {sent} {time.perf_counter() - start:.6f}", flush=True)
-    sock.close()
-    return 0
-
-
-# ---- the driver ------------------------------------------------------------------------
 
 
 class _Lines:
@@ -187,21 +102,8 @@ async def _run_config(
 ) -> dict[str, Any]:
     """One (N, mode): a meeting with the producer and N consumers; the rate stepped up
     until loss. Returns every step and the best lossless one."""
-    from trio_sfu.client.plain import (
-        plain_rtp_capabilities,
-        vp8_plain_rtp_parameters,
-    )
-    from trio_sfu.client.signaling import open_signaling
-    from trio_sfu.ortc.types import RtpCapabilities
-    from trio_sfu.wire import structure_untrusted, unstructure
-
     srtp = mode == "srtp"
-    core = None if args.no_pin else args.server_cpu
-    options: dict[str, Any] = {"rtcp_mux": True}
-    if srtp:
-        options.update(enable_srtp=True, srtp_crypto_suite=SRTP_SUITE)
     sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(consumers)]
-    steps: list[dict[str, Any]] = []
     try:
         for sink in sinks:
             sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -210,104 +112,20 @@ async def _run_config(
             await sig.join(f"{MEETING}-{mode}-{consumers}", display_name="bench")
             key = os.urandom(28)
             key_b64 = base64.b64encode(key).decode()
-            pub = await sig.create_plain_transport(comedia=True, **options)
-            await sig.connect_plain_transport(
-                pub["transportId"],
-                srtp_parameters={"cryptoSuite": SRTP_SUITE, "keyBase64": key_b64} if srtp else None,
-            )
-            producer_id = await sig.produce(
-                pub["transportId"],
-                "video",
-                unstructure(vp8_plain_rtp_parameters(ssrc=SSRC, payload_type=PAYLOAD_TYPE)),
-            )
-            router_caps = structure_untrusted(
-                await sig.get_router_rtp_capabilities(), RtpCapabilities
-            )
-            caps = unstructure(plain_rtp_capabilities(router_caps, feedback=False))
-            sub_ids = []
-            for sink in sinks:
-                sub = await sig.create_plain_transport(**options)
-                port = sink.getsockname()[1]
-                await sig.connect_plain_transport(
-                    sub["transportId"],
-                    ip="127.0.0.1",
-                    port=port,
-                    srtp_parameters={"cryptoSuite": SRTP_SUITE, "keyBase64": key_b64}
-                    if srtp
-                    else None,
-                )
-                await sig.consume(producer_id, caps, transport_id=sub["transportId"], paused=False)
-                sub_ids.append(sub["transportId"])
-            generator = [sys.executable, "-m", "trio_sfu.bench_plain", "--generator"]
-            generator += ["--dest", f"{pub['tuple']['localIp']}:{pub['tuple']['localPort']}"]
-            generator += ["--size", str(args.size)]
-            if not args.no_pin:
-                generator += ["--cpu", str(args.generator_cpu)]
-            if srtp:
-                generator += ["--srtp-key", key_b64]
-            process = await trio.lowlevel.open_process(
-                generator, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
+            pub, sub_ids = await _set_up_meeting(sig, sinks, srtp, key_b64)
+            process = await _open_generator(args, pub, srtp, key_b64)
             try:
                 assert process.stdin is not None and process.stdout is not None
                 lines = _Lines(process.stdout)
                 with trio.fail_after(60):
                     assert await lines.next() == "READY"
-
-                async def step(rate: float, seconds: float) -> dict[str, Any]:
-                    assert process.stdin is not None
-                    before_in = (await _stats(sig, pub["transportId"]))["rtp_packets_in"]
-                    before_out = [(await _stats(sig, tid))["rtp_packets_out"] for tid in sub_ids]
-                    cpu0 = cpu_seconds(server_pid)
-                    core0 = core_busy(core) if core is not None else 0.0
-                    await process.stdin.send_all(f"RUN {rate:.1f} {seconds}\n".encode())
-                    with trio.fail_after(seconds + 30):
-                        words = (await lines.next()).split()
-                    await trio.sleep(0.3)  # what is queued drains
-                    cpu = cpu_seconds(server_pid) - cpu0
-                    busy = (core_busy(core) if core is not None else 0.0) - core0
-                    sent, elapsed = int(words[1]), float(words[2])
-                    received = (await _stats(sig, pub["transportId"]))["rtp_packets_in"]
-                    received -= before_in
-                    forwarded = 0
-                    for tid, before in zip(sub_ids, before_out, strict=True):
-                        forwarded += (await _stats(sig, tid))["rtp_packets_out"] - before
-                    expected = sent * consumers
-                    return {
-                        "rate": rate,
-                        "in_pps": sent / elapsed,
-                        "received": received,
-                        "sent": sent,
-                        "forwarded": forwarded,
-                        "fwd_pps": forwarded / elapsed,
-                        "loss": max(0.0, 1 - forwarded / expected) if expected else 0.0,
-                        "cpu_percent": 100 * cpu / (elapsed + 0.3),
-                        "core_busy_percent": 100 * busy / (elapsed + 0.3),
-                        "us_per_pkt": 1e6 * cpu / forwarded if forwarded else None,
-                        "pps_per_core": forwarded / cpu if cpu > 0 else None,
-                        "generator_short": sent < 0.97 * rate * seconds,
-                    }
-
-                rate = max(args.start_output / consumers, 50.0)
-                await step(rate, args.warmup)  # keyframe through, counters warm
-                for _ in range(args.max_steps):
-                    result = await step(rate, args.step)
-                    steps.append(result)
-                    if args.verbose:
-                        print(f"  {mode} N={consumers}: {json.dumps(result)}", file=sys.stderr)
-                    if result["loss"] > args.loss or result["generator_short"]:
-                        break
-                    rate *= args.growth
+                core = None if args.no_pin else args.server_cpu
+                stepper = _Stepper(
+                    sig, process, lines, pub["transportId"], sub_ids, server_pid, core
+                )
+                steps = await _climb(args, stepper, consumers, mode)
             finally:
-                if process.stdin is not None:
-                    with trio.move_on_after(1):
-                        await process.stdin.send_all(b"QUIT\n")
-                    await process.stdin.aclose()
-                with trio.move_on_after(5):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+                await _stop_generator(process)
             await sig.leave()
     finally:
         for sink in sinks:
@@ -315,6 +133,148 @@ async def _run_config(
     lossless = [s for s in steps if s["loss"] <= args.loss and not s["generator_short"]]
     best = max(lossless, key=lambda s: s["fwd_pps"]) if lossless else None
     return {"mode": mode, "consumers": consumers, "steps": steps, "best": best}
+
+
+async def _set_up_meeting(
+    sig: SignalingClient, sinks: list[socket.socket], srtp: bool, key_b64: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The producer on a comedia PlainTransport (the generator feeds it) and a consumer of
+    it on a PlainTransport of its own toward each sink: (the producer's transport, the
+    consumers' transport ids)."""
+    options: dict[str, Any] = {"rtcp_mux": True}
+    if srtp:
+        options.update(enable_srtp=True, srtp_crypto_suite=SRTP_SUITE)
+    pub = await sig.create_plain_transport(comedia=True, **options)
+    await sig.connect_plain_transport(
+        pub["transportId"],
+        srtp_parameters={"cryptoSuite": SRTP_SUITE, "keyBase64": key_b64} if srtp else None,
+    )
+    producer_id = await sig.produce(
+        pub["transportId"],
+        "video",
+        unstructure(vp8_plain_rtp_parameters(ssrc=SSRC, payload_type=PAYLOAD_TYPE)),
+    )
+    router_caps = structure_untrusted(await sig.get_router_rtp_capabilities(), RtpCapabilities)
+    caps = unstructure(plain_rtp_capabilities(router_caps, feedback=False))
+    sub_ids = []
+    for sink in sinks:
+        sub = await sig.create_plain_transport(**options)
+        port = sink.getsockname()[1]
+        await sig.connect_plain_transport(
+            sub["transportId"],
+            ip="127.0.0.1",
+            port=port,
+            srtp_parameters={"cryptoSuite": SRTP_SUITE, "keyBase64": key_b64} if srtp else None,
+        )
+        await sig.consume(producer_id, caps, transport_id=sub["transportId"], paused=False)
+        sub_ids.append(sub["transportId"])
+    return pub, sub_ids
+
+
+async def _open_generator(
+    args: argparse.Namespace, pub: dict[str, Any], srtp: bool, key_b64: str
+) -> trio.Process:
+    """The generator process (:mod:`trio_sfu.bench.plain_generator`), toward ``pub``."""
+    generator = [sys.executable, "-m", "trio_sfu.bench.plain_generator"]
+    generator += ["--dest", f"{pub['tuple']['localIp']}:{pub['tuple']['localPort']}"]
+    generator += ["--size", str(args.size)]
+    if not args.no_pin:
+        generator += ["--cpu", str(args.generator_cpu)]
+    if srtp:
+        generator += ["--srtp-key", key_b64]
+    return await trio.lowlevel.open_process(
+        generator, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+
+
+async def _stop_generator(process: trio.Process) -> None:
+    if process.stdin is not None:
+        with trio.move_on_after(1):
+            await process.stdin.send_all(b"QUIT\n")
+        await process.stdin.aclose()
+    with trio.move_on_after(5):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+@final
+class _Stepper:
+    """Runs the generator at one rate for a while and reads what the server did meanwhile."""
+
+    def __init__(
+        self,
+        sig: SignalingClient,
+        process: trio.Process,
+        lines: _Lines,
+        pub_id: str,
+        sub_ids: list[str],
+        server_pid: int,
+        core: int | None,
+    ) -> None:
+        self.sig = sig
+        self.process = process
+        self.lines = lines
+        self.pub_id = pub_id
+        self.sub_ids = sub_ids
+        self.server_pid = server_pid
+        #: The server's CPU, whose busy time is read (None: unpinned).
+        self.core = core
+
+    async def step(self, rate: float, seconds: float) -> dict[str, Any]:
+        sig, core, server_pid, process = self.sig, self.core, self.server_pid, self.process
+        assert process.stdin is not None
+        before_in = (await _stats(sig, self.pub_id))["rtp_packets_in"]
+        before_out = [(await _stats(sig, tid))["rtp_packets_out"] for tid in self.sub_ids]
+        cpu0 = cpu_seconds(server_pid)
+        core0 = core_busy(core) if core is not None else 0.0
+        await process.stdin.send_all(f"RUN {rate:.1f} {seconds}\n".encode())
+        with trio.fail_after(seconds + 30):
+            words = (await self.lines.next()).split()
+        await trio.sleep(0.3)  # what is queued drains
+        cpu = cpu_seconds(server_pid) - cpu0
+        busy = (core_busy(core) if core is not None else 0.0) - core0
+        sent, elapsed = int(words[1]), float(words[2])
+        received = (await _stats(sig, self.pub_id))["rtp_packets_in"]
+        received -= before_in
+        forwarded = 0
+        for tid, before in zip(self.sub_ids, before_out, strict=True):
+            forwarded += (await _stats(sig, tid))["rtp_packets_out"] - before
+        expected = sent * len(self.sub_ids)
+        return {
+            "rate": rate,
+            "in_pps": sent / elapsed,
+            "received": received,
+            "sent": sent,
+            "forwarded": forwarded,
+            "fwd_pps": forwarded / elapsed,
+            "loss": max(0.0, 1 - forwarded / expected) if expected else 0.0,
+            "cpu_percent": 100 * cpu / (elapsed + 0.3),
+            "core_busy_percent": 100 * busy / (elapsed + 0.3),
+            "us_per_pkt": 1e6 * cpu / forwarded if forwarded else None,
+            "pps_per_core": forwarded / cpu if cpu > 0 else None,
+            "generator_short": sent < 0.97 * rate * seconds,
+        }
+
+
+async def _climb(
+    args: argparse.Namespace, stepper: _Stepper, consumers: int, mode: str
+) -> list[dict[str, Any]]:
+    """Steps of rising rate, from ``--start-output`` forwarded pkt/s, until one loses
+    more than ``--loss`` or the generator falls short."""
+    steps: list[dict[str, Any]] = []
+    rate = max(args.start_output / consumers, 50.0)
+    await stepper.step(rate, args.warmup)  # keyframe through, counters warm
+    for _ in range(args.max_steps):
+        result = await stepper.step(rate, args.step)
+        steps.append(result)
+        if args.verbose:
+            print(f"  {mode} N={consumers}: {json.dumps(result)}", file=sys.stderr)
+        if result["loss"] > args.loss or result["generator_short"]:
+            break
+        rate *= args.growth
+    return steps
 
 
 async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -337,18 +297,16 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
-    cpu = _cpu_model()
+    cpu = cpu_model()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    import trio as trio_module
-
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": commit,
         "machine": f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}",
         "python": platform.python_version(),
-        "trio": trio_module.__version__,
+        "trio": trio.__version__,
         "command": "python scripts/bench_fanout.py --transport plain "
         + " ".join(sys.argv[1:]).replace("--transport plain", "").strip(),
         "step": args.step,
@@ -425,18 +383,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: Path, section: str) -> None:
-    """Put ``section`` in ``path`` in place of the previous one (or at the end)."""
-    text = path.read_text() if path.exists() else ""
-    if DOCS_START in text and DOCS_END in text:
-        before = text[: text.index(DOCS_START)]
-        after = text[text.index(DOCS_END) + len(DOCS_END) :].lstrip("\n")
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -469,18 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--render", type=Path, help="no run: render a previous --json report (with --write-docs)"
     )
-    # The generator process.
-    parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--dest", help=argparse.SUPPRESS)
-    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--srtp-key", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.generator:
-        return generator_main(args)
     if args.quick:
         args.consumers = [1, 2]
         args.step = 0.5
@@ -497,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.write_docs:
-        write_docs(args.write_docs, section)
+        write_plain_section(args.write_docs, section)
     return 0
 
 

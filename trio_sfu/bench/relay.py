@@ -1,6 +1,6 @@
 """The reference of the fan-out benchmark: a bare Trio UDP relay.
 
-``python -m trio_sfu.bench_relay`` binds one UDP socket on 127.0.0.1, prints
+``python -m trio_sfu.bench.relay`` binds one UDP socket on 127.0.0.1, prints
 ``{"port": N}`` and forwards every datagram it receives to every registered address but
 the sender's: ``await sock.recvfrom()``, then ``await sock.sendto()`` per destination. No
 crypto, no parsing; a datagram ``HELLO`` registers its sender. That is the least an SFU
