@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import trio
 
 from trio_sfu.errors import InvalidStateError, NotFoundError
+from trio_sfu.signaling.context import SignalingContext
 from trio_sfu.signaling.room import CLOSE_KICKED, CLOSE_ROOM_CLOSED
-
-if TYPE_CHECKING:
-    from trio_sfu.signaling.app import SignalingApp
 
 __all__ = ["handle_admin"]
 
@@ -40,7 +38,7 @@ KICK_REASON: Final = "kicked"
 Answer = tuple[int, dict[str, Any]]
 
 
-def _authorized(app: SignalingApp, headers: dict[bytes, bytes]) -> Answer | None:
+def _authorized(app: SignalingContext, headers: dict[bytes, bytes]) -> Answer | None:
     expected = app.config.admin_token
     if not expected:
         return 403, {"error": "the admin API is disabled: set TRIO_SFU_ADMIN_TOKEN"}
@@ -53,7 +51,7 @@ def _authorized(app: SignalingApp, headers: dict[bytes, bytes]) -> Answer | None
     return None
 
 
-def _workers(app: SignalingApp) -> list[dict[str, Any]]:
+def _workers(app: SignalingContext) -> list[dict[str, Any]]:
     """The engine's workers, each with the meetings that have a router on it."""
     routers = {
         router_id: room.meeting_id
@@ -74,7 +72,11 @@ def _workers(app: SignalingApp) -> list[dict[str, Any]]:
 
 
 async def handle_admin(
-    app: SignalingApp, method: str, segments: list[str], headers: dict[bytes, bytes], body: bytes
+    app: SignalingContext,
+    method: str,
+    segments: list[str],
+    headers: dict[bytes, bytes],
+    body: bytes,
 ) -> Answer:
     """Answer an admin request; ``segments`` is the path after ``/v1`` split on ``/``."""
     refused = _authorized(app, headers)

@@ -13,16 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 from urllib.parse import unquote
 
-import trio
-
-from trio_sfu.config import ServerConfig
-from trio_sfu.engine.api import MediaEngine
-from trio_sfu.errors import SfuError
-from trio_sfu.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 from trio_sfu.signaling.admin import handle_admin
-from trio_sfu.signaling.auth import TokenVerifier
-from trio_sfu.signaling.metrics import CONTENT_TYPE_LATEST, SfuMetrics
-from trio_sfu.signaling.room import RoomManager
+from trio_sfu.signaling.context import SignalingContext
+from trio_sfu.signaling.metrics import CONTENT_TYPE_LATEST
 from trio_sfu.signaling.session import Session
 from trio_sfu.signaling.web import handle_web_request
 
@@ -39,40 +32,9 @@ WS_PATH: Final = "/ws"
 
 
 @final
-class SignalingApp:
-    """The ASGI app of one server. Rooms' tasks go to ``nursery``."""
-
-    def __init__(self, config: ServerConfig, engine: MediaEngine, nursery: trio.Nursery) -> None:
-        self.config = config
-        self.engine = engine
-        self.verifier = TokenVerifier.from_config(config)
-        self.metrics = SfuMetrics(
-            counts=lambda: self.rooms.counts(),
-            media_counters=engine.media_counters,
-            workers=engine.workers_info,
-        )
-        self.refusal_log = RateLimitedLog(logger, DEFAULT_INTERVAL)
-        self.rooms = RoomManager(
-            engine,
-            config,
-            nursery,
-            count_error=self.metrics.count_error,
-            on_refusal=self.note_refusal,
-        )
-        self.sessions: set[Session] = set()
-
-    def note_refusal(self, exc: SfuError, log: logging.LoggerAdapter[logging.Logger]) -> None:
-        """``exc`` refused a trespass (its ``refusal`` is set): count it for /metrics and
-        log it, at most one line per reason per minute (never a traceback)."""
-        if exc.refusal is None:
-            return
-        self.metrics.count_refusal(exc.refusal)
-        self.refusal_log.note(exc.refusal, trio.current_time(), "%s", exc.message, logger=log)
-
-    def close_sessions(self, code: int, reason: str) -> None:
-        """Close every connection (after what is queued on it). Never blocks."""
-        for session in list(self.sessions):
-            session.close_connection(code, reason)
+class SignalingApp(SignalingContext):
+    """The ASGI app of one server: routes each connection to a :class:`Session`, the admin
+    API, /metrics or the web pages. Its state is the :class:`SignalingContext` it extends."""
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -25,12 +25,12 @@ import os
 import secrets
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import attrs
 import trio
 
-from trio_sfu.engine.api import ConsumerInfo
+from trio_sfu.engine.api import ConsumerInfo, MediaEngine
 from trio_sfu.errors import InvalidStateError, NotFoundError, SfuError
 from trio_sfu.media_tools import (
     SdpStream,
@@ -42,15 +42,41 @@ from trio_sfu.media_tools import (
 )
 from trio_sfu.ortc.plain import plain_rtp_capabilities
 
-if TYPE_CHECKING:
-    from trio_sfu.signaling.room import Room
-
 logger = logging.getLogger(__name__)
 
 #: How long ffmpeg may take to start listening.
 START_TIMEOUT: Final = 10.0
 #: Where ffmpeg listens (the plain transports send there).
 FFMPEG_IP: Final = "127.0.0.1"
+
+
+class RecordingHost(Protocol):
+    """What a recording needs of its meeting (the room that starts it, in its nursery).
+
+    The recording enters its plain transports and consumers in the two maps, so that the
+    host hands it their engine events (:meth:`Recording.consumer_closed`,
+    :meth:`Recording.stop`), and takes them out when it ends; then it calls
+    :meth:`recording_finished`.
+    """
+
+    meeting_id: str
+    engine: MediaEngine
+    router_id: str | None
+    recording_of_consumer: dict[str, Recording]
+    recording_of_transport: dict[str, Recording]
+
+    @property
+    def cleanup_timeout(self) -> float:
+        """The bound on closing what the recording opened."""
+        ...
+
+    def producer_router(self, producer_id: str) -> str | None:
+        """The router of the meeting's producer ``producer_id``; None if there is none."""
+        ...
+
+    def recording_finished(self, recording: Recording) -> None:
+        """``recording`` ended (its ``end_reason`` says why)."""
+        ...
 
 
 @final
@@ -68,7 +94,7 @@ class _Stream:
 class Recording:
     """One recording: its file, its producers, its plain transports and its ffmpeg."""
 
-    def __init__(self, room: Room, producer_ids: list[str], directory: str) -> None:
+    def __init__(self, room: RecordingHost, producer_ids: list[str], directory: str) -> None:
         self.room = room
         self.recording_id = secrets.token_hex(6)
         self.producer_ids = producer_ids
@@ -191,12 +217,12 @@ class Recording:
             raise InvalidStateError("the meeting has no router")
         caps = plain_rtp_capabilities(engine.router_rtp_capabilities(router_id), feedback=True)
         for producer_id in self.producer_ids:
-            owner = room.producer_owner.get(producer_id)
-            if owner is None:
+            producer_router = room.producer_router(producer_id)
+            if producer_router is None:
                 raise NotFoundError(f"producer {producer_id!r} not found")
-            if owner.router_id != router_id:  # the meeting spans workers: pipe it here
+            if producer_router != router_id:  # the meeting spans workers: pipe it here
                 await engine.pipe_to_router(
-                    producer_id, from_router=owner.router_id, to_router=router_id
+                    producer_id, from_router=producer_router, to_router=router_id
                 )
             port = await trio.to_thread.run_sync(free_udp_port_pair, FFMPEG_IP)
             info = await engine.create_plain_transport(
@@ -209,7 +235,7 @@ class Recording:
                 )
                 consumer = await engine.consume(info.transport_id, producer_id, caps, paused=True)
             except BaseException:
-                await _close_transport(engine, info.transport_id)
+                await _close_transport(engine, info.transport_id, room.cleanup_timeout)
                 room.recording_of_transport.pop(info.transport_id, None)
                 raise
             self._streams.append(
@@ -252,16 +278,17 @@ class Recording:
 
     async def _close_transports(self) -> None:
         room = self.room
-        with trio.move_on_after(room.manager.config.cleanup_timeout, shield=True):
+        with trio.move_on_after(room.cleanup_timeout, shield=True):
             for stream in self._streams:
-                await _close_transport(room.engine, stream.transport_id)
+                await _close_transport(room.engine, stream.transport_id, room.cleanup_timeout)
         for stream in self._streams:
             room.recording_of_transport.pop(stream.transport_id, None)
             room.recording_of_consumer.pop(stream.consumer.consumer_id, None)
 
 
-async def _close_transport(engine: Any, transport_id: str) -> None:
-    with trio.CancelScope(shield=True):
+async def _close_transport(engine: MediaEngine, transport_id: str, bound: float) -> None:
+    """Close a transport of ours even while cancelled, for at most ``bound`` seconds."""
+    with trio.move_on_after(bound, shield=True):
         try:
             await engine.close_transport(transport_id)
         except SfuError as exc:

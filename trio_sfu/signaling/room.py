@@ -103,10 +103,10 @@ from trio_sfu.signaling.messages import (
     notification_message,
 )
 from trio_sfu.signaling.metrics import Counts
+from trio_sfu.signaling.recording import Recording
 
 if TYPE_CHECKING:
     from trio_sfu.ortc.types import RtpCapabilities
-    from trio_sfu.signaling.recording import Recording
 
 logger = logging.getLogger(__name__)
 
@@ -907,7 +907,6 @@ class Room:
         one WebM file; returns once ffmpeg records (see :mod:`trio_sfu.signaling.recording`).
         NotFoundError for an unknown producer, InvalidStateError when there is none or the
         meeting is closing; FileNotFoundError without ffmpeg."""
-        from trio_sfu.signaling.recording import Recording
 
         if self.closing or self._nursery is None:
             raise InvalidStateError(f"meeting {self.meeting_id!r} is closing")
@@ -925,6 +924,16 @@ class Room:
             del self.recordings[recording.recording_id]
             raise
         return recording
+
+    # ---- RecordingHost (what a recording needs of its meeting) ---------------------------
+
+    @property
+    def cleanup_timeout(self) -> float:
+        return self.manager.config.cleanup_timeout
+
+    def producer_router(self, producer_id: str) -> str | None:
+        owner = self.producer_owner.get(producer_id)
+        return None if owner is None else owner.router_id
 
     def recording_finished(self, recording: Recording) -> None:
         """A recording ended (it stays listed with its end reason)."""

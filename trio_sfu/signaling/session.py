@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, final
 from urllib.parse import parse_qs
 
 import attrs
 import trio
 
 from trio_sfu.errors import InvalidMessageError, SfuError
+from trio_sfu.signaling.context import SignalingContext
 from trio_sfu.signaling.errors import AlreadyJoinedError, NotJoinedError, RateLimitedError
 from trio_sfu.signaling.limits import TokenBucket
 from trio_sfu.signaling.messages import (
@@ -44,9 +45,6 @@ from trio_sfu.signaling.messages import (
     parse_request_untrusted,
 )
 from trio_sfu.signaling.room import ContextLogger, Job, Peer
-
-if TYPE_CHECKING:
-    from trio_sfu.signaling.app import SignalingApp
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +86,7 @@ class Session:
     """A WebSocket connection of the signaling protocol; the :class:`PeerLink` of its
     peer while it is in a meeting."""
 
-    def __init__(self, app: SignalingApp, scope: dict[str, Any], receive: Receive, send: Send):
+    def __init__(self, app: SignalingContext, scope: dict[str, Any], receive: Receive, send: Send):
         self.app = app
         self._receive = receive
         self._send = send
