@@ -2,30 +2,48 @@
 
 1. A peer whose only transports are plain ones is still served after
    ``peer_idle_timeout``, and its task does not spin.
+5. A lone UTF-16 surrogate in any string of any request (the JSON escape on the wire) is
+   refused with ``invalid_message`` naming the field; it never reaches another peer, and
+   no outgoing message can fail to encode.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import attrs
+import pytest
 import trio
 
 from tests.signaling_harness import (
+    AUDIO,
+    DEVICE_CAPS,
+    DTLS_CLIENT,
+    RawWebSocket,
+    fresh_ssrcs,
+    http,
     make_config,
     peer,
     running_server,
+    token,
 )
+from tests.test_signaling_admin import metric
+from trio_sfu.client.signaling import SignalingClient, SignalingError
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.engine.pool import PoolSettings, open_worker_pool
 from trio_sfu.engine.worker import WorkerSettings, open_worker
 from trio_sfu.server import SfuServer
+from trio_sfu.signaling import messages
 
 M = "m"
+LONE = "\ud800"
 #: A number that JSON can write but a float cannot hold: infinity once parsed.
 #: Encodings a producer may have (README, docs/protocol-additions.md).
 
@@ -46,6 +64,25 @@ async def sfu(kind: str = "worker", **config: Any) -> AsyncIterator[tuple[MediaE
             running_server(pool, server_config) as s,
         ):
             yield pool, s
+
+
+async def metrics_text(server: SfuServer) -> str:
+    return (await http(server, "GET", "/metrics")).body.decode()
+
+
+def invalid_message_count(text: str) -> float:
+    try:
+        return metric(text, 'trio_sfu_signaling_errors_total{code="invalid_message"}')
+    except AssertionError:
+        return 0.0
+
+
+async def answer_of(raw: RawWebSocket) -> dict[str, Any]:
+    """The next answer on ``raw`` (notifications in between are skipped)."""
+    while True:
+        frame = await raw.receive_json()
+        if frame.get("type") == "rtc:error" or "requestId" in frame:
+            return frame
 
 
 # ---- 1. a plain-only peer after the idle timeout -------------------------------------------
@@ -108,3 +145,372 @@ async def test_a_peer_whose_webrtc_transport_closes_keeps_its_plain_one_and_is_n
                 with trio.fail_after(2):
                     await bot.get_stats(plain["transportId"])
                 assert bot.closed is None
+
+
+# ---- 5. lone surrogates --------------------------------------------------------------------
+
+
+def string_places(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every place in a JSON value that holds a string: ``("value", path)`` for a string
+    value, ``("key", path)`` for an object key (the path ends with the key)."""
+    found: list[tuple[str, tuple[Any, ...]]] = []
+    if isinstance(value, str):
+        found.append(("value", path))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found.append(("key", (*path, key)))
+            found.extend(string_places(item, (*path, key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(string_places(item, (*path, index)))
+    return found
+
+
+def field_name(path: tuple[Any, ...]) -> str:
+    """A path as the server names fields: ``data.rtpParameters.codecs[0].mimeType``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return out
+
+
+def with_lone_surrogate(
+    frame: dict[str, Any], place: str, path: tuple[Any, ...]
+) -> tuple[dict[str, Any], str]:
+    """A copy of ``frame`` whose string at ``path`` ends with a lone surrogate, and the
+    name of that field."""
+    copy: dict[str, Any] = json.loads(json.dumps(frame))
+    *parents, last = path
+    node: Any = copy
+    for part in parents:
+        node = node[part]
+    if place == "value":
+        node[last] += LONE
+        return copy, field_name(path)
+    # Keep the key's position: rebuild the object in order.
+    items = list(node.items())
+    node.clear()
+    for key, item in items:
+        node[key + LONE if key == last else key] = item
+    return copy, field_name((*parents, last + LONE))
+
+
+DEEP_APP_DATA: Any = {"label": "mic", "a": {"b": [1, {"c": ["d", {"e": {"f": [["g"]]}}]}]}}
+
+
+@asynccontextmanager
+async def meeting_with_every_target(
+    server: SfuServer,
+) -> AsyncIterator[tuple[SignalingClient, RawWebSocket, dict[str, str]]]:
+    """Ann (a client) publishes audio and has a recv transport; Bob (a raw WebSocket, may
+    create plain transports) publishes, consumes Ann and holds one of everything. Yields
+    ann, bob and the ids of Bob's objects."""
+    async with peer(server, M, "ann") as ann, RawWebSocket.connect(server) as bob:
+        send = await ann.create_transport("send")
+        ann_producer = await ann.produce(
+            send["transportId"], "audio", fresh_ssrcs(AUDIO["rtpParameters"])
+        )
+        await ann.create_transport("recv")
+
+        async def ok(rtype: str, **data: Any) -> dict[str, Any]:
+            answer = await bob.request(rtype, {"meetingId": M, **data})
+            assert answer["type"] != "rtc:error", answer
+            result: dict[str, Any] = answer["data"]
+            return result
+
+        bob_token = token(M, "bob", can_plain_transport=True)
+        await ok("rtc:join", token=bob_token, displayName="Bob")
+        bob_send = (await ok("rtc:createTransport", direction="send"))["transportId"]
+        bob_recv = (await ok("rtc:createTransport", direction="recv"))["transportId"]
+        producer = (
+            await ok(
+                "rtc:produce",
+                transportId=bob_send,
+                kind="audio",
+                rtpParameters=fresh_ssrcs(AUDIO["rtpParameters"]),
+                appData={"label": "mic"},
+            )
+        )["producerId"]
+        consumer = (
+            await ok(
+                "rtc:consume",
+                producerId=ann_producer,
+                rtpCapabilities=DEVICE_CAPS,
+                transportId=bob_recv,
+            )
+        )["consumerId"]
+        plain = (await ok("rtc:createPlainTransport", comedia=True))["transportId"]
+        await ann.next_notification("rtc:peerJoined")
+        await ann.next_notification("rtc:newProducer")
+        yield (
+            ann,
+            bob,
+            {
+                "send": bob_send,
+                "recv": bob_recv,
+                "producer": producer,
+                "consumer": consumer,
+                "plain": plain,
+                "annProducer": ann_producer,
+                "token": bob_token,
+            },
+        )
+
+
+def every_request(ids: dict[str, str]) -> list[dict[str, Any]]:
+    """One valid frame of every request type, every optional field given (strings
+    included), appData nested deep."""
+    m = {"meetingId": M}
+    srtp_key = base64.b64encode(bytes(range(30))).decode()
+    data: list[tuple[str, dict[str, Any]]] = [
+        ("rtc:join", {**m, "token": ids["token"], "displayName": "Bob"}),
+        ("rtc:getRouterRtpCapabilities", m),
+        (
+            "rtc:createTransport",
+            {
+                **m,
+                "direction": "send",
+                "sctpCapabilities": {"numStreams": {"OS": 1024, "MIS": 1024}},
+                "forceTcp": False,
+            },
+        ),
+        ("rtc:connectTransport", {**m, "transportId": ids["send"], "dtlsParameters": DTLS_CLIENT}),
+        ("rtc:restartIce", {**m, "transportId": ids["send"]}),
+        (
+            "rtc:produce",
+            {
+                **m,
+                "transportId": ids["send"],
+                "kind": "audio",
+                "rtpParameters": fresh_ssrcs(AUDIO["rtpParameters"]),
+                "appData": DEEP_APP_DATA,
+                "paused": False,
+            },
+        ),
+        ("rtc:closeProducer", {**m, "producerId": ids["producer"]}),
+        ("rtc:pauseProducer", {**m, "producerId": ids["producer"]}),
+        ("rtc:resumeProducer", {**m, "producerId": ids["producer"]}),
+        (
+            "rtc:consume",
+            {
+                **m,
+                "producerId": ids["annProducer"],
+                "rtpCapabilities": DEVICE_CAPS,
+                "transportId": ids["recv"],
+                "paused": True,
+            },
+        ),
+        ("rtc:resumeConsumer", {**m, "consumerId": ids["consumer"]}),
+        ("rtc:pauseConsumer", {**m, "consumerId": ids["consumer"]}),
+        ("rtc:closeConsumer", {**m, "consumerId": ids["consumer"]}),
+        (
+            "rtc:setPreferredLayers",
+            {**m, "consumerId": ids["consumer"], "spatialLayer": 0, "temporalLayer": 0},
+        ),
+        ("rtc:getStats", {**m, "id": ids["send"]}),
+        ("rtc:leave", m),
+        (
+            "rtc:createPlainTransport",
+            {
+                **m,
+                "rtcpMux": True,
+                "comedia": False,
+                "enableSrtp": True,
+                "srtpCryptoSuite": "AES_CM_128_HMAC_SHA1_80",
+                "direction": "send",
+                "appData": DEEP_APP_DATA,
+            },
+        ),
+        (
+            "rtc:connectPlainTransport",
+            {
+                **m,
+                "transportId": ids["plain"],
+                "ip": "127.0.0.1",
+                "port": 9,
+                "rtcpPort": 10,
+                "srtpParameters": {"cryptoSuite": "AES_CM_128_HMAC_SHA1_80", "keyBase64": srtp_key},
+            },
+        ),
+    ]
+    assert {rtype for rtype, _ in data} == set(messages.REQUESTS)
+    return [{"type": rtype, "requestId": f"r-{rtype}", "data": d} for rtype, d in data]
+
+
+async def test_a_lone_surrogate_in_a_display_name_cannot_lock_a_meeting() -> None:
+    """Issue 17's reproduction: Bob joins with ``"displayName": "x\\ud800"``."""
+    with trio.fail_after(20):
+        async with sfu() as (_, server), peer(server, M, "ann") as ann:
+            async with RawWebSocket.connect(server) as bob:
+                frame = {
+                    "type": "rtc:join",
+                    "requestId": "1",
+                    "data": {"meetingId": M, "token": token(M, "bob"), "displayName": "x" + LONE},
+                }
+                text = json.dumps(frame)
+                assert "\\ud800" in text  # the six characters of the escape on the wire
+                await bob.send_text(text)
+                answer = await answer_of(bob)
+                assert answer["type"] == "rtc:error", answer
+                assert answer["code"] == "invalid_message"
+                assert answer["requestId"] == "1" and answer["request"] == "rtc:join"
+                assert "'data.displayName'" in answer["error"]
+                # The connection stays open and may join with a good name.
+                joined = await bob.request(
+                    "rtc:join", {"meetingId": M, "token": token(M, "bob"), "displayName": "x"}
+                )
+                assert joined["type"] == "rtc:joined"
+            # Ann was never cut, and the meeting takes new peers.
+            assert (await ann.next_notification("rtc:peerJoined")).data["displayName"] == "x"
+            await ann.get_router_rtp_capabilities()
+            async with peer(server, M, "carl") as carl:
+                await carl.get_router_rtp_capabilities()
+            assert ann.closed is None
+
+
+async def test_a_lone_surrogate_in_any_string_of_any_request_is_refused_naming_the_field() -> None:
+    with trio.fail_after(120):
+        config = {"requests_per_second": 1e6, "request_burst": 10**6}
+        async with sfu(**config) as (_, server), meeting_with_every_target(server) as targets:
+            ann, bob, ids = targets
+            frames = every_request(ids)
+            before = invalid_message_count(await metrics_text(server))
+            async with RawWebSocket.connect(server) as stranger:  # not joined: for rtc:join
+                cases = 0
+                for frame in frames:
+                    sender = stranger if frame["type"] == "rtc:join" else bob
+                    for place, path in string_places(frame):
+                        bad, field = with_lone_surrogate(frame, place, path)
+                        await sender.send_text(json.dumps(bad))
+                        answer = await answer_of(sender)
+                        case = f"{frame['type']} {place} {field!r}"
+                        assert answer["type"] == "rtc:error", case
+                        assert answer["code"] == "invalid_message", (case, answer)
+                        assert f"invalid field {field!r}" in answer["error"], (case, answer)
+                        request_id = bad.get("requestId")
+                        assert answer.get("requestId") == (
+                            request_id if request_id == frame["requestId"] else None
+                        ), case
+                        rtype = bad.get("type")
+                        assert answer.get("request") == (
+                            rtype if rtype == frame["type"] else None
+                        ), case
+                        cases += 1
+                assert cases > 400  # every string of the rtpParameters and capabilities too
+                # Nothing reached Ann; both sockets are open; the meeting takes a new peer.
+                assert ann.pending_notifications() == []
+                assert ann.closed is None
+                await ann.get_router_rtp_capabilities()
+                answer = await bob.request("rtc:getStats", {"meetingId": M, "id": ids["send"]})
+                assert answer["type"] == "rtc:stats"
+                joined = await stranger.request(
+                    "rtc:join", {"meetingId": M, "token": token(M, "carl")}
+                )
+                assert joined["type"] == "rtc:joined"
+                assert sorted(p["displayName"] for p in joined["data"]["peers"]) == ["Bob", "ann"]
+            after = invalid_message_count(await metrics_text(server))
+            assert after - before == cases  # counted like every other refusal
+
+
+async def test_app_data_nested_past_what_can_be_sent_back_is_refused() -> None:
+    """``json.loads`` reads nesting that ``json.dumps`` cannot write back: an ``appData``
+    900 deep would be relayed in ``rtc:newProducer`` and cut the other peers. At most 64
+    levels (the envelope counts) are taken."""
+    with trio.fail_after(20):
+        async with (
+            sfu() as (_, server),
+            peer(server, M, "ann") as ann,
+            peer(server, M, "bob") as bob,
+        ):
+            send = (await bob.create_transport("send"))["transportId"]
+            # The object at data.appData.a.a... (62 a's) is the 65th level: the frame is the first.
+            field = "data.appData" + ".a" * 62
+            for depth in (900, 63):
+                app_data: Any = 1
+                for _ in range(depth):
+                    app_data = {"a": app_data}
+                with pytest.raises(SignalingError) as info:
+                    await bob.produce(
+                        send, "audio", fresh_ssrcs(AUDIO["rtpParameters"]), app_data=app_data
+                    )
+                assert info.value.code == "invalid_message"
+                assert f"invalid field {field!r}: nested deeper than 64" in info.value.message
+            app_data = 1
+            for _ in range(62):  # the frame, data, appData and 61 more objects: 64 levels
+                app_data = {"a": app_data}
+            producer_id = await bob.produce(
+                send, "audio", fresh_ssrcs(AUDIO["rtpParameters"]), app_data=app_data
+            )
+            note = await ann.next_notification("rtc:newProducer")
+            assert note.data["producerId"] == producer_id
+            assert note.data["appData"] == app_data
+            assert ann.closed is None
+
+
+def _sample(tp: Any, text: str, number: float) -> Any:
+    """A value of type ``tp`` whose strings are ``text`` and floats ``number``."""
+    if attrs.has(tp):
+        return _instance(tp, text, number)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is list:
+        return [_sample(args[0], text, number)]
+    if origin is dict:
+        return {text: {"deep": [text, {text: [number, text]}]}}
+    if tp is Any:
+        return {text: [text, {text: number}]}
+    if origin is not None and type(None) in args:  # Optional
+        return _sample(next(a for a in args if a is not type(None)), text, number)
+    if args and all(isinstance(a, str) for a in args):  # Literal
+        return args[0]
+    if origin is not None:  # another union (codec parameter values): its string
+        return text
+    return {str: text, int: 7, float: number, bool: True}[tp]
+
+
+def _instance(cls: type[Any], text: str, number: float) -> Any:
+    hints = attrs.resolve_types(cls)
+    return cls(**{f.name: _sample(f.type, text, number) for f in attrs.fields(hints)})
+
+
+def _finite(value: Any) -> Any:
+    """``value`` as JSON can say it: a float that is not finite becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _outgoing_classes() -> list[type[Any]]:
+    """Every answer and notification class of the protocol."""
+    requests = {cls for cls, _ in messages.REQUESTS.values()}
+    return [
+        cls
+        for cls in vars(messages).values()
+        if isinstance(cls, type)
+        and attrs.has(cls)
+        and cls.__module__ == messages.__name__
+        and cls not in requests
+        and cls is not messages.Envelope
+    ]
+
+
+@pytest.mark.parametrize("cls", _outgoing_classes(), ids=lambda cls: cls.__name__)
+def test_every_outgoing_message_encodes_whatever_its_strings_and_numbers(cls: type[Any]) -> None:
+    """An answer or notification whose every string holds a lone surrogate, and whose
+    every float is not finite, still becomes a UTF-8 text frame that decodes to it."""
+    for text, number in (("x" + LONE, 0.5), ("\udfff" + LONE + "ü", math.nan), ("y", math.inf)):
+        data = _instance(cls, text, number)
+        message = messages.notification_message("rtc:x", data)
+        message["requestId"] = text
+        frame = messages.encode_message(message)
+        frame.encode("utf-8")  # a text frame is UTF-8: this must not raise
+        assert json.loads(frame) == _finite(message)
+    error = messages.error_message(
+        "invalid_message", "bad " + LONE, request_id="1" + LONE, request="rtc:" + LONE
+    )
+    assert json.loads(messages.encode_message(error).encode("utf-8")) == error
