@@ -5,16 +5,21 @@
 5. A lone UTF-16 surrogate in any string of any request (the JSON escape on the wire) is
    refused with ``invalid_message`` naming the field; it never reaches another peer, and
    no outgoing message can fail to encode.
+6. Integers of 2^64 and beyond (and values out of their field's range) are refused with
+   ``invalid_message`` naming the field, alike with the in-process worker and with worker
+   processes; the worker channel refuses what MessagePack cannot carry with a clear error.
+8. A producer has at most :data:`~trio_sfu.ortc.negotiation.MAX_ENCODINGS` encodings.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, get_args, get_origin
 
@@ -37,15 +42,23 @@ from tests.signaling_harness import (
 from tests.test_signaling_admin import metric
 from trio_sfu.client.signaling import SignalingClient, SignalingError
 from trio_sfu.engine.api import MediaEngine
+from trio_sfu.engine.channel import FrameDecoder, encode_frame
 from trio_sfu.engine.pool import PoolSettings, open_worker_pool
 from trio_sfu.engine.worker import WorkerSettings, open_worker
+from trio_sfu.errors import InvalidMessageError
+from trio_sfu.ortc import negotiation
+from trio_sfu.ortc.types import RtpParameters
 from trio_sfu.server import SfuServer
 from trio_sfu.signaling import messages
+from trio_sfu.wire import structure_untrusted
 
 M = "m"
 LONE = "\ud800"
+HUGE = 2**64 + 1  # 18446744073709551617
 #: A number that JSON can write but a float cannot hold: infinity once parsed.
+TOO_BIG_FLOAT = "__1e400__"
 #: Encodings a producer may have (README, docs/protocol-additions.md).
+MAX_ENCODINGS = 16
 
 
 @asynccontextmanager
@@ -514,3 +527,218 @@ def test_every_outgoing_message_encodes_whatever_its_strings_and_numbers(cls: ty
         "invalid_message", "bad " + LONE, request_id="1" + LONE, request="rtc:" + LONE
     )
     assert json.loads(messages.encode_message(error).encode("utf-8")) == error
+
+
+# ---- 6. integers of 2^64 and beyond, values out of range -----------------------------------
+
+
+Build = Callable[[dict[str, str]], tuple[str, dict[str, Any]]]
+
+
+def _produce_case(field: str, value: Any, at: str | None = None) -> tuple[str, Build]:
+    """``rtc:produce`` of Bob's audio with ``rtpParameters.<at or field>`` set to
+    ``value``; the answer must name ``data.rtpParameters.<field>``."""
+
+    def build(ids: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        params = fresh_ssrcs(AUDIO["rtpParameters"])
+        _set(params, at or field, value)
+        return "rtc:produce", {
+            "meetingId": M,
+            "transportId": ids["send"],
+            "kind": "audio",
+            "rtpParameters": params,
+        }
+
+    return "data.rtpParameters." + field, build
+
+
+def _consume_case(field: str, value: Any) -> tuple[str, Build]:
+    """``rtc:consume`` of Ann's audio with ``rtpCapabilities.<field>`` set to ``value``."""
+
+    def build(ids: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        caps = json.loads(json.dumps(DEVICE_CAPS))
+        _set(caps, field, value)
+        return "rtc:consume", {
+            "meetingId": M,
+            "producerId": ids["annProducer"],
+            "rtpCapabilities": caps,
+            "transportId": ids["recv"],
+        }
+
+    return "data.rtpCapabilities." + field, build
+
+
+def _other_case(rtype: str, field: str, **data: Any) -> tuple[str, Build]:
+    """``rtype`` with ``data`` (a value naming one of Bob's ids stands for that id)."""
+
+    def build(ids: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        given = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in data.items()}
+        return rtype, {"meetingId": M, **given}
+
+    return field, build
+
+
+def _set(obj: Any, path: str, value: Any) -> None:
+    """Set ``a.b[0].c`` (dots and indexes) in ``obj`` to ``value``."""
+    parts: list[str | int] = []
+    for part in path.split("."):
+        name, _, rest = part.partition("[")
+        parts.append(name)
+        if rest:
+            parts.append(int(rest.rstrip("]")))
+    for part in parts[:-1]:
+        obj = obj[part]
+    obj[parts[-1]] = value
+
+
+OUT_OF_RANGE: list[tuple[str, Build]] = [
+    _produce_case("encodings[0].ssrc", HUGE),
+    _produce_case("encodings[0].ssrc", -HUGE),
+    _produce_case("encodings[0].ssrc", 2**32),
+    _produce_case("encodings[0].maxBitrate", HUGE),
+    _produce_case("encodings[0].maxBitrate", 2**32),
+    _produce_case("encodings[0].maxBitrate", 0),
+    _produce_case("encodings[0].rtx.ssrc", {"ssrc": HUGE}, at="encodings[0].rtx"),
+    _produce_case("encodings[0].maxFramerate", TOO_BIG_FLOAT),
+    _produce_case("codecs[0].clockRate", HUGE),
+    _produce_case("codecs[0].clockRate", 2**32),
+    _produce_case("codecs[0].clockRate", 0),
+    _produce_case("codecs[0].payloadType", HUGE),
+    _produce_case("codecs[0].channels", HUGE),
+    _produce_case("codecs[0].parameters.useinbandfec", HUGE),
+    _produce_case("codecs[0].parameters.useinbandfec", 2**31),
+    _produce_case("headerExtensions[0].id", HUGE),
+    _produce_case(
+        "headerExtensions[0].parameters.x", {"x": HUGE}, at="headerExtensions[0].parameters"
+    ),
+    _consume_case("codecs[0].preferredPayloadType", HUGE),
+    _consume_case("codecs[0].preferredPayloadType", 128),
+    _consume_case("codecs[0].clockRate", HUGE),
+    _consume_case("codecs[0].channels", HUGE),
+    _consume_case("codecs[0].channels", 256),
+    _consume_case("codecs[0].parameters.minptime", HUGE),
+    _consume_case("codecs[0].parameters.minptime", -(2**31) - 1),
+    _consume_case("headerExtensions[0].preferredId", HUGE),
+    _other_case(
+        "rtc:setPreferredLayers", "data.spatialLayer", consumerId="consumer", spatialLayer=HUGE
+    ),
+    _other_case(
+        "rtc:setPreferredLayers",
+        "data.temporalLayer",
+        consumerId="consumer",
+        spatialLayer=0,
+        temporalLayer=-HUGE,
+    ),
+    _other_case(
+        "rtc:connectPlainTransport", "data.port", transportId="plain", ip="127.0.0.1", port=HUGE
+    ),
+    _other_case("rtc:createPlainTransport", "data.appData.n", appData={"n": HUGE}),
+    _other_case(
+        "rtc:createPlainTransport",
+        "data.appData.deep[0].x",
+        appData={"deep": [{"x": TOO_BIG_FLOAT}]},
+    ),
+]
+
+
+async def test_out_of_range_numbers_are_refused_alike_in_process_and_with_worker_processes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each request of :data:`OUT_OF_RANGE` gets ``invalid_message`` naming the field, the
+    same answer word for word with ``--workers 1`` (the worker in process) and with worker
+    processes; nothing is logged as an error; the connection is served after it."""
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("worker", "pool"):
+        with trio.fail_after(90):
+            async with sfu(kind) as (_, server), meeting_with_every_target(server) as targets:
+                _, bob, ids = targets
+                got = answers[kind] = []
+                caplog.clear()
+                with caplog.at_level(logging.WARNING):
+                    for _, build in OUT_OF_RANGE:
+                        rtype, data = build(ids)
+                        frame = {"type": rtype, "requestId": "1", "data": data}
+                        text = json.dumps(frame).replace(f'"{TOO_BIG_FLOAT}"', "1e400")
+                        await bob.send_text(text)
+                        got.append(await answer_of(bob))
+                    stats = await bob.request("rtc:getStats", {"meetingId": M, "id": ids["send"]})
+                    assert stats["type"] == "rtc:stats"
+                errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+                assert errors == [], f"{kind}: logged {errors}"
+    wrong = [
+        (field, kind, answer)
+        for kind, got in answers.items()
+        for (field, _), answer in zip(OUT_OF_RANGE, got, strict=True)
+        if answer["type"] != "rtc:error"
+        or answer["code"] != "invalid_message"
+        or f"invalid field {field!r}" not in answer["error"]
+    ]
+    assert wrong == []
+    assert answers["worker"] == answers["pool"]  # word for word
+
+
+def test_the_channel_refuses_what_messagepack_cannot_carry_with_a_clear_error() -> None:
+    for value, problem in ((HUGE, "integer"), (-(2**63) - 1, "integer"), ("x" + LONE, "UTF-8")):
+        message = [0, 7, "produce", ["t", "audio", {"encodings": [{"ssrc": value}]}]]
+        with pytest.raises(InvalidMessageError, match=problem) as info:
+            encode_frame(message)
+        assert "[3][2].encodings[0].ssrc" in info.value.message
+    # Up to 64 bits both ways still travel.
+    for value in (2**64 - 1, -(2**63)):
+        frame = encode_frame([1, value])
+        assert list(FrameDecoder().feed_untrusted(frame)) == [[1, value]]
+
+
+async def test_worker_processes_refuse_what_the_channel_cannot_carry_and_carry_on() -> None:
+    """Past the signaling checks (the engine called directly): an SSRC of 2^64+1 gives a
+    clear refusal, not an OverflowError, and the worker serves the next request."""
+    params = structure_untrusted(fresh_ssrcs(AUDIO["rtpParameters"]), RtpParameters)
+    huge = attrs.evolve(params, encodings=[attrs.evolve(params.encodings[0], ssrc=HUGE)])
+    with trio.fail_after(30):
+        async with open_worker_pool(PoolSettings(workers=1)) as pool:
+            router_id = await pool.create_router(lambda event: None)
+            transport = await pool.create_webrtc_transport(router_id)
+            with pytest.raises(InvalidMessageError, match="integer"):
+                await pool.produce(transport.transport_id, "audio", huge)
+            producer_id = await pool.produce(transport.transport_id, "audio", params)
+            assert producer_id
+            await pool.close_router(router_id)
+
+
+# ---- 8. at most 16 encodings per producer --------------------------------------------------
+
+
+def _simulcast(count: int) -> dict[str, Any]:
+    """VP8 ``rtpParameters`` with ``count`` encodings told apart by rid."""
+    video = {
+        "mimeType": "video/VP8",
+        "payloadType": 96,
+        "clockRate": 90000,
+        "parameters": {},
+        "rtcpFeedback": [],
+    }
+    return {
+        "codecs": [video],
+        "headerExtensions": [
+            {"uri": "urn:ietf:params:rtp-hdrext:sdes:mid", "id": 4},
+            {"uri": "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", "id": 10},
+        ],
+        "encodings": [{"rid": f"r{i}", "scalabilityMode": "L1T3"} for i in range(count)],
+        "rtcp": {"cname": "ann"},
+        "mid": "1",
+    }
+
+
+async def test_a_producer_has_at_most_max_encodings() -> None:
+    with trio.fail_after(30):
+        async with sfu() as (_, server), peer(server, M, "ann") as ann:
+            send = (await ann.create_transport("send"))["transportId"]
+            for count in (MAX_ENCODINGS + 1, 5000):
+                with pytest.raises(SignalingError) as info:
+                    await ann.produce(send, "video", _simulcast(count))
+                assert info.value.code == "invalid_message"
+                assert "'data.rtpParameters.encodings'" in info.value.message
+                assert f"at most {MAX_ENCODINGS}" in info.value.message
+            producer_id = await ann.produce(send, "video", _simulcast(MAX_ENCODINGS))
+            await ann.get_stats(producer_id)  # it exists
+    assert negotiation.MAX_ENCODINGS == MAX_ENCODINGS  # the bound the docs give

@@ -7,8 +7,9 @@ mediasoup parameter objects inside them are :mod:`trio_sfu.ortc.types`.
 Untrusted input enters through :func:`decode_frame_untrusted` (text -> JSON object),
 :func:`parse_envelope_untrusted` (object -> :class:`Envelope`, after
 :func:`check_frame_values_untrusted`: every string representable in UTF-8, every number one
-any JSON reader holds) and :func:`parse_request_untrusted` (envelope -> typed request data).
-They raise only :class:`~trio_sfu.errors.SfuError` subclasses whose ``code`` is
+any JSON reader holds) and :func:`parse_request_untrusted` (envelope -> typed request data,
+whose RTP parameters and capabilities are range-checked here, before any engine or worker
+sees them). They raise only :class:`~trio_sfu.errors.SfuError` subclasses whose ``code`` is
 the answer's error code. Outgoing frames come from :func:`encode_message`, which never fails.
 
 No trio import: this module is pure.
@@ -24,6 +25,7 @@ from typing import Any, Final, Literal, final
 import attrs
 
 from trio_sfu.errors import InvalidMessageError
+from trio_sfu.ortc.negotiation import validate_rtp_capabilities, validate_rtp_parameters
 from trio_sfu.ortc.types import (
     DtlsParameters,
     IceCandidate,
@@ -646,7 +648,12 @@ def parse_envelope_untrusted(obj: dict[str, Any]) -> Envelope:
 
 
 def parse_request_untrusted(envelope: Envelope) -> Request:
-    """Structure an envelope's ``data`` into its request class.
+    """Structure an envelope's ``data`` into its request class, and check the values of
+    its RTP parameters (``rtc:produce``) or capabilities (``rtc:consume``): SSRCs of 32
+    bits, payload types of 7, clock rates and bitrates positive and bounded, integer codec
+    parameters of 32 bits, at most :data:`~trio_sfu.ortc.negotiation.MAX_ENCODINGS`
+    encodings (see :mod:`trio_sfu.ortc.negotiation`). Here, not in the engine, so that the
+    in-process worker and worker processes answer alike.
 
     Raises :class:`InvalidMessageError` whose message names the field (``data.kind``).
     """
@@ -656,9 +663,16 @@ def parse_request_untrusted(envelope: Envelope) -> Request:
     if extra:
         raise InvalidMessageError(f"invalid field {'data.' + extra[0]!r}: unknown field")
     try:
-        return structure_untrusted(envelope.data, cls)
+        request = structure_untrusted(envelope.data, cls)
     except InvalidMessageError as exc:
         raise InvalidMessageError(_in_data(exc.message)) from None
+    if isinstance(request, ProduceRequest):
+        validate_rtp_parameters(
+            request.rtp_parameters, kind=request.kind, where="data.rtpParameters"
+        )
+    elif isinstance(request, ConsumeRequest):
+        validate_rtp_capabilities(request.rtp_capabilities, where="data.rtpCapabilities")
+    return request
 
 
 _FIELD_MESSAGE: Final = re.compile(r"invalid field (['\"])(.*)\1: (.*)", re.DOTALL)
