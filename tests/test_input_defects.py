@@ -8,12 +8,15 @@
 6. Integers of 2^64 and beyond (and values out of their field's range) are refused with
    ``invalid_message`` naming the field, alike with the in-process worker and with worker
    processes; the worker channel refuses what MessagePack cannot carry with a clear error.
-8. A producer has at most :data:`~trio_sfu.ortc.negotiation.MAX_ENCODINGS` encodings.
+8. A token whose ``exp``, ``nbf`` or ``iat`` is not a number is ``token_invalid``; a
+   producer has at most :data:`~trio_sfu.ortc.negotiation.MAX_ENCODINGS` encodings.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -24,6 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Any, get_args, get_origin
 
 import attrs
+import jwt
 import pytest
 import trio
 
@@ -31,6 +35,7 @@ from tests.signaling_harness import (
     AUDIO,
     DEVICE_CAPS,
     DTLS_CLIENT,
+    SECRET,
     RawWebSocket,
     fresh_ssrcs,
     http,
@@ -50,6 +55,8 @@ from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import RtpParameters
 from trio_sfu.server import SfuServer
 from trio_sfu.signaling import messages
+from trio_sfu.signaling.auth import TokenVerifier
+from trio_sfu.signaling.errors import UnauthorizedError
 from trio_sfu.wire import structure_untrusted
 
 M = "m"
@@ -742,3 +749,74 @@ async def test_a_producer_has_at_most_max_encodings() -> None:
             producer_id = await ann.produce(send, "video", _simulcast(MAX_ENCODINGS))
             await ann.get_stats(producer_id)  # it exists
     assert negotiation.MAX_ENCODINGS == MAX_ENCODINGS  # the bound the docs give
+
+
+# ---- 8. token time claims ------------------------------------------------------------------
+
+
+def _signed(claims: dict[str, Any]) -> str:
+    """An HS256 JWT of ``claims`` as given (Infinity and NaN too: PyJWT reads them)."""
+
+    def part(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    head = part({"alg": "HS256", "typ": "JWT"}) + "." + part(claims)
+    signature = hmac.new(SECRET.encode(), head.encode(), hashlib.sha256).digest()
+    return head + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("exp", "9999999999"),
+        ("exp", str(int(time.time()) + 3600)),
+        ("exp", True),
+        ("exp", [9999999999]),
+        ("exp", {"t": 9999999999}),
+        ("exp", math.inf),
+        ("exp", math.nan),
+        ("exp", None),
+        ("nbf", "0"),
+        ("nbf", False),
+        ("nbf", [0]),
+        ("iat", "0"),
+        ("iat", {"t": 0}),
+        ("iat", math.nan),
+    ],
+)
+def test_ill_typed_time_claims_are_token_invalid(claim: str, value: Any) -> None:
+    claims: dict[str, Any] = {"sub": "u", "meetingId": M, "exp": time.time() + 3600}
+    claims[claim] = value
+    with pytest.raises(UnauthorizedError) as info:
+        TokenVerifier(key=SECRET).verify(_signed(claims), M)
+    assert info.value.refusal == "token_invalid", info.value.message
+    assert repr(claim) in info.value.message
+
+
+def test_well_typed_time_claims_still_work() -> None:
+    now = time.time()
+    verifier = TokenVerifier(key=SECRET)
+    ok = {"sub": "u", "meetingId": M, "exp": now + 60, "nbf": int(now) - 1, "iat": now}
+    assert verifier.verify(_signed(ok), M).user_id == "u"
+    with pytest.raises(UnauthorizedError) as info:
+        verifier.verify(_signed({**ok, "exp": int(now) - 60}), M)
+    assert info.value.refusal == "token_expired"
+    with pytest.raises(UnauthorizedError) as info:
+        verifier.verify(_signed({**ok, "nbf": now + 600}), M)
+    assert info.value.refusal == "token_invalid"
+    with pytest.raises(UnauthorizedError) as info:
+        verifier.verify(_signed({**ok, "name": "x" + LONE}), M)
+    assert info.value.refusal == "token_invalid"
+
+
+async def test_a_token_whose_exp_is_a_string_is_refused_at_join() -> None:
+    claims = {"sub": "u", "meetingId": M, "exp": str(int(time.time()) + 3600)}
+    assert jwt.decode(_signed(claims), SECRET, algorithms=["HS256"])["exp"] == claims["exp"]
+    with trio.fail_after(20):
+        async with sfu() as (_, server), RawWebSocket.connect(server) as raw:
+            answer = await raw.request("rtc:join", {"meetingId": M, "token": _signed(claims)})
+            assert answer["type"] == "rtc:error"
+            assert answer["code"] == "unauthorized"
+            assert "'exp'" in answer["error"]
+            text = await metrics_text(server)
+            assert metric(text, 'trio_sfu_refused_total{reason="token_invalid"}') == 1
