@@ -48,11 +48,58 @@ MAX_FRAME: Final = 16 << 20
 _LENGTH = struct.Struct(">I")
 
 
+#: The integers MessagePack carries: 64 bits, signed or unsigned.
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64 - 1
+
+
 def encode_frame(message: Any) -> bytes:
-    body: bytes = msgpack.packb(message, use_bin_type=True)
+    """One frame of ``message``.
+
+    Raises :class:`InvalidMessageError`, naming where in ``message``, for a value that
+    MessagePack cannot carry (an integer beyond 64 bits, a string with a lone surrogate,
+    an object of another type): a refusal of that one request, never a broken channel.
+    Raises ``ValueError`` for a frame over :data:`MAX_FRAME`.
+    """
+    try:
+        body: bytes = msgpack.packb(message, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidMessageError(
+            f"cannot be sent to a worker process: {_unpackable(message) or exc}"
+        ) from None
     if len(body) > MAX_FRAME:
         raise ValueError(f"channel message of {len(body)} bytes is over {MAX_FRAME}")
     return _LENGTH.pack(len(body)) + body
+
+
+def _unpackable(message: Any) -> str | None:
+    """Where in ``message`` the first value MessagePack cannot carry is, and what it is
+    (``[3][2].encodings[0].ssrc is an integer beyond 64 bits``); None if not found. Only
+    on the error path: it walks the whole message."""
+    stack: list[tuple[Any, str]] = [(message, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, (bool, float, bytes, type(None))):
+            continue
+        if isinstance(value, int):
+            if not _MIN_INT <= value <= _MAX_INT:
+                return f"{where or 'the message'} is an integer beyond 64 bits"
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where or 'the message'} is a string that UTF-8 cannot represent"
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                # ascii(): a key that cannot be carried is named by its escapes.
+                name = f".{ascii(key)[1:-1]}" if isinstance(key, str) else f"[{key!r}]"
+                stack.append((key, f"{where}{name} (the key)"))
+                stack.append((item, f"{where}{name}"))
+        else:
+            return f"{where or 'the message'} is of type {type(value).__name__}"
+    return None
 
 
 @final

@@ -53,6 +53,7 @@ from trio_sfu.ortc.types import (
 
 __all__ = [
     "DEFAULT_MEDIA_CODECS",
+    "MAX_ENCODINGS",
     "SUPPORTED_HEADER_EXTENSIONS",
     "URI_ABS_CAPTURE_TIME",
     "URI_ABS_SEND_TIME",
@@ -306,6 +307,19 @@ _RID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SCALABILITY_MODE = re.compile(r"[LS]([1-9][0-9]?)T([1-9][0-9]?)(_KEY)?")
 _MAX_SSRC = 0xFFFFFFFF
 
+#: Encodings (RTP streams, so also rids) one producer may have. Browsers send at most
+#: three simulcast layers (mediasoup-client passes what the application asks for); each
+#: encoding costs the worker a stream with its own RTCP, so the bound is what keeps a
+#: producer cheap.
+MAX_ENCODINGS = 16
+#: Clock rates and bitrates are 32-bit unsigned in RTP (timestamps wrap at 2^32) and in
+#: WebRTC (``RTCRtpEncodingParameters.maxBitrate`` is an ``unsigned long``).
+_MAX_UINT32 = 0xFFFFFFFF
+#: Integer codec and header extension parameters (fmtp values): 32-bit signed, as
+#: mediasoup's worker holds them.
+_MIN_PARAMETER = -(2**31)
+_MAX_PARAMETER = 2**31 - 1
+
 
 def _bad(field: str, problem: str) -> InvalidMessageError:
     return InvalidMessageError(f"invalid field {field!r}: {problem}")
@@ -319,6 +333,21 @@ def _check_mime(mime_type: str, field: str) -> MediaKind:
         if kind.lower() == "video":
             return "video"
     raise _bad(field, f"{mime_type!r} is not an audio/* or video/* MIME type")
+
+
+def _check_parameters(parameters: dict[str, str | int | float], field: str) -> None:
+    for name, value in parameters.items():
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not _MIN_PARAMETER <= value <= _MAX_PARAMETER
+        ):
+            raise _bad(f"{field}.parameters.{name}", f"{value} is not a 32-bit integer")
+
+
+def _check_clock_rate(clock_rate: int, field: str) -> None:
+    if not 1 <= clock_rate <= _MAX_UINT32:
+        raise _bad(f"{field}.clockRate", f"must be positive and at most {_MAX_UINT32}")
 
 
 def _apt(parameters: dict[str, str | int | float], field: str) -> int:
@@ -336,10 +365,11 @@ def validate_rtp_parameters(
     """Check a producer's ``rtpParameters``; return their kind.
 
     Payload types in 0-127 (and not 64-95, RFC 5761), unique; at least one media codec; one
-    kind for all codecs (``kind`` if given); each RTX codec's ``apt`` names a media codec;
-    header extension ids 1-255 and unique; at least one encoding; encodings all with a
-    ``rid`` or all without, and those without a ``rid`` with an ``ssrc``; rids and SSRCs
-    unique; scalabilityMode well-formed.
+    kind for all codecs (``kind`` if given); clock rates 1 to 2^32-1; integer parameters of
+    32 bits; each RTX codec's ``apt`` names a media codec; header extension ids 1-255 and
+    unique; 1 to :data:`MAX_ENCODINGS` encodings, all with a ``rid`` or all without, and
+    those without a ``rid`` with an ``ssrc``; rids and SSRCs (32-bit) unique;
+    ``maxBitrate`` 1 to 2^32-1; scalabilityMode well-formed.
     """
     if not params.codecs:
         raise _bad(f"{where}.codecs", "at least one codec is required")
@@ -360,10 +390,10 @@ def validate_rtp_parameters(
         if pt in payload_types:
             raise _bad(f"{field}.payloadType", f"{pt} is used by two codecs")
         payload_types[pt] = codec
-        if codec.clock_rate <= 0:
-            raise _bad(f"{field}.clockRate", "must be positive")
+        _check_clock_rate(codec.clock_rate, field)
         if codec.channels is not None and not 1 <= codec.channels <= 255:
             raise _bad(f"{field}.channels", "must be 1-255")
+        _check_parameters(codec.parameters, field)
     media = {pt for pt, codec in payload_types.items() if not is_rtx(codec.mime_type)}
     if not media:
         raise _bad(f"{where}.codecs", "no media codec (only RTX)")
@@ -383,9 +413,15 @@ def validate_rtp_parameters(
         if ext.id in ids:
             raise _bad(f"{field}.id", f"{ext.id} is used by two header extensions")
         ids.add(ext.id)
+        _check_parameters(ext.parameters, field)
 
     if not params.encodings:
         raise _bad(f"{where}.encodings", "at least one encoding is required")
+    if len(params.encodings) > MAX_ENCODINGS:
+        raise _bad(
+            f"{where}.encodings",
+            f"{len(params.encodings)} encodings: at most {MAX_ENCODINGS} are accepted",
+        )
     with_rid = sum(1 for e in params.encodings if e.rid is not None)
     if with_rid not in (0, len(params.encodings)):
         raise _bad(f"{where}.encodings", "either every encoding has a rid or none has")
@@ -418,8 +454,8 @@ def validate_rtp_parameters(
             encoding.scalability_mode
         ):
             raise _bad(f"{field}.scalabilityMode", f"{encoding.scalability_mode!r} is not L<n>T<n>")
-        if encoding.max_bitrate is not None and encoding.max_bitrate < 0:
-            raise _bad(f"{field}.maxBitrate", "must not be negative")
+        if encoding.max_bitrate is not None and not 1 <= encoding.max_bitrate <= _MAX_UINT32:
+            raise _bad(f"{field}.maxBitrate", f"must be positive and at most {_MAX_UINT32}")
     if params.mid is not None and not params.mid:
         raise _bad(f"{where}.mid", "must not be empty")
     assert codec_kind is not None
@@ -427,7 +463,8 @@ def validate_rtp_parameters(
 
 
 def validate_rtp_capabilities(caps: RtpCapabilities, *, where: str = "rtpCapabilities") -> None:
-    """Check a client's ``rtpCapabilities`` (kinds, payload types, apt, extension ids)."""
+    """Check a client's ``rtpCapabilities``: kinds, payload types (0-127), clock rates (1
+    to 2^32-1), channels (1-255), integer parameters of 32 bits, apt, extension ids."""
     for index, codec in enumerate(caps.codecs):
         field = f"{where}.codecs[{index}]"
         if _check_mime(codec.mime_type, f"{field}.mimeType") != codec.kind:
@@ -435,8 +472,10 @@ def validate_rtp_capabilities(caps: RtpCapabilities, *, where: str = "rtpCapabil
         pt = codec.preferred_payload_type
         if pt is not None and not 0 <= pt <= 127:
             raise _bad(f"{field}.preferredPayloadType", f"{pt} is not in 0-127")
-        if codec.clock_rate <= 0:
-            raise _bad(f"{field}.clockRate", "must be positive")
+        _check_clock_rate(codec.clock_rate, field)
+        if codec.channels is not None and not 1 <= codec.channels <= 255:
+            raise _bad(f"{field}.channels", "must be 1-255")
+        _check_parameters(codec.parameters, field)
         if is_rtx(codec.mime_type):
             _apt(codec.parameters, field)
     for index, ext in enumerate(caps.header_extensions):

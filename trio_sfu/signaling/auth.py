@@ -7,6 +7,10 @@ create a PlainTransport, docs/protocol-additions.md) are optional. HS256 with th
 default; RS256/ES256 with a public key as an option. Tokens are checked once, on
 ``rtc:join``: a token that expires later does not end the call.
 
+PyJWT checks the signature and that the required claims are there; the claims' types and
+the times are checked here, so that an ill-typed claim is ``token_invalid`` whatever its
+value: PyJWT reads ``"exp": "9999999999"`` as the number, ``"exp": true`` as 1 (expired).
+
 TURN credentials follow coturn's ``use-auth-secret`` (the "TURN REST API" draft):
 username ``"<unix expiry>:<userId>"``, password ``base64(HMAC-SHA1(secret, username))``.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from typing import Any, Final, final
@@ -25,7 +30,7 @@ import jwt
 
 from trio_sfu.config import ServerConfig
 from trio_sfu.signaling.errors import ForbiddenError, UnauthorizedError
-from trio_sfu.signaling.messages import IceServer
+from trio_sfu.signaling.messages import IceServer, is_representable
 
 __all__ = ["Grant", "TokenVerifier", "ice_servers_for", "issue_token", "turn_credentials"]
 
@@ -85,22 +90,34 @@ _OPTIONAL_CLAIMS: Final = {
     "canPlainTransport": bool,
 }
 
+#: Claims that are times: NumericDate (RFC 7519 section 2), a JSON number of seconds.
+_TIME_CLAIMS: Final = ("exp", "nbf", "iat")
+
+
+def _invalid(claim: str, problem: str) -> UnauthorizedError:
+    return UnauthorizedError(f"invalid token: claim {claim!r} {problem}", refusal="token_invalid")
+
 
 def _grant_from_claims(claims: dict[str, Any]) -> Grant:
+    """The grant of well-typed ``claims``; UnauthorizedError (``token_invalid``) for an
+    ill-typed one (not their values: see :func:`_check_times`)."""
     for claim in ("sub", "meetingId"):
         value = claims.get(claim)
         if not isinstance(value, str) or not value:
-            raise UnauthorizedError(
-                f"invalid token: claim {claim!r} must be a non-empty string",
-                refusal="token_invalid",
-            )
+            raise _invalid(claim, "must be a non-empty string")
     for claim, kind in _OPTIONAL_CLAIMS.items():
         value = claims.get(claim)
         if value is not None and type(value) is not kind:
-            raise UnauthorizedError(
-                f"invalid token: claim {claim!r} must be a {kind.__name__}",
-                refusal="token_invalid",
-            )
+            raise _invalid(claim, f"must be a {kind.__name__}")
+    for claim in ("sub", "meetingId", "name"):
+        value = claims.get(claim)
+        if isinstance(value, str) and not is_representable(value):
+            raise _invalid(claim, "holds a lone UTF-16 surrogate, which UTF-8 cannot represent")
+    for claim in _TIME_CLAIMS:
+        if claim in claims:
+            value = claims[claim]
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise _invalid(claim, "must be a number (NumericDate: seconds since 1970)")
     return Grant(
         user_id=claims["sub"],
         meeting_id=claims["meetingId"],
@@ -148,18 +165,20 @@ class TokenVerifier:
                 token,
                 self._key,
                 algorithms=[self._algorithm],
-                options={"require": ["exp", "sub", "meetingId"]},
-                leeway=LEEWAY,
+                # The times are checked by _check_times, after their types.
+                options={
+                    "require": ["exp", "sub", "meetingId"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise UnauthorizedError("token expired", refusal="token_expired") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise UnauthorizedError(
-                f"invalid token: claim {exc.claim!r} is missing", refusal="token_invalid"
-            ) from None
+            raise _invalid(exc.claim, "is missing") from None
         except jwt.InvalidTokenError as exc:
             raise UnauthorizedError(f"invalid token: {exc}", refusal="token_invalid") from None
         grant = _grant_from_claims(claims)
+        _check_times(claims, time.time())
         if grant.meeting_id != meeting_id:
             raise ForbiddenError(
                 f"the token does not admit to meeting {meeting_id!r}",
@@ -168,6 +187,7 @@ class TokenVerifier:
         return grant
 
     def _dev_grant(self, token: str | None, meeting_id: str) -> Grant:
+        # Not verified, times included: a dev token is read as given.
         if token:
             try:
                 claims = jwt.decode(token, options={"verify_signature": False})
@@ -179,6 +199,20 @@ class TokenVerifier:
         return Grant(
             user_id=f"dev-{secrets.token_hex(4)}", meeting_id=meeting_id, can_plain_transport=True
         )
+
+
+def _check_times(claims: dict[str, Any], now: float) -> None:
+    """The time claims (numbers: see :func:`_grant_from_claims`) against ``now``, with
+    :data:`LEEWAY` for clock skew: expired is ``token_expired``; not yet valid (``nbf``)
+    or issued in the future (``iat``) is ``token_invalid``."""
+    if claims["exp"] <= now - LEEWAY:
+        raise UnauthorizedError("token expired", refusal="token_expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and nbf > now + LEEWAY:
+        raise _invalid("nbf", "says the token is not valid yet")
+    iat = claims.get("iat")
+    if iat is not None and iat > now + LEEWAY:
+        raise _invalid("iat", "says the token was issued in the future")
 
 
 def turn_credentials(secret: str, user_id: str, *, ttl: int, now: float) -> tuple[str, str]:

@@ -5,9 +5,12 @@ here; :mod:`trio_sfu.wire` (the one converter) turns them into camelCase JSON an
 mediasoup parameter objects inside them are :mod:`trio_sfu.ortc.types`.
 
 Untrusted input enters through :func:`decode_frame_untrusted` (text -> JSON object),
-:func:`parse_envelope_untrusted` (object -> :class:`Envelope`) and
-:func:`parse_request_untrusted` (envelope -> typed request data). They raise only
-:class:`~trio_sfu.errors.SfuError` subclasses whose ``code`` is the answer's error code.
+:func:`parse_envelope_untrusted` (object -> :class:`Envelope`, after
+:func:`check_frame_values_untrusted`: every string representable in UTF-8, every number one
+any JSON reader holds) and :func:`parse_request_untrusted` (envelope -> typed request data,
+whose RTP parameters and capabilities are range-checked here, before any engine or worker
+sees them). They raise only :class:`~trio_sfu.errors.SfuError` subclasses whose ``code`` is
+the answer's error code. Outgoing frames come from :func:`encode_message`, which never fails.
 
 No trio import: this module is pure.
 """
@@ -15,12 +18,14 @@ No trio import: this module is pure.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Final, Literal, final
 
 import attrs
 
 from trio_sfu.errors import InvalidMessageError
+from trio_sfu.ortc.negotiation import validate_rtp_capabilities, validate_rtp_parameters
 from trio_sfu.ortc.types import (
     DtlsParameters,
     IceCandidate,
@@ -41,6 +46,17 @@ Direction = Literal["send", "recv"]
 
 #: Longest accepted ``requestId`` (PROTOCOL.md: a string of 1-64 characters).
 MAX_REQUEST_ID: Final = 64
+
+#: The largest integer (either sign) a frame may hold: what every JSON reader holds
+#: exactly, an IEEE 754 double's 53-bit significand (RFC 7493, I-JSON, section 2.2). It
+#: also fits the worker channel's 64-bit MessagePack integers.
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+#: The deepest nesting of objects and arrays in a frame (the envelope counts: ``data`` is
+#: at depth 1). A request of the protocol nests some ten deep; ``appData`` is the client's
+#: own. ``json.loads`` reads nesting that ``json.dumps`` cannot write back out (Python's
+#: recursion limit), and ``appData`` goes out to the other peers.
+MAX_DEPTH: Final = 64
 
 # ---- requests (client -> server), the ``data`` of each request type -------------------
 
@@ -467,19 +483,149 @@ def decode_frame_untrusted(text: str) -> dict[str, Any]:
 
 
 def frame_context(obj: dict[str, Any]) -> tuple[str | None, str | None]:
-    """Best-effort ``(requestId, type)`` of a frame, to address an error answer."""
+    """Best-effort ``(requestId, type)`` of a frame, to address an error answer: each
+    only if the answer can carry it (a string that UTF-8 can represent)."""
     request_id = obj.get("requestId")
-    if not (isinstance(request_id, str) and 1 <= len(request_id) <= MAX_REQUEST_ID):
+    if not (
+        isinstance(request_id, str)
+        and 1 <= len(request_id) <= MAX_REQUEST_ID
+        and is_representable(request_id)
+    ):
         request_id = None
     rtype = obj.get("type")
-    return request_id, rtype if isinstance(rtype, str) else None
+    return request_id, rtype if isinstance(rtype, str) and is_representable(rtype) else None
+
+
+#: A UTF-16 surrogate code point. ``json.loads`` makes one of a ``"\ud800"`` escape that
+#: is not half of a pair; no UTF-8 text can hold it.
+_SURROGATE: Final = re.compile("[\\ud800-\\udfff]")
+
+
+def is_representable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (it holds no lone surrogate). O(1) for
+    ASCII text (CPython knows a string is ASCII)."""
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def _field_name(path: tuple[str | int, ...]) -> str:
+    """``("data", "codecs", 0, "mimeType")`` -> ``data.codecs[0].mimeType``."""
+    name = ""
+    for part in path:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else part
+    return name
+
+
+def check_frame_values_untrusted(obj: Any) -> None:
+    """Check every value of a decoded frame against RFC 7493 (I-JSON) 2.1 and 2.2: each
+    string, object keys included, can be written as UTF-8, and each number is one that
+    any JSON reader holds (an integer within :data:`MAX_SAFE_INTEGER`, a finite float);
+    and that it nests at most :data:`MAX_DEPTH` deep.
+
+    ``json.loads`` reads the escape ``"\\ud800"`` as a lone surrogate and ``1e400`` as
+    infinity; echoed in an answer or relayed to the other peers (a display name, an
+    ``appData``), either would make a frame that cannot be sent, and an integer past 64
+    bits cannot go to a worker process. Raises :class:`InvalidMessageError` naming the
+    first such field (``data.appData.a[2]``). Costs about what ``json.loads`` of the frame
+    cost; nesting costs no recursion.
+    """
+    if not _values_allowed(obj):
+        _raise_for_values(obj)
+
+
+def _values_allowed(obj: Any) -> bool:
+    """The rules of :func:`check_frame_values_untrusted` for a value of ``json.loads``,
+    fast: containers are visited once, a leaf costs a type test (an ASCII string, most of
+    them, is known to be ASCII in O(1))."""
+    search = _SURROGATE.search
+    isfinite = math.isfinite
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        items: Any
+        if type(container) is dict:
+            for key in container:
+                if not key.isascii() and search(key):
+                    return False
+            items = container.values()
+        else:
+            items = container
+        for value in items:
+            kind = type(value)
+            if kind is str:
+                if not value.isascii() and search(value):
+                    return False
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                    return False
+            elif kind is float:
+                if not isfinite(value):
+                    return False
+            elif kind is dict or kind is list:
+                stack.append((value, depth + 1))
+    return True
+
+
+def _raise_for_values(obj: Any) -> None:
+    """Find what :func:`_values_allowed` refused, and raise naming its field (slow: it
+    carries every value's path)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(obj, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not is_representable(value):
+                raise _unrepresentable(path, "the string holds a lone UTF-16 surrogate")
+        elif isinstance(value, dict):
+            if len(path) >= MAX_DEPTH:
+                raise _too_deep(path)
+            for key, item in value.items():
+                here = (*path, key)
+                if not is_representable(key):
+                    raise _unrepresentable(here, "the name holds a lone UTF-16 surrogate")
+                stack.append((item, here))
+        elif isinstance(value, list):
+            if len(path) >= MAX_DEPTH:
+                raise _too_deep(path)
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                raise InvalidMessageError(
+                    f"invalid field {_field_name(path)!r}: an integer beyond "
+                    f"+-{MAX_SAFE_INTEGER} (2^53-1), which not every JSON reader holds exactly"
+                )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidMessageError(
+                f"invalid field {_field_name(path)!r}: a number too large to hold (infinity)"
+            )
+    raise InvalidMessageError("invalid frame: a value breaks the I-JSON rules")
+
+
+def _too_deep(path: tuple[str | int, ...]) -> InvalidMessageError:
+    return InvalidMessageError(
+        f"invalid field {_field_name(path)!r}: nested deeper than {MAX_DEPTH} levels"
+    )
+
+
+def _unrepresentable(path: tuple[str | int, ...], what: str) -> InvalidMessageError:
+    # repr() writes the surrogate as its escape: the message itself can be sent.
+    return InvalidMessageError(
+        f"invalid field {_field_name(path)!r}: {what}, which UTF-8 cannot represent"
+    )
 
 
 def parse_envelope_untrusted(obj: dict[str, Any]) -> Envelope:
-    """Check a frame's envelope. ``data`` may be left out (it then means ``{}``).
+    """Check a frame's values (:func:`check_frame_values_untrusted`), then its envelope.
+    ``data`` may be left out (it then means ``{}``).
 
     Raises :class:`InvalidMessageError` naming the field, or :class:`UnknownTypeError`.
     """
+    check_frame_values_untrusted(obj)
     extra = sorted(set(obj) - _ENVELOPE_KEYS)
     if extra:
         raise InvalidMessageError(f"invalid field {extra[0]!r}: unknown envelope field")
@@ -502,7 +648,12 @@ def parse_envelope_untrusted(obj: dict[str, Any]) -> Envelope:
 
 
 def parse_request_untrusted(envelope: Envelope) -> Request:
-    """Structure an envelope's ``data`` into its request class.
+    """Structure an envelope's ``data`` into its request class, and check the values of
+    its RTP parameters (``rtc:produce``) or capabilities (``rtc:consume``): SSRCs of 32
+    bits, payload types of 7, clock rates and bitrates positive and bounded, integer codec
+    parameters of 32 bits, at most :data:`~trio_sfu.ortc.negotiation.MAX_ENCODINGS`
+    encodings (see :mod:`trio_sfu.ortc.negotiation`). Here, not in the engine, so that the
+    in-process worker and worker processes answer alike.
 
     Raises :class:`InvalidMessageError` whose message names the field (``data.kind``).
     """
@@ -512,9 +663,16 @@ def parse_request_untrusted(envelope: Envelope) -> Request:
     if extra:
         raise InvalidMessageError(f"invalid field {'data.' + extra[0]!r}: unknown field")
     try:
-        return structure_untrusted(envelope.data, cls)
+        request = structure_untrusted(envelope.data, cls)
     except InvalidMessageError as exc:
         raise InvalidMessageError(_in_data(exc.message)) from None
+    if isinstance(request, ProduceRequest):
+        validate_rtp_parameters(
+            request.rtp_parameters, kind=request.kind, where="data.rtpParameters"
+        )
+    elif isinstance(request, ConsumeRequest):
+        validate_rtp_capabilities(request.rtp_capabilities, where="data.rtpCapabilities")
+    return request
 
 
 _FIELD_MESSAGE: Final = re.compile(r"invalid field (['\"])(.*)\1: (.*)", re.DOTALL)
@@ -561,5 +719,27 @@ def notification_message(ntype: str, data: Any) -> dict[str, Any]:
 
 
 def encode_message(message: dict[str, Any]) -> str:
-    """The text frame of an outgoing message."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """The text frame of an outgoing message. Never fails for JSON-shaped ``message``: a
+    float that is not finite goes out as ``null``, and a string that UTF-8 cannot
+    represent (a lone surrogate) as its ``\\u`` escape, so the whole frame in ASCII.
+    Requests are checked so that neither comes from a client
+    (:func:`check_frame_values_untrusted`)."""
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or infinity: JSON has no way to write them
+        message = _finite(message)
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not is_representable(text):
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    """A copy of JSON-shaped ``value`` with every float that is not finite as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -215,8 +215,9 @@ class Peer:
         self._close: tuple[int, str] | None = None
         self._jobs_tx, self._jobs_rx = trio.open_memory_channel[Job](0)
         self._current: Job | None = None
-        #: Since when the peer has had no transport (None while it has one), and the
-        #: scope of the wait for its next request, whose deadline is the idle limit.
+        #: Since when the peer has had no transport (None while it has one: only
+        #: _transports_changed sets it), and the scope of the wait for its next request,
+        #: whose deadline is the idle limit.
         self._idle_since: float | None = None
         self._idle_scope: trio.CancelScope | None = None
         self.log = ContextLogger(logger, {"meeting": room.meeting_id, "peer": self.peer_id})
@@ -313,7 +314,7 @@ class Peer:
         """The peer's task, in the room's nursery: serve requests until the peer ends."""
         try:
             with self.cancel_scope:
-                self._idle_since = trio.current_time()
+                self._transports_changed()  # none yet: the idle clock starts
                 task_status.started()
                 while True:
                     job = await self._next_job()
@@ -343,9 +344,37 @@ class Peer:
             return math.inf
         return self._idle_since + self.room.manager.config.peer_idle_timeout
 
+    def _add_transport(self, transport: _Transport) -> None:
+        self.transports[transport.transport_id] = transport
+        self.room.transport_owner[transport.transport_id] = self
+        self._transports_changed()
+
+    def _drop_transport(self, transport_id: str) -> bool:
+        """Forget one of our transports; False if it was not ours (any more)."""
+        if self.transports.pop(transport_id, None) is None:
+            return False
+        self.room.transport_owner.pop(transport_id, None)
+        self._transports_changed()
+        return True
+
+    def _transports_changed(self) -> None:
+        """Keep the idle clock in step with :attr:`transports`, the one state it is read
+        from: stopped while the peer has a transport, started when the last one goes, and
+        the wait for the next request told of its new deadline."""
+        if self.transports:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = trio.current_time()
+        if self._idle_scope is not None:
+            self._idle_scope.deadline = self._idle_deadline()
+
     async def _next_job(self) -> Job | None:
-        """The next request; None when the session is gone. A peer that has had no
-        transport for ``peer_idle_timeout`` seconds meanwhile is ended (reaped)."""
+        """The next request; None when the session is gone, or when the peer has had no
+        transport for ``peer_idle_timeout`` seconds meanwhile (it is then ended: reaped).
+
+        Each time the wait's deadline passes, the peer is either reaped or the deadline is
+        read again from :attr:`transports` (so it is in the future, or infinite while the
+        peer has a transport): a deadline in the past is never waited on twice."""
         while True:
             with trio.CancelScope(deadline=self._idle_deadline()) as idle:
                 self._idle_scope = idle
@@ -355,11 +384,12 @@ class Peer:
                     return None
                 finally:
                     self._idle_scope = None
-            if not self.transports and trio.current_time() >= self._idle_deadline():
+            self._transports_changed()
+            if trio.current_time() >= self._idle_deadline():
                 timeout = self.room.manager.config.peer_idle_timeout
                 self.log.info("no transport for %.0f s: ending the idle peer", timeout)
                 self.end("idle_timeout", close=(CLOSE_IDLE, "idle_timeout"))
-                await trio.lowlevel.checkpoint()  # the cancelled scope ends the peer here
+                return None
 
     def _finish(self) -> None:
         """Answer the request in flight (``rtc:left`` for a leave), then close the
@@ -410,15 +440,10 @@ class Peer:
     def transport_closed(self, transport_id: str, reason: str) -> None:
         """The engine closed one of our transports by itself: the peer hears
         ``rtc:transportClosed``."""
-        if self.transports.pop(transport_id, None) is None:
+        if not self._drop_transport(transport_id):
             return
-        self.room.transport_owner.pop(transport_id, None)
         self.log.info("transport %s closed by the engine: %s", transport_id, reason)
         self.notify("rtc:transportClosed", TransportClosedNotice(transport_id, reason))
-        if not self.transports:
-            self._idle_since = trio.current_time()
-            if self._idle_scope is not None:
-                self._idle_scope.deadline = self._idle_deadline()
         if "consent" in reason:
             self.end("ice_consent_timeout", close=(CLOSE_TRANSPORT_CLOSED, reason))
             return
@@ -521,9 +546,7 @@ class Peer:
             app_data={"peerId": self.peer_id, "direction": req.direction},
         )
         tid = info.transport_id
-        self.transports[tid] = _Transport(tid, req.direction)
-        self.room.transport_owner[tid] = self
-        self._idle_since = None
+        self._add_transport(_Transport(tid, req.direction))
         return TransportCreatedAnswer(
             transport_id=tid,
             direction=req.direction,
@@ -550,8 +573,7 @@ class Peer:
             app_data={"peerId": self.peer_id, "plain": True, **(req.app_data or {})},
         )
         tid = info.transport_id
-        self.transports[tid] = _Transport(tid, req.direction, plain=True)
-        self.room.transport_owner[tid] = self
+        self._add_transport(_Transport(tid, req.direction, plain=True))
         return PlainTransportAnswer(
             transport_id=tid,
             tuple=info.tuple,
