@@ -24,7 +24,7 @@ from hypercorn.trio import serve
 from trio_sfu.config import ServerConfig
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.signaling.app import SignalingApp
-from trio_sfu.signaling.room import CLOSE_GOING_AWAY
+from trio_sfu.signaling.peer import CLOSE_GOING_AWAY
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import trio
 
 from trio_sfu.errors import InvalidStateError, NotFoundError
 from trio_sfu.signaling.context import SignalingContext
-from trio_sfu.signaling.room import CLOSE_KICKED, CLOSE_ROOM_CLOSED
+from trio_sfu.signaling.peer import CLOSE_KICKED, CLOSE_ROOM_CLOSED
 
 __all__ = ["handle_admin"]
 

@@ -18,7 +18,8 @@ from trio_sfu.errors import SfuError
 from trio_sfu.ratelog import DEFAULT_INTERVAL, RateLimitedLog
 from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.metrics import SfuMetrics
-from trio_sfu.signaling.room import PeerLink, RoomManager
+from trio_sfu.signaling.peer import PeerLink
+from trio_sfu.signaling.room import RoomManager
 
 logger = logging.getLogger(__name__)
 

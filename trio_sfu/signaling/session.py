@@ -44,7 +44,7 @@ from trio_sfu.signaling.messages import (
     parse_envelope_untrusted,
     parse_request_untrusted,
 )
-from trio_sfu.signaling.room import ContextLogger, Job, Peer
+from trio_sfu.signaling.peer import ContextLogger, Job, Peer
 
 logger = logging.getLogger(__name__)
 
