@@ -378,6 +378,8 @@ def signaling_seeds() -> list[dict[str, Any]]:
 def _signaling_target() -> Target:
     from trio_sfu.signaling.messages import (
         decode_frame_untrusted,
+        encode_message,
+        error_message,
         frame_context,
         parse_envelope_untrusted,
         parse_request_untrusted,
@@ -388,8 +390,14 @@ def _signaling_target() -> Target:
     def check(data: bytes) -> None:
         text = data.decode("utf-8", "surrogatepass" if b"\\ud" not in data else "replace")
         obj = decode_frame_untrusted(text)
-        frame_context(obj)
+        request_id, rtype = frame_context(obj)
+        # An error answer to any frame can be sent.
+        answer = error_message("invalid_message", "x", request_id=request_id, request=rtype)
+        encode_message(answer).encode("utf-8")
         parse_request_untrusted(parse_envelope_untrusted(obj))
+        # What was accepted can be relayed to other peers as it is: strict UTF-8 JSON
+        # (a lone surrogate, a non-finite number or a nesting json cannot write fails here).
+        json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
     return Target("signaling-json", seeds, check, allowed=(SfuError, UnicodeDecodeError),
                   mutate=mutate_json_bytes)  # fmt: skip
