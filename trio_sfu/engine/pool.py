@@ -49,7 +49,7 @@ from trio_sfu.engine.api import VERBS, EngineEvent, EventCallback, RouterClosed
 from trio_sfu.engine.channel import Channel
 from trio_sfu.engine.pipe import RouterPipes
 from trio_sfu.engine.router import MEDIA_COUNTERS, new_media_counters
-from trio_sfu.engine.verbs import Verb
+from trio_sfu.engine.verbs import Verb, forwarder
 from trio_sfu.engine.worker import WorkerSettings
 from trio_sfu.engine.worker_handle import WorkerDiedError, WorkerHandle, WorkerTimeoutError
 from trio_sfu.errors import InvalidStateError, LimitExceededError, NotFoundError
@@ -402,18 +402,10 @@ class WorkerPool:
     # ---- the verbs -----------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        """The verbs of :data:`~trio_sfu.engine.api.VERBS` but the ones above:
+        """The verbs of :data:`~trio_sfu.engine.api.VERBS` but those above:
         ``await pool.consume(transport_id, ...)`` goes to the worker that :meth:`_route`
         picks. AttributeError for any other name."""
-        verb = VERBS.get(name)
-        if verb is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-        async def route(*args: Any, **kwargs: Any) -> Any:
-            return await self._route(verb, verb.bind(args, kwargs))
-
-        route.__name__ = route.__qualname__ = name
-        return route
+        return forwarder(VERBS, self, name, self._route)
 
     async def _route(self, verb: Verb, values: list[Any]) -> Any:
         """Send ``verb`` (its bound arguments: :meth:`Verb.bind`) to the worker named by

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, Union, final, get_args, get_origin, get_type_hints
 
 import attrs
@@ -141,6 +141,26 @@ class Verb:
 
     def decode_result(self, wire: Any) -> Any:
         return wire if self.result is None else converter.structure(wire, self.result)
+
+
+def forwarder(
+    table: dict[str, Verb],
+    owner: object,
+    name: str,
+    send: Callable[[Verb, list[Any]], Awaitable[Any]],
+) -> Callable[..., Awaitable[Any]]:
+    """What ``owner.<name>`` is for a class that forwards the verbs of ``table`` (from its
+    ``__getattr__``): a coroutine function that binds its arguments (:meth:`Verb.bind`) and
+    hands them to ``send``. AttributeError for any other name."""
+    verb = table.get(name)
+    if verb is None:
+        raise AttributeError(f"{type(owner).__name__!r} object has no attribute {name!r}")
+
+    async def forward(*args: Any, **kwargs: Any) -> Any:
+        return await send(verb, verb.bind(args, kwargs))
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
 
 
 def verb_table(cls: type[Any]) -> dict[str, Verb]:

@@ -23,7 +23,7 @@ its meetings any more, and a restart lets them start again elsewhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, final
 
 import attrs
@@ -40,7 +40,7 @@ from trio_sfu.engine.channel import (
 )
 from trio_sfu.engine.load import LoadMeter
 from trio_sfu.engine.router import new_media_counters
-from trio_sfu.engine.verbs import Verb
+from trio_sfu.engine.verbs import Verb, forwarder
 from trio_sfu.engine.worker import WorkerSettings
 from trio_sfu.errors import BadPacket, InvalidStateError, SfuError
 from trio_sfu.ortc.types import RtpCapabilities
@@ -250,7 +250,7 @@ class WorkerHandle:
 
     # ---- requests on this worker ---------------------------------------------------------
 
-    async def request(self, verb: Verb, values: Sequence[Any]) -> Any:
+    async def request(self, verb: Verb, values: list[Any]) -> Any:
         """Send ``verb`` with its bound arguments (:meth:`Verb.bind`); its result."""
         result = verb.decode_result(await self.call(verb.name, verb.encode_args(values)))
         if verb.name == "consume":
@@ -260,15 +260,7 @@ class WorkerHandle:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         """The verbs: ``await handle.consume(transport_id, ...)`` sends ``consume`` to this
         worker. AttributeError for any other name."""
-        verb = VERBS.get(name)
-        if verb is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-        async def send(*args: Any, **kwargs: Any) -> Any:
-            return await self.request(verb, verb.bind(args, kwargs))
-
-        send.__name__ = send.__qualname__ = name
-        return send
+        return forwarder(VERBS, self, name, self.request)
 
     async def create_router(self, on_event: EventCallback) -> str:
         router_id: str = await self.call("create_router", [])
