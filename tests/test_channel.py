@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 import signal
+import socket
 
 import attrs
 import cattrs
@@ -26,6 +27,9 @@ from trio_sfu.config import ServerConfig, config_from_env
 from trio_sfu.engine import api
 from trio_sfu.engine.channel import (
     MAX_FRAME,
+    REQUEST,
+    RESPONSE,
+    Channel,
     FrameDecoder,
     decode_error,
     decode_event,
@@ -35,7 +39,8 @@ from trio_sfu.engine.channel import (
 )
 from trio_sfu.engine.pool import PoolSettings, WorkerDiedError, WorkerPool, open_worker_pool
 from trio_sfu.engine.worker import WorkerSettings
-from trio_sfu.engine.worker_process import structure_args
+from trio_sfu.engine.worker_handle import WorkerTimeoutError
+from trio_sfu.engine.worker_process import run_worker_process, structure_args
 from trio_sfu.errors import (
     BadPacket,
     InvalidStateError,
@@ -219,3 +224,147 @@ def test_each_worker_takes_its_own_port_and_tag() -> None:
     assert config_from_env({"TRIO_SFU_WORKERS": "3"}).workers == 3
     assert config_from_env({"TRIO_SFU_WORKERS": ""}).workers is None
     assert config_from_env({"TRIO_SFU_PIPE_THRESHOLD": "50"}).pipe_threshold == 50
+
+
+def _worker_of(pool: WorkerPool, router_id: str) -> tuple[int, int]:
+    """The index and pid of the worker holding ``router_id``."""
+    (index,) = [r["worker"] for r in pool.dump()["routers"] if r["id"] == router_id]
+    pid = pool.workers_info()[index]["pid"]
+    assert isinstance(pid, int)
+    return index, pid
+
+
+async def test_a_wedged_worker_times_out_its_own_callers_and_is_replaced() -> None:
+    """A worker that stops (SIGSTOP: it reads nothing and answers nothing) costs only its
+    own callers: each gets WorkerTimeoutError once ``request_timeout`` is up, whether its
+    request was written and waits for an answer, or could not be written (the socket is
+    full, and the write is shielded from the caller's cancellation). The worker is then
+    killed and replaced (its router's owner hears ``worker_died``); the other worker
+    answers at once all along."""
+    timeout = 1.5
+    settings = PoolSettings(workers=2, request_timeout=timeout, restart_delay=0.1)
+    with trio.fail_after(40):
+        async with open_worker_pool(settings) as pool:
+            events: list[api.EngineEvent] = []
+            wedged_router = await pool.create_router(events.append)
+            healthy_router = await pool.create_router(lambda event: None)
+            wedged = (await pool.create_webrtc_transport(wedged_router)).transport_id
+            healthy = (await pool.create_webrtc_transport(healthy_router)).transport_id
+            index, pid = _worker_of(pool, wedged_router)
+            assert _worker_of(pool, healthy_router)[0] != index
+            os.kill(pid, signal.SIGSTOP)
+            took: list[float] = []
+            answered = 0
+
+            async def wedged_call(big: bool) -> None:
+                started = trio.current_time()
+                with pytest.raises(WorkerTimeoutError, match="did not answer") as caught:
+                    if big:  # 256 KiB each: a few fill the socket, the next write blocks
+                        app_data = {"blob": "x" * (256 << 10)}
+                        await pool.create_webrtc_transport(wedged_router, app_data=app_data)
+                    else:
+                        await pool.get_stats(wedged)
+                assert caught.value.code == "invalid_state"
+                took.append(trio.current_time() - started)
+
+            async def healthy_calls() -> None:
+                nonlocal answered
+                until = trio.current_time() + timeout + 1.0
+                while trio.current_time() < until:
+                    with trio.fail_after(2.0):
+                        assert await pool.get_stats(healthy)
+                    answered += 1
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(wedged_call, False)
+                await trio.sleep(0.1)
+                for _ in range(6):
+                    nursery.start_soon(wedged_call, True)
+                nursery.start_soon(healthy_calls)
+            assert len(took) == 9
+            assert all(timeout - 0.2 < t < timeout + 3.0 for t in took), took
+            assert answered > 10
+
+            # Killed, as a death: the owner hears of it, the slot gets a new process.
+            with trio.fail_after(10):
+                while not events:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                while pool.workers_info()[index]["pid"] in (None, pid):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert events == [api.RouterClosed(wedged_router, "worker_died")]
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            assert pool.workers_info()[index]["restarts"] == 1
+            with pytest.raises(NotFoundError):
+                await pool.get_stats(wedged)
+            router = await pool.create_router(lambda event: None, avoid=[healthy_router])
+            assert await pool.get_stats((await pool.create_webrtc_transport(router)).transport_id)
+
+
+async def test_a_worker_whose_parent_stops_reading_stays_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker's queue toward the parent is bounded (8 messages here). While the parent
+    reads nothing: answers wait for room and the worker reads no further request (so the
+    parent's own writes block: neither side grows), load reports are skipped (the worker
+    goes on), and the first event that finds the queue full ends the worker (dropping it
+    would leave the parent believing in a transport that is gone). The parent then reads
+    the answers that were written, in order, and the end of the channel."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock)))
+    ended: list[bool] = []
+    settings = WorkerSettings(transport_connect_timeout=8.0)
+
+    async def ask(request_id: int, method: str, args: list[object]) -> object:
+        await parent.send([REQUEST, request_id, method, args])
+        while True:
+            message = await parent.receive()
+            if message[0] == RESPONSE:
+                assert message[1:3] == [request_id, True], message
+                return message[3]
+
+    async def worker() -> None:
+        ended.append(await run_worker_process(child_sock.detach(), os.getppid(), 0.05, 8))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker)
+            try:
+                await ask(1, "start", [converter.unstructure(settings)])
+                router_id = await ask(2, "create_router", [])
+                transport = await ask(3, "create_webrtc_transport", [router_id, False, None])
+                assert isinstance(transport, dict)
+                closes_at = trio.current_time() + 8.0  # its DTLS never connects
+                # The parent stops reading and asks on and on, until its writes block.
+                sent = 3
+                while sent < 100_000:
+                    with trio.move_on_after(1.0) as blocked:
+                        await parent.send(
+                            [REQUEST, sent + 1, "get_stats", [transport["transportId"]]]
+                        )
+                    if blocked.cancelled_caught:
+                        break
+                    sent += 1
+                assert sent < 100_000, "the worker read every request"
+                assert trio.current_time() < closes_at - 1.0, "too slow a machine for this test"
+                await trio.sleep_until(closes_at - 0.5)
+                assert not ended  # load reports found the queue full: skipped
+                # The transport closes by itself: its event finds the queue full.
+                with trio.fail_after(5):
+                    while not ended:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                assert ended == [False]
+                assert "has not read the last 8 messages" in caplog.text
+                answers = []
+                # It may end in the middle of a frame, or reset (its requests were unread).
+                with contextlib.suppress(BadPacket, trio.BrokenResourceError):
+                    while (message := await parent.receive()) is not None:
+                        if message[0] == RESPONSE:
+                            assert message[2] is True
+                            answers.append(message[1])
+                assert answers == list(range(4, 4 + len(answers)))
+                assert 0 < len(answers) < sent - 3
+            finally:
+                nursery.cancel_scope.cancel()
+    await parent.aclose()

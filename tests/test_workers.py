@@ -23,6 +23,7 @@ import trio
 
 from tests.signaling_harness import ADMIN_TOKEN, http, make_config, running_server, token
 from trio_sfu.client.peer import MediaPeer, RemoteConsumer, open_peer
+from trio_sfu.client.signaling import SignalingError
 from trio_sfu.client.synthetic import (
     SyntheticPublisher,
     audio_rtp_parameters,
@@ -186,6 +187,50 @@ async def test_meetings_spread_and_a_dead_worker_costs_only_its_own() -> None:
             await server.app.rooms.wait_all_closed()
             # Everyone left: the workers hold nothing.
             assert [dump["routers"] for dump in await pool.dump_workers()] == [[], []]
+
+
+async def test_a_wedged_worker_answers_its_peers_with_an_error_and_is_replaced() -> None:
+    """A worker that stops answering (SIGSTOP) gets its peers' requests a clean rtc:error
+    (invalid_state) once the pool's request timeout is up, not an answer that never
+    comes; the other worker's meeting goes on (its requests answered, its media flowing);
+    the wedged worker is killed, and its meeting's peers hear rtc:roomClosed worker_died."""
+    with trio.fail_after(40):
+        async with pool_server(request_timeout=1.5) as (pool, server), AsyncExitStack() as stack:
+            ann, _, bob, bob_consumer = await audio_call(stack, server, "alpha", ("ann", "bob"))
+            cat, cat_audio, dan, dan_consumer = await audio_call(
+                stack, server, "beta", ("cat", "dan")
+            )
+            alpha_worker = worker_of(pool, router_of(server, "alpha"))
+            assert worker_of(pool, router_of(server, "beta")) != alpha_worker
+            wedged_pid = pool.workers_info()[alpha_worker]["pid"]
+            os.kill(wedged_pid, signal.SIGSTOP)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_audio, cat, cat_audio, 100)
+                failed = trio.Event()
+
+                async def bob_asks() -> None:
+                    started = trio.current_time()
+                    with pytest.raises(SignalingError) as caught:
+                        await bob.signaling.get_stats(bob_consumer.consumer_id)
+                    assert caught.value.code == "invalid_state"
+                    assert "did not answer" in caught.value.message
+                    assert 1.3 < trio.current_time() - started < 5.0
+                    failed.set()
+
+                nursery.start_soon(bob_asks)
+                # While Bob waits, the other meeting is served as ever.
+                with trio.fail_after(1.0):
+                    assert await dan.signaling.get_stats(dan_consumer.consumer_id)
+                    await receive_audio(dan, dan_consumer, 10)
+                assert not failed.is_set()
+                await failed.wait()
+                with trio.fail_after(5):
+                    for peer in (ann, bob):
+                        note = await peer.signaling.next_notification("rtc:roomClosed")
+                        assert note.data == {"meetingId": "alpha", "reason": WORKER_DIED}
+                nursery.cancel_scope.cancel()
+            with pytest.raises(ProcessLookupError):
+                os.kill(wedged_pid, 0)
 
 
 async def test_a_meeting_past_the_threshold_spreads_to_a_second_worker() -> None:

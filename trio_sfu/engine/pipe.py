@@ -12,8 +12,9 @@ For a producer of router A to be consumable on router B, :class:`RouterPipes` ma
 Everything is done through the engine's id-based primitives (``create_pipe_transport``,
 ``connect_pipe_transport``, ``pipe_consume``, ``pipe_produce``, ``close_*``,
 ``pause_producer`` / ``resume_producer``) on whichever engine holds each router:
-``endpoint_for(router_id)`` says which. In one process that is the Worker for both; in a
-pool of worker processes, the proxy of each router's worker.
+``endpoint_for(router_id)`` says which (any :class:`~trio_sfu.engine.api.EngineVerbs`). In
+one process that is the Worker for both; in a pool of worker processes, the handle of each
+router's worker.
 
 What follows a pipe is driven by the events the routers emit, handed to :meth:`on_event`
 before anyone else sees them:
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, final
+from typing import final
 
 import attrs
 import trio
@@ -46,47 +47,17 @@ from trio_sfu.engine.api import (
     ConsumerClosed,
     ConsumerProducerPaused,
     EngineEvent,
-    Kind,
-    PipeConsumerInfo,
-    PipeTransportInfo,
+    EngineVerbs,
     RouterClosed,
     TransportClosed,
 )
 from trio_sfu.errors import InvalidStateError, SfuError
-from trio_sfu.ortc.types import RtpParameters
 
 logger = logging.getLogger(__name__)
 
 
-class PipeEndpoint(Protocol):
-    """What :class:`RouterPipes` asks of the engine that holds a router (a subset of
-    :class:`~trio_sfu.engine.api.MediaEngine`)."""
-
-    async def create_pipe_transport(self, router_id: str) -> PipeTransportInfo: ...
-
-    async def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None: ...
-
-    async def pipe_consume(self, transport_id: str, producer_id: str) -> PipeConsumerInfo: ...
-
-    async def pipe_produce(
-        self,
-        transport_id: str,
-        producer_id: str,
-        kind: Kind,
-        rtp_parameters: RtpParameters,
-        *,
-        paused: bool = False,
-    ) -> None: ...
-
-    async def close_transport(self, transport_id: str) -> None: ...
-    async def close_consumer(self, consumer_id: str) -> None: ...
-    async def close_producer(self, producer_id: str) -> None: ...
-    async def pause_producer(self, producer_id: str) -> None: ...
-    async def resume_producer(self, producer_id: str) -> None: ...
-
-
 #: router id -> the engine that holds it.
-EndpointResolver = Callable[[str], PipeEndpoint]
+EndpointResolver = Callable[[str], EngineVerbs]
 
 
 @attrs.define(eq=False)
@@ -135,9 +106,9 @@ class _Pipe:
 class RouterPipes:
     """The pipes between routers: which exist, making them, and following their producers.
 
-    ``endpoint_for(router_id)`` gives the engine holding a router (see
-    :class:`PipeEndpoint`); ``nursery`` owns the follow-up tasks (closes and pauses on the
-    other router), which never outlive it.
+    ``endpoint_for(router_id)`` gives the engine holding a router (its verbs act on that
+    router's worker whatever the ids say); ``nursery`` owns the follow-up tasks (closes and
+    pauses on the other router), which never outlive it.
     """
 
     def __init__(self, endpoint_for: EndpointResolver, nursery: trio.Nursery) -> None:

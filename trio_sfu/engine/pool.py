@@ -15,6 +15,9 @@ Ownership::
 Routing: every id a worker makes starts with the worker's tag (``w1g3-``: slot 1, third
 process in that slot), so any id names the worker that holds it; the pool keeps no index
 of entities. The ids of a dead worker's entities name no live worker and are ``not_found``.
+Each verb of :data:`~trio_sfu.engine.api.VERBS` names the parameter that routes it: the
+pool's ``__getattr__`` serves them all from that table, and only what the pool does
+besides sending (the books of routers, the pipes) is written here.
 
 A worker's death (crash, SIGKILL, OOM) ends its channel: the reader sees the end of stream
 at once, requests waiting on that worker fail, each of its routers' owners gets
@@ -22,7 +25,11 @@ at once, requests waiting on that worker fail, each of its routers' owners gets
 as retired totals, and the slot starts a new process (at most once per
 ``restart_delay``). Closing the pool closes every channel; a worker that sees its channel
 end closes its routers and exits, and one that has not exited ``stop_timeout`` later is
-killed. A worker whose parent dies exits by itself (its channel ends).
+killed. A worker whose parent dies exits by itself (its channel ends). A worker that
+leaves a request unanswered for ``request_timeout`` seconds is taken for wedged: its caller
+gets :class:`~trio_sfu.engine.worker_handle.WorkerTimeoutError` (``invalid_state`` to a
+client) and the worker is killed, which is then a death like any other. A wedged worker
+costs only its own callers: each worker has a channel of its own.
 """
 
 from __future__ import annotations
@@ -38,44 +45,26 @@ from typing import Any, Final, final
 import attrs
 import trio
 
-from trio_sfu.engine.api import (
-    ConsumerInfo,
-    EngineEvent,
-    EventCallback,
-    Kind,
-    PipeConsumerInfo,
-    PipeTransportInfo,
-    PlainTransportInfo,
-    RouterClosed,
-    TransportInfo,
-)
-from trio_sfu.engine.channel import (
-    NOTIFY,
-    REQUEST,
-    RESPONSE,
-    Channel,
-    decode_error,
-    decode_event,
-)
-from trio_sfu.engine.load import LoadMeter
+from trio_sfu.engine.api import VERBS, EngineEvent, EventCallback, RouterClosed
+from trio_sfu.engine.channel import Channel
 from trio_sfu.engine.pipe import RouterPipes
 from trio_sfu.engine.router import MEDIA_COUNTERS, new_media_counters
+from trio_sfu.engine.verbs import Verb, forwarder
 from trio_sfu.engine.worker import WorkerSettings
-from trio_sfu.errors import (
-    BadPacket,
-    InvalidStateError,
-    LimitExceededError,
-    NotFoundError,
-    SfuError,
-)
-from trio_sfu.ortc.types import (
-    DtlsParameters,
-    IceParameters,
-    RtpCapabilities,
-    RtpParameters,
-    SrtpParameters,
-)
+from trio_sfu.engine.worker_handle import WorkerDiedError, WorkerHandle, WorkerTimeoutError
+from trio_sfu.errors import InvalidStateError, LimitExceededError, NotFoundError
+from trio_sfu.ortc.types import RtpCapabilities
 from trio_sfu.wire import converter
+
+__all__ = [
+    "WORKER_DIED",
+    "PoolSettings",
+    "WorkerDiedError",
+    "WorkerHandle",
+    "WorkerPool",
+    "WorkerTimeoutError",
+    "open_worker_pool",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,311 +91,10 @@ class PoolSettings:
     #: How long a worker may take to start, and to exit once its channel is closed.
     start_timeout: float = 30.0
     stop_timeout: float = 5.0
+    #: How long a request may take, from the call to the answer; a worker that takes
+    #: longer is taken for wedged and replaced (see :mod:`~trio_sfu.engine.worker_handle`).
+    request_timeout: float = 15.0
     log_level: str = "info"
-
-
-class WorkerDiedError(InvalidStateError):
-    """The worker holding the entity died while (or before) the request ran."""
-
-
-@final
-@attrs.define(eq=False)
-class _Pending:
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: Any = None
-    error: SfuError | None = None
-
-
-@final
-class WorkerHandle:
-    """The signaling side of one worker process: its channel, its routers, its load.
-
-    Its methods are the MediaEngine calls, sent to this worker whatever the ids say (the
-    pool picks the worker; pipe-to-router uses a handle directly).
-    """
-
-    def __init__(self, index: int, generation: int, settings: WorkerSettings) -> None:
-        self.index = index
-        self.generation = generation
-        self.tag = f"w{index}g{generation}-"
-        self.settings = settings
-        self.pid: int | None = None
-        self.alive = False
-        self.died = trio.Event()
-        #: Its channel ended by itself (EOF or broken): the process died, it was not
-        #: stopped by the pool.
-        self.channel_ended = False
-        #: Taken out of the pool's books (see WorkerPool._forget_worker).
-        self.forgotten = False
-        self.channel: Channel | None = None
-        self.udp_port: int | None = None
-        self.tcp_port: int | None = None
-        self.rtp_capabilities: RtpCapabilities | None = None
-        #: The routers this worker holds, with their owners' event callbacks.
-        self.routers: dict[str, EventCallback] = {}
-        #: The last load report, and rates from successive ones.
-        self.report: dict[str, Any] = {}
-        self.meter = LoadMeter()
-        #: Consumers created through the pool since the last report (placement would
-        #: otherwise see a burst of joins a report late).
-        self.consumers_since_report = 0
-        self._pending: dict[int, _Pending] = {}
-        self._next_request = 0
-
-    # ---- the channel ---------------------------------------------------------------------
-
-    async def call(self, method: str, *args: Any) -> Any:
-        """Send one request and wait for its answer. Raises what the worker refused with,
-        or :class:`WorkerDiedError`. Cancelling the caller abandons the answer, not the
-        request."""
-        channel = self.channel
-        if channel is None or self.died.is_set():
-            raise WorkerDiedError(f"worker {self.index} is not running")
-        self._next_request += 1
-        request_id = self._next_request
-        pending = _Pending()
-        self._pending[request_id] = pending
-        try:
-            # A cancelled half-written frame would break the channel for everyone.
-            with trio.CancelScope(shield=True):
-                try:
-                    await channel.send([REQUEST, request_id, method, list(args)])
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise WorkerDiedError(f"worker {self.index} died") from None
-            await pending.done.wait()
-        finally:
-            del self._pending[request_id]
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
-
-    async def read_loop(
-        self,
-        on_event: Callable[[WorkerHandle, EngineEvent], None],
-        on_death: Callable[[WorkerHandle], None],
-    ) -> None:
-        """Read answers and notifications until the channel ends; then this worker is
-        dead: ``on_death`` runs, and then every waiting call fails (so that the owners of
-        its routers hear of the death before any request fails)."""
-        channel = self.channel
-        assert channel is not None
-        try:
-            while True:
-                try:
-                    message = await channel.receive()
-                except (BadPacket, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    logger.error("worker %d: broken channel: %s", self.index, exc)
-                    self.channel_ended = True
-                    return
-                if message is None:
-                    self.channel_ended = True
-                    return
-                self._dispatch(message, on_event)
-        finally:
-            self.alive = False
-            self.died.set()
-            on_death(self)
-            for pending in self._pending.values():
-                pending.error = WorkerDiedError(f"worker {self.index} died")
-                pending.done.set()
-
-    def _dispatch(
-        self, message: Any, on_event: Callable[[WorkerHandle, EngineEvent], None]
-    ) -> None:
-        kind = message[0]
-        if kind == RESPONSE:
-            _, request_id, ok, value = message
-            pending = self._pending.get(request_id)
-            if pending is not None:
-                if ok:
-                    pending.result = value
-                else:
-                    pending.error = decode_error(value)
-                pending.done.set()
-        elif kind == NOTIFY:
-            _, name, payload = message
-            if name == "event":
-                on_event(self, decode_event(payload))
-            elif name == "load":
-                self.report = payload
-                self.consumers_since_report = 0
-                counters = payload["counters"]
-                self.meter.sample(
-                    payload["time"],
-                    counters["packets_in"] + counters["packets_out"],
-                    payload["cpuSeconds"],
-                )
-
-    # ---- load ------------------------------------------------------------------------------
-
-    def consumers(self) -> int:
-        return int(self.report.get("consumers", 0)) + self.consumers_since_report
-
-    def info(self) -> dict[str, Any]:
-        report = self.report
-        return {
-            "index": self.index,
-            "pid": self.pid,
-            "generation": self.generation,
-            "alive": self.alive,
-            "udpPort": self.udp_port,
-            "tcpPort": self.tcp_port,
-            "routers": len(self.routers),
-            "transports": report.get("transports", 0),
-            "producers": report.get("producers", 0),
-            "consumers": self.consumers(),
-            "packetsPerSecond": self.meter.packets_per_second,
-            "cpuPercent": self.meter.cpu_percent,
-            "maxRssKib": report.get("maxRssKib", 0),
-            "counters": report.get("counters", new_media_counters()),
-        }
-
-    # ---- MediaEngine calls, on this worker ----------------------------------------------
-
-    async def create_router(self, on_event: EventCallback) -> str:
-        router_id: str = await self.call("create_router")
-        self.routers[router_id] = on_event
-        return router_id
-
-    async def close_router(self, router_id: str) -> None:
-        if self.routers.pop(router_id, None) is not None and not self.died.is_set():
-            await self.call("close_router", router_id)
-
-    async def create_webrtc_transport(
-        self, router_id: str, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
-    ) -> TransportInfo:
-        raw = await self.call("create_webrtc_transport", router_id, force_tcp, app_data)
-        return converter.structure(raw, TransportInfo)
-
-    async def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
-        await self.call("connect_transport", transport_id, converter.unstructure(dtls_parameters))
-
-    async def restart_ice(self, transport_id: str) -> IceParameters:
-        return converter.structure(await self.call("restart_ice", transport_id), IceParameters)
-
-    async def close_transport(self, transport_id: str) -> None:
-        await self.call("close_transport", transport_id)
-
-    async def produce(
-        self, transport_id: str, kind: Kind, rtp_parameters: RtpParameters, *, paused: bool
-    ) -> str:
-        params = converter.unstructure(rtp_parameters)
-        producer_id: str = await self.call("produce", transport_id, kind, params, paused)
-        return producer_id
-
-    async def close_producer(self, producer_id: str) -> None:
-        await self.call("close_producer", producer_id)
-
-    async def pause_producer(self, producer_id: str) -> None:
-        await self.call("pause_producer", producer_id)
-
-    async def resume_producer(self, producer_id: str) -> None:
-        await self.call("resume_producer", producer_id)
-
-    async def can_consume(
-        self, router_id: str, producer_id: str, rtp_capabilities: RtpCapabilities
-    ) -> bool:
-        caps = converter.unstructure(rtp_capabilities)
-        return bool(await self.call("can_consume", router_id, producer_id, caps))
-
-    async def consume(
-        self,
-        transport_id: str,
-        producer_id: str,
-        rtp_capabilities: RtpCapabilities,
-        *,
-        paused: bool,
-    ) -> ConsumerInfo:
-        caps = converter.unstructure(rtp_capabilities)
-        raw = await self.call("consume", transport_id, producer_id, caps, paused)
-        self.consumers_since_report += 1
-        return converter.structure(raw, ConsumerInfo)
-
-    async def close_consumer(self, consumer_id: str) -> None:
-        await self.call("close_consumer", consumer_id)
-
-    async def pause_consumer(self, consumer_id: str) -> None:
-        await self.call("pause_consumer", consumer_id)
-
-    async def resume_consumer(self, consumer_id: str) -> None:
-        await self.call("resume_consumer", consumer_id)
-
-    async def set_consumer_preferred_layers(
-        self, consumer_id: str, spatial_layer: int, temporal_layer: int | None
-    ) -> tuple[int, int]:
-        spatial, temporal = await self.call(
-            "set_consumer_preferred_layers", consumer_id, spatial_layer, temporal_layer
-        )
-        return int(spatial), int(temporal)
-
-    async def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
-        stats: list[dict[str, Any]] = await self.call("get_stats", entity_id)
-        return stats
-
-    async def dump(self) -> dict[str, Any]:
-        dump: dict[str, Any] = await self.call("dump")
-        return dump
-
-    # ---- pipes (trio_sfu.engine.pipe.PipeEndpoint) -------------------------------------------
-
-    async def create_pipe_transport(self, router_id: str) -> PipeTransportInfo:
-        raw = await self.call("create_pipe_transport", router_id)
-        return converter.structure(raw, PipeTransportInfo)
-
-    async def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None:
-        await self.call("connect_pipe_transport", transport_id, ip, port)
-
-    async def pipe_consume(self, transport_id: str, producer_id: str) -> PipeConsumerInfo:
-        raw = await self.call("pipe_consume", transport_id, producer_id)
-        return converter.structure(raw, PipeConsumerInfo)
-
-    async def pipe_produce(
-        self,
-        transport_id: str,
-        producer_id: str,
-        kind: Kind,
-        rtp_parameters: RtpParameters,
-        *,
-        paused: bool = False,
-    ) -> None:
-        params = converter.unstructure(rtp_parameters)
-        await self.call("pipe_produce", transport_id, producer_id, kind, params, paused)
-
-    # ---- plain transports ----------------------------------------------------------------
-
-    async def create_plain_transport(
-        self,
-        router_id: str,
-        *,
-        rtcp_mux: bool = True,
-        comedia: bool = False,
-        enable_srtp: bool = False,
-        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
-        app_data: dict[str, Any] | None = None,
-    ) -> PlainTransportInfo:
-        raw = await self.call(
-            "create_plain_transport",
-            router_id,
-            rtcp_mux,
-            comedia,
-            enable_srtp,
-            srtp_crypto_suite,
-            app_data,
-        )
-        return converter.structure(raw, PlainTransportInfo)
-
-    async def connect_plain_transport(
-        self,
-        transport_id: str,
-        *,
-        ip: str | None = None,
-        port: int | None = None,
-        rtcp_port: int | None = None,
-        srtp_parameters: SrtpParameters | None = None,
-    ) -> PlainTransportInfo:
-        srtp = None if srtp_parameters is None else converter.unstructure(srtp_parameters)
-        raw = await self.call("connect_plain_transport", transport_id, ip, port, rtcp_port, srtp)
-        return converter.structure(raw, PlainTransportInfo)
 
 
 @final
@@ -453,7 +141,12 @@ class WorkerPool:
         started: Callable[[], None] | None = task_status.started
         while not self._closing:
             generation += 1
-            handle = WorkerHandle(index, generation, self._worker_settings(index, generation))
+            handle = WorkerHandle(
+                index,
+                generation,
+                self._worker_settings(index, generation),
+                self.settings.request_timeout,
+            )
             began = trio.current_time()
             try:
                 await self._run_worker(handle, started)
@@ -501,13 +194,18 @@ class WorkerPool:
         finally:
             child_end.close()
         handle.pid = process.pid
+        handle.process = process
         channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(parent_end)))
         handle.channel = channel
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(handle.read_loop, self._on_worker_event, self._forget_worker)
                 with trio.fail_after(self.settings.start_timeout):
-                    hello = await handle.call("start", converter.unstructure(handle.settings))
+                    hello = await handle.call(
+                        "start",
+                        [converter.unstructure(handle.settings)],
+                        answer_within=self.settings.start_timeout,
+                    )
                 handle.udp_port = hello["udpPort"]
                 handle.tcp_port = hello["tcpPort"]
                 handle.rtp_capabilities = converter.structure(
@@ -529,7 +227,7 @@ class WorkerPool:
                 nursery.cancel_scope.cancel()
         finally:
             self._forget_worker(handle)
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):  # bounded: two stop_timeouts at most
                 await self._reap(handle, process, channel)
 
     def _forget_worker(self, handle: WorkerHandle) -> None:
@@ -569,7 +267,11 @@ class WorkerPool:
         if process.returncode is None:
             logger.warning("worker %d (pid %d) did not exit: killing it", handle.index, process.pid)
             process.kill()
-            await process.wait()
+            with trio.move_on_after(self.settings.stop_timeout):
+                await process.wait()
+            if process.returncode is None:
+                logger.error("worker %d (pid %d) outlived SIGKILL", handle.index, process.pid)
+                return
         if not self._closing or process.returncode:
             logger.info(
                 "worker %d (pid %d) exited: %s", handle.index, process.pid, process.returncode
@@ -651,120 +353,10 @@ class WorkerPool:
         assert caps is not None
         return caps
 
-    async def create_webrtc_transport(
-        self, router_id: str, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
-    ) -> TransportInfo:
-        return await self._router_handle(router_id).create_webrtc_transport(
-            router_id, force_tcp=force_tcp, app_data=app_data
-        )
-
-    async def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
-        await self._handle_of(transport_id).connect_transport(transport_id, dtls_parameters)
-
-    async def create_plain_transport(
-        self,
-        router_id: str,
-        *,
-        rtcp_mux: bool = True,
-        comedia: bool = False,
-        enable_srtp: bool = False,
-        srtp_crypto_suite: str = "AES_CM_128_HMAC_SHA1_80",
-        app_data: dict[str, Any] | None = None,
-    ) -> PlainTransportInfo:
-        return await self._router_handle(router_id).create_plain_transport(
-            router_id,
-            rtcp_mux=rtcp_mux,
-            comedia=comedia,
-            enable_srtp=enable_srtp,
-            srtp_crypto_suite=srtp_crypto_suite,
-            app_data=app_data,
-        )
-
-    async def connect_plain_transport(
-        self,
-        transport_id: str,
-        *,
-        ip: str | None = None,
-        port: int | None = None,
-        rtcp_port: int | None = None,
-        srtp_parameters: SrtpParameters | None = None,
-    ) -> PlainTransportInfo:
-        return await self._handle_of(transport_id).connect_plain_transport(
-            transport_id, ip=ip, port=port, rtcp_port=rtcp_port, srtp_parameters=srtp_parameters
-        )
-
-    async def restart_ice(self, transport_id: str) -> IceParameters:
-        return await self._handle_of(transport_id).restart_ice(transport_id)
-
     async def close_transport(self, transport_id: str) -> None:
-        handle = self._handle_of_or_none(transport_id)
-        if handle is not None:
-            await handle.close_transport(transport_id)
-            if self.pipes is not None:
-                self.pipes.transport_closed(transport_id)  # if a pipe: the other end too
-
-    async def produce(
-        self,
-        transport_id: str,
-        kind: Kind,
-        rtp_parameters: RtpParameters,
-        *,
-        paused: bool = False,
-    ) -> str:
-        return await self._handle_of(transport_id).produce(
-            transport_id, kind, rtp_parameters, paused=paused
-        )
-
-    async def close_producer(self, producer_id: str) -> None:
-        handle = self._handle_of_or_none(producer_id)
-        if handle is not None:
-            await handle.close_producer(producer_id)
-
-    async def pause_producer(self, producer_id: str) -> None:
-        await self._handle_of(producer_id).pause_producer(producer_id)
-
-    async def resume_producer(self, producer_id: str) -> None:
-        await self._handle_of(producer_id).resume_producer(producer_id)
-
-    async def can_consume(
-        self, router_id: str, producer_id: str, rtp_capabilities: RtpCapabilities
-    ) -> bool:
-        return await self._router_handle(router_id).can_consume(
-            router_id, producer_id, rtp_capabilities
-        )
-
-    async def consume(
-        self,
-        transport_id: str,
-        producer_id: str,
-        rtp_capabilities: RtpCapabilities,
-        *,
-        paused: bool = True,
-    ) -> ConsumerInfo:
-        return await self._handle_of(transport_id).consume(
-            transport_id, producer_id, rtp_capabilities, paused=paused
-        )
-
-    async def close_consumer(self, consumer_id: str) -> None:
-        handle = self._handle_of_or_none(consumer_id)
-        if handle is not None:
-            await handle.close_consumer(consumer_id)
-
-    async def pause_consumer(self, consumer_id: str) -> None:
-        await self._handle_of(consumer_id).pause_consumer(consumer_id)
-
-    async def resume_consumer(self, consumer_id: str) -> None:
-        await self._handle_of(consumer_id).resume_consumer(consumer_id)
-
-    async def set_consumer_preferred_layers(
-        self, consumer_id: str, spatial_layer: int, temporal_layer: int | None
-    ) -> tuple[int, int]:
-        return await self._handle_of(consumer_id).set_consumer_preferred_layers(
-            consumer_id, spatial_layer, temporal_layer
-        )
-
-    async def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
-        return await self._handle_of(entity_id).get_stats(entity_id)
+        await self._route(VERBS["close_transport"], [transport_id])
+        if self.pipes is not None:
+            self.pipes.transport_closed(transport_id)  # if a pipe: the other end too
 
     def media_counters(self) -> dict[str, int]:
         """Totals as of each worker's last report (at most ``report_interval`` old), dead
@@ -806,6 +398,30 @@ class WorkerPool:
             entry["restarts"] = self._restarts[index]
             out.append(entry)
         return out
+
+    # ---- the verbs -----------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """The verbs of :data:`~trio_sfu.engine.api.VERBS` but those above:
+        ``await pool.consume(transport_id, ...)`` goes to the worker that :meth:`_route`
+        picks. AttributeError for any other name."""
+        return forwarder(VERBS, self, name, self._route)
+
+    async def _route(self, verb: Verb, values: list[Any]) -> Any:
+        """Send ``verb`` (its bound arguments: :meth:`Verb.bind`) to the worker named by
+        its routing id: the worker the pool placed the router on (``router_id``), else the
+        one whose tag starts the id. NotFoundError where no live worker has it, but for a
+        close (an idempotent verb), which has nothing to do then."""
+        entity_id = values[verb.route_index]
+        if verb.idempotent:
+            handle = self._handle_of_or_none(entity_id)
+            if handle is None:
+                return None
+        elif verb.route == "router_id":
+            handle = self._router_handle(entity_id)
+        else:
+            handle = self._handle_of(entity_id)
+        return await handle.request(verb, values)
 
 
 def _deliver(on_event: EventCallback, event: EngineEvent) -> None:

@@ -3,8 +3,11 @@
 The signaling process starts ``python -m trio_sfu.engine.worker_process --fd N`` with one
 end of a Unix socket pair as file descriptor ``N`` (see :mod:`trio_sfu.engine.pool`). The
 first request is ``start`` with the worker's settings; the answer says what the worker
-listens on. Then every request names a :class:`~trio_sfu.engine.api.MediaEngine` method,
-served one at a time in arrival order; engine events and a load report every
+listens on. Then every request names a verb (:data:`~trio_sfu.engine.api.VERBS`), served
+one at a time in arrival order: its arguments structured on receipt, the
+:class:`~trio_sfu.engine.worker.Worker` method of that name called, its result
+unstructured on send (:mod:`trio_sfu.engine.verbs`); ``create_router`` and ``dump`` are
+the two requests beside the verbs. Engine events and a load report every
 ``report_interval`` seconds go back as notifications (:mod:`trio_sfu.engine.channel`).
 
 The process never outlives its parent: the end of the channel (the parent closed it, exited
@@ -19,9 +22,9 @@ dead worker: the parent replaces it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
-import math
 import os
 import resource
 import signal
@@ -31,14 +34,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
-import msgpack
 import trio
 
-from trio_sfu.engine import api
+from trio_sfu.engine.api import VERBS, EngineEvent
 from trio_sfu.engine.channel import NOTIFY, REQUEST, RESPONSE, Channel, encode_error, encode_event
 from trio_sfu.engine.worker import Worker, WorkerSettings
 from trio_sfu.errors import BadPacket, SfuError
-from trio_sfu.ortc.types import DtlsParameters, RtpCapabilities, RtpParameters, SrtpParameters
 from trio_sfu.wire import converter
 
 logger = logging.getLogger(__name__)
@@ -46,103 +47,18 @@ logger = logging.getLogger(__name__)
 #: Seconds between two checks that the parent is still the parent.
 PARENT_CHECK_INTERVAL: Final = 0.5
 
-#: How each request's arguments are structured: method -> (name, type or None for a plain
-#: value) in call order. Anything else is refused.
-_ARGS: Final[dict[str, tuple[tuple[str, Any], ...]]] = {
-    "close_router": (("router_id", None),),
-    "create_webrtc_transport": (("router_id", None), ("force_tcp", None), ("app_data", None)),
-    "connect_transport": (("transport_id", None), ("dtls_parameters", DtlsParameters)),
-    "restart_ice": (("transport_id", None),),
-    "close_transport": (("transport_id", None),),
-    "produce": (
-        ("transport_id", None),
-        ("kind", None),
-        ("rtp_parameters", RtpParameters),
-        ("paused", None),
-    ),
-    "close_producer": (("producer_id", None),),
-    "pause_producer": (("producer_id", None),),
-    "resume_producer": (("producer_id", None),),
-    "can_consume": (
-        ("router_id", None),
-        ("producer_id", None),
-        ("rtp_capabilities", RtpCapabilities),
-    ),
-    "consume": (
-        ("transport_id", None),
-        ("producer_id", None),
-        ("rtp_capabilities", RtpCapabilities),
-        ("paused", None),
-    ),
-    "close_consumer": (("consumer_id", None),),
-    "pause_consumer": (("consumer_id", None),),
-    "resume_consumer": (("consumer_id", None),),
-    "set_consumer_preferred_layers": (
-        ("consumer_id", None),
-        ("spatial_layer", None),
-        ("temporal_layer", None),
-    ),
-    "get_stats": (("entity_id", None),),
-    "create_pipe_transport": (("router_id", None),),
-    "connect_pipe_transport": (("transport_id", None), ("ip", None), ("port", None)),
-    "pipe_consume": (("transport_id", None), ("producer_id", None)),
-    "pipe_produce": (
-        ("transport_id", None),
-        ("producer_id", None),
-        ("kind", None),
-        ("rtp_parameters", RtpParameters),
-        ("paused", None),
-    ),
-    "create_plain_transport": (
-        ("router_id", None),
-        ("rtcp_mux", None),
-        ("comedia", None),
-        ("enable_srtp", None),
-        ("srtp_crypto_suite", None),
-        ("app_data", None),
-    ),
-    "connect_plain_transport": (
-        ("transport_id", None),
-        ("ip", None),
-        ("port", None),
-        ("rtcp_port", None),
-        ("srtp_parameters", SrtpParameters),
-    ),
-}
+#: How many messages (answers, events, load reports) may wait for the channel to the parent.
+#: Past that, the parent has stopped reading (it is wedged or far behind): a request's
+#: answer waits for room (the worker reads no more requests meanwhile), a load report is
+#: skipped (the next one says it all), and an event ends the worker (see :class:`_Server`).
+OUTGOING_QUEUE_SIZE: Final = 16384
 
 
 def structure_args(method: str, args: Sequence[Any]) -> dict[str, Any]:
-    """The keyword arguments of ``method`` from their wire form. Raises KeyError for an
-    unknown method, ValueError for a wrong count."""
-    spec = _ARGS[method]
-    if len(args) != len(spec):
-        raise ValueError(f"{method} takes {len(spec)} arguments, got {len(args)}")
-    return {
-        name: value if tp is None or value is None else _structure(value, tp)
-        for (name, tp), value in zip(spec, args, strict=True)
-    }
-
-
-#: How many structured RtpCapabilities a worker keeps by their wire form.
-CAPABILITIES_CACHE_SIZE: Final = 256
-
-_capabilities_cache: dict[bytes, RtpCapabilities] = {}
-
-
-def _structure(value: Any, tp: Any) -> Any:
-    """``value`` as a ``tp``. Every ``rtc:consume`` carries its peer's RtpCapabilities,
-    the same few over and over: those are structured once (packing them for the key costs
-    a tenth of structuring them), kept in a small cache that forgets the oldest."""
-    if tp is not RtpCapabilities:
-        return converter.structure(value, tp)
-    key = msgpack.packb(value)
-    caps = _capabilities_cache.get(key)
-    if caps is None:
-        caps = converter.structure(value, RtpCapabilities)
-        if len(_capabilities_cache) >= CAPABILITIES_CACHE_SIZE:
-            del _capabilities_cache[next(iter(_capabilities_cache))]
-        _capabilities_cache[key] = caps
-    return caps
+    """The keyword arguments of verb ``method`` from their wire form (see
+    :mod:`trio_sfu.engine.verbs`). Raises KeyError for an unknown method, ValueError for a
+    wrong count."""
+    return VERBS[method].decode_args(args)
 
 
 def load_report(worker: Worker) -> dict[str, Any]:
@@ -158,16 +74,38 @@ def load_report(worker: Worker) -> dict[str, Any]:
 
 
 class _Server:
-    """Serves one channel: requests one at a time, notifications in between."""
+    """Serves one channel: requests one at a time, notifications in between.
 
-    def __init__(self, channel: Channel, report_interval: float) -> None:
+    What goes to the parent waits in a queue of ``queue_size`` messages for the writer.
+    When the parent stops reading, the queue fills; then an answer waits for room (and no
+    further request is read, so the parent's own writes block and its request timeout
+    ends this worker), a load report is skipped, and an event, which cannot wait (engine
+    tasks emit it synchronously) and cannot be dropped (the parent would go on believing
+    in a consumer or transport that is gone), ends the worker: :attr:`overflowed` is set,
+    the parent sees the channel end as the worker's death and starts a new one.
+    """
+
+    def __init__(
+        self, channel: Channel, report_interval: float, queue_size: int = OUTGOING_QUEUE_SIZE
+    ) -> None:
         self.channel = channel
         self.report_interval = report_interval
         self.worker: Worker | None = None
-        self._out_tx, self._out_rx = trio.open_memory_channel[Any](math.inf)
+        self._out_tx, self._out_rx = trio.open_memory_channel[Any](queue_size)
+        #: An event found the queue full: the worker ends.
+        self.overflowed = trio.Event()
 
-    def on_event(self, event: api.EngineEvent) -> None:
-        self._out_tx.send_nowait([NOTIFY, "event", encode_event(event)])
+    def on_event(self, event: EngineEvent) -> None:
+        if self.overflowed.is_set():
+            return
+        try:
+            self._out_tx.send_nowait([NOTIFY, "event", encode_event(event)])
+        except trio.WouldBlock:
+            logger.error(
+                "the parent has not read the last %d messages: ending the worker",
+                self._out_tx.statistics().max_buffer_size,
+            )
+            self.overflowed.set()
 
     async def write_loop(self) -> None:
         """Send queued messages in order; whatever is queued when a send starts goes in
@@ -187,7 +125,8 @@ class _Server:
         while True:
             await trio.sleep(self.report_interval)
             if self.worker is not None:
-                self._out_tx.send_nowait([NOTIFY, "load", load_report(self.worker)])
+                with contextlib.suppress(trio.WouldBlock):  # the next report says it all
+                    self._out_tx.send_nowait([NOTIFY, "load", load_report(self.worker)])
 
     async def serve(self, nursery: trio.Nursery) -> None:
         """Read requests until the channel ends."""
@@ -202,7 +141,7 @@ class _Server:
                     raise ValueError(f"not a request: {kind!r}")
             except (TypeError, ValueError) as exc:
                 raise BadPacket(f"malformed channel message: {exc}") from None
-            self._out_tx.send_nowait(await self._handle(nursery, request_id, method, args))
+            await self._out_tx.send(await self._handle(nursery, request_id, method, args))
 
     async def _handle(
         self, nursery: trio.Nursery, request_id: Any, method: str, args: Any
@@ -226,9 +165,9 @@ class _Server:
             return await worker.create_router(self.on_event)
         if method == "dump":
             return worker.dump()
-        kwargs = structure_args(method, args)
+        verb = VERBS[method]
         call: Callable[..., Awaitable[Any]] = getattr(worker, method)
-        return converter.unstructure(await call(**kwargs))
+        return verb.encode_result(await call(**verb.decode_args(args)))
 
     async def _start(self, nursery: trio.Nursery, settings: Any) -> dict[str, Any]:
         if self.worker is not None:
@@ -254,11 +193,14 @@ async def _watch_parent(parent: int) -> None:
     logger.warning("the parent process %d is gone: exiting", parent)
 
 
-async def run_worker_process(fd: int, parent: int, report_interval: float) -> None:
-    """Serve the channel on ``fd`` until it ends or the parent goes."""
+async def run_worker_process(
+    fd: int, parent: int, report_interval: float, queue_size: int = OUTGOING_QUEUE_SIZE
+) -> bool:
+    """Serve the channel on ``fd`` until it ends or the parent goes. Returns False when it
+    ended because the parent stopped reading (see :class:`_Server`)."""
     sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
     channel = Channel(trio.SocketStream(sock))
-    server = _Server(channel, report_interval)
+    server = _Server(channel, report_interval, queue_size)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.write_loop)
         nursery.start_soon(server.report_loop)
@@ -269,9 +211,11 @@ async def run_worker_process(fd: int, parent: int, report_interval: float) -> No
 
         nursery.start_soon(until_done, lambda: _watch_parent(parent))
         nursery.start_soon(until_done, lambda: server.serve(nursery))
+        nursery.start_soon(until_done, server.overflowed.wait)
     # The worker's run() closed every router on the way out of the nursery.
     with trio.move_on_after(1):
         await channel.aclose()
+    return not server.overflowed.is_set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,11 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.getppid() != args.parent:
         return 1  # the parent died before we got here
     try:
-        trio.run(run_worker_process, args.fd, args.parent, args.report_interval)
+        kept_up = trio.run(run_worker_process, args.fd, args.parent, args.report_interval)
     except BadPacket as exc:
         logger.error("broken channel: %s", exc)
         return 1
-    return 0
+    return 0 if kept_up else 1
 
 
 if __name__ == "__main__":
