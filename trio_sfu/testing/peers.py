@@ -123,6 +123,8 @@ class LocalTrack:
         self.closed = False
         #: Frames sent (a simulcast frame, sent on every layer, counts once).
         self.frames_sent = 0
+        #: Packets sent again because the SFU NACKed them.
+        self.retransmitted = 0
         self._keyframe_wanted = set(range(len(publisher.streams)))
         self._last_keyframe = -KEYFRAME_INTERVAL
 
@@ -594,6 +596,7 @@ class SfuTestPeer:
                         again = stream.retransmit(seq)
                         if again is not None:
                             transport.send_rtp(again)
+                            track.retransmitted += 1
 
     def _want_keyframe(self, ssrc: int) -> None:
         found = self._by_send_ssrc.get(ssrc)
