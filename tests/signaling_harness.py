@@ -30,7 +30,7 @@ from trio_sfu.config import ServerConfig
 from trio_sfu.server import SfuServer
 from trio_sfu.signaling.auth import issue_token
 from trio_sfu.testing.http import HttpAnswer, http_request
-from trio_sfu.testing.server import make_server_config, running_server
+from trio_sfu.testing.server import SfuTestServer, make_server_config, running_server
 
 __all__ = ["HttpAnswer", "running_server"]
 
@@ -56,11 +56,13 @@ def token(meeting: str, user: str, **claims: Any) -> str:
 
 @asynccontextmanager
 async def peer(
-    server: SfuServer, meeting: str, user: str, **claims: Any
+    server: SfuServer | SfuTestServer, meeting: str, user: str, **claims: Any
 ) -> AsyncIterator[SignalingClient]:
-    """A client joined to ``meeting`` as ``user``."""
+    """A client joined to ``meeting`` as ``user`` (with a token of the plugin's server,
+    or of this module's secret)."""
+    mint = server.token if isinstance(server, SfuTestServer) else token
     async with open_signaling(server.ws_url) as client:
-        await client.join(meeting, token=token(meeting, user, **claims), display_name=user)
+        await client.join(meeting, token=mint(meeting, user, **claims), display_name=user)
         yield client
 
 
