@@ -8,12 +8,16 @@ of a wait (what was awaited, what was seen), and the impairment on what a peer s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
 from trio_sfu.testing import Impairment, PeerFactory, SfuTestServer, WaitTimeout
 
 pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 APP_TESTS = """
 import sys
@@ -58,6 +62,14 @@ async def test_the_marker_sets_the_server_up(sfu_server, sfu_peer):
         await sfu_peer("m", "bob")
     assert refused.value.code == "limit_exceeded"
 """
+
+
+def test_the_readme_example_is_tests_test_app_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Testing your app against trio-sfu") :]
+    start = section.index("```python\n") + len("```python\n")
+    example = section[start : section.index("```\n", start)]
+    assert example == (ROOT / "tests" / "test_app_example.py").read_text()
 
 
 def test_an_app_gets_the_fixtures_without_a_conftest(pytester: pytest.Pytester) -> None:
