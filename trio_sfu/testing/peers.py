@@ -238,8 +238,6 @@ class SfuTestPeer:
         self._receiver = SyntheticReceiver(transport_cc=False)
         self._changed = trio.Event()
         self._waiters = 0
-        self._send_ready = False
-        self._recv_ready = False
         self._transport_lock = trio.Lock()
         #: user ids by peer id, and the producers (id -> kind) of the others, by peer id.
         self._users: dict[str, str] = {media.peer_id: user}
@@ -803,7 +801,8 @@ class PeerFactory:
         ``display_name`` defaults to ``user``. ``uplink`` / ``downlink``: impair what the
         peer sends / receives (see the module doc), with random generators seeded from
         ``seed``. ``auto_subscribe``: consume every producer of the meeting, present and
-        future, as this peer hears of it. A refused join raises its
+        future, as this peer hears of it (then do not also call
+        :meth:`SfuTestPeer.subscribe`). A refused join raises its
         :class:`~trio_sfu.client.signaling.SignalingError`.
         """
         name = display_name if display_name is not None else user
