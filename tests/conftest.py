@@ -7,33 +7,25 @@ each test. Worker processes (and any other child) must be gone too, reaped: anot
 compares this process's children.
 
 The signaling tests share ``engine`` (the fake engine of :mod:`tests.fake_engine`) and
-``server`` (a real server on it, :mod:`tests.signaling_harness`).
+``server`` (a real server on it, :mod:`tests.signaling_harness`). Tests of the real media
+path use the package's pytest plugin (:mod:`trio_sfu.pytest_plugin`: ``sfu_server``,
+``sfu_peer``), as apps do; the server pieces and the socket and process listings here are
+the plugin's (:mod:`trio_sfu.testing.server`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.fake_engine import make_test_engine
-from tests.signaling_harness import make_config, running_server
+from tests.signaling_harness import make_config
 from trio_sfu.engine.api import MediaEngine
 from trio_sfu.server import SfuServer
+from trio_sfu.testing.server import child_processes, open_sockets, running_server
 
-
-def open_sockets() -> set[str]:
-    """Inode names (``socket:[1234]``) of the sockets this process holds open."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
+__all__ = ["child_processes", "open_sockets"]
 
 
 @pytest.fixture(autouse=True)
@@ -42,18 +34,6 @@ def no_leaked_sockets() -> Iterator[None]:
     yield
     leaked = open_sockets() - before
     assert not leaked, f"test left {len(leaked)} socket(s) open"
-
-
-def child_processes() -> set[int]:
-    """Pids of this process's children (zombies included: an unreaped child is a leak)."""
-    found: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as file:
-                found.update(int(pid) for pid in file.read().split())
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,8 @@
 """Helpers of the signaling tests: a real server on 127.0.0.1 (port 0), tokens, a raw
-WebSocket (for frames the client library would never send, and abrupt closes) and a tiny
-HTTP/1.1 client (h11) for the admin API, /healthz and /metrics."""
+WebSocket (for frames the client library would never send, and abrupt closes) and HTTP for
+the admin API, /healthz and /metrics. The server and HTTP pieces are the pytest plugin's
+(:mod:`trio_sfu.testing.server`, :mod:`trio_sfu.testing.http`), with a fixed secret and
+admin token."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-import attrs
-import h11
 import trio
 import trio.testing
 import wsproto
@@ -26,10 +26,13 @@ from wsproto.events import (
 
 from tests.fake_engine import load_fixture
 from trio_sfu.client.signaling import SignalingClient, open_signaling
-from trio_sfu.config import Limits, ServerConfig
-from trio_sfu.engine.api import MediaEngine
-from trio_sfu.server import SfuServer, serve_sfu
+from trio_sfu.config import ServerConfig
+from trio_sfu.server import SfuServer
 from trio_sfu.signaling.auth import issue_token
+from trio_sfu.testing.http import HttpAnswer, http_request
+from trio_sfu.testing.server import SfuTestServer, make_server_config, running_server
+
+__all__ = ["HttpAnswer", "running_server"]
 
 SECRET = "signaling-tests-secret-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-for-tests"
@@ -41,19 +44,10 @@ DTLS_CLIENT = load_fixture("send-transport-connect.json")["dtlsParameters"]
 
 
 def make_config(**overrides: Any) -> ServerConfig:
-    """A test server config: port 0, short timeouts; ``limits`` fields may be given flat."""
-    limit_names = {a.name for a in attrs.fields(Limits)}
-    limits = {k: overrides.pop(k) for k in list(overrides) if k in limit_names}
-    base: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "jwt_secret": SECRET,
-        "admin_token": ADMIN_TOKEN,
-        "cleanup_timeout": 2.0,
-        "shutdown_timeout": 5.0,
-    }
-    base.update(overrides)
-    return ServerConfig(limits=Limits(**limits), **base)
+    """A test server config (:func:`trio_sfu.testing.server.make_server_config`: port 0,
+    short timeouts; ``limits`` fields may be given flat) with this module's secret and
+    admin token."""
+    return make_server_config(**{"jwt_secret": SECRET, "admin_token": ADMIN_TOKEN, **overrides})
 
 
 def token(meeting: str, user: str, **claims: Any) -> str:
@@ -61,23 +55,14 @@ def token(meeting: str, user: str, **claims: Any) -> str:
 
 
 @asynccontextmanager
-async def running_server(engine: MediaEngine, config: ServerConfig) -> AsyncIterator[SfuServer]:
-    """A server for the block; shut down gracefully after it."""
-    async with trio.open_nursery() as nursery:
-        server: SfuServer = await nursery.start(serve_sfu, config, engine)
-        try:
-            yield server
-        finally:
-            server.shutdown()
-
-
-@asynccontextmanager
 async def peer(
-    server: SfuServer, meeting: str, user: str, **claims: Any
+    server: SfuServer | SfuTestServer, meeting: str, user: str, **claims: Any
 ) -> AsyncIterator[SignalingClient]:
-    """A client joined to ``meeting`` as ``user``."""
+    """A client joined to ``meeting`` as ``user`` (with a token of the plugin's server,
+    or of this module's secret)."""
+    mint = server.token if isinstance(server, SfuTestServer) else token
     async with open_signaling(server.ws_url) as client:
-        await client.join(meeting, token=token(meeting, user, **claims), display_name=user)
+        await client.join(meeting, token=mint(meeting, user, **claims), display_name=user)
         yield client
 
 
@@ -210,16 +195,6 @@ class RawWebSocket:
 # ---- HTTP -----------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class HttpAnswer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 async def http(
     server: SfuServer,
     method: str,
@@ -228,30 +203,5 @@ async def http(
     bearer: str | None = None,
     body: bytes = b"",
 ) -> HttpAnswer:
-    """One HTTP/1.1 request on a fresh connection."""
-    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-    async with stream:
-        conn = h11.Connection(h11.CLIENT)
-        headers = [("host", "127.0.0.1"), ("content-length", str(len(body)))]
-        if bearer is not None:
-            headers.append(("authorization", f"Bearer {bearer}"))
-        await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=headers)))
-        await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-        response: h11.Response | None = None
-        chunks: list[bytes] = []
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        assert response is not None
-        return HttpAnswer(
-            status=response.status_code,
-            headers={k.decode().lower(): v.decode() for k, v in response.headers},
-            body=b"".join(chunks),
-        )
+    """One HTTP/1.1 request on a fresh connection (:func:`trio_sfu.testing.http.http_request`)."""
+    return await http_request(server.host, server.port, method, path, bearer=bearer, body=body)

@@ -2,91 +2,85 @@
 peer whose network vanished (ICE consent). Each is closed by the server, its peer told, and
 nothing is left in the engine or the rooms.
 
-Short timeouts (a fraction of a second instead of 30 s and 60 s), real sockets.
+Short timeouts (a fraction of a second instead of 30 s and 60 s), real sockets: the
+plugin's ``sfu_server``, set up by the ``sfu`` marker, as an app would.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack
 
+import pytest
 import trio
 import trio.testing
 
-from tests.signaling_harness import http, make_config, peer, running_server, token
-from tests.test_signaling_admin import metric
+from tests.signaling_harness import peer
 from trio_sfu.client.peer import open_peer
 from trio_sfu.client.synthetic import audio_rtp_parameters
 from trio_sfu.config import ServerConfig
-from trio_sfu.engine.worker import Worker, WorkerSettings, open_worker
+from trio_sfu.engine.api import MediaEngine
+from trio_sfu.engine.worker import WorkerSettings
 from trio_sfu.rtp.packet import RtpPacket
-from trio_sfu.server import SfuServer
+from trio_sfu.testing import SfuTestServer
 
 
-@asynccontextmanager
-async def sfu(
-    connect_timeout: float, idle_timeout: float = 60.0, **settings: Any
-) -> AsyncIterator[tuple[Worker, SfuServer]]:
-    worker_settings = WorkerSettings(transport_connect_timeout=connect_timeout, **settings)
-    config = make_config(transport_connect_timeout=connect_timeout, peer_idle_timeout=idle_timeout)
-    async with open_worker(worker_settings) as worker, running_server(worker, config) as server:
-        yield worker, server
-
-
-def transports_of(worker: Worker) -> list[str]:
+def transports_of(worker: MediaEngine) -> list[str]:
     return [t for r in worker.dump()["routers"] for t in r["transportIds"]]
 
 
-async def gauges(server: SfuServer) -> dict[str, float]:
-    text = (await http(server, "GET", "/metrics")).body.decode()
+async def gauges(server: SfuTestServer) -> dict[str, float]:
+    metrics = await server.metrics()
     return {
-        name: metric(text, f"trio_sfu_{name}")
+        name: metrics[f"trio_sfu_{name}"]
         for name in ("rooms", "peers", "transports", "producers", "consumers")
     }
 
 
-async def test_a_transport_never_connected_is_closed_then_its_idle_peer_reaped() -> None:
+@pytest.mark.sfu(transport_connect_timeout=0.5, peer_idle_timeout=1.0)
+async def test_a_transport_never_connected_is_closed_then_its_idle_peer_reaped(
+    sfu_server: SfuTestServer,
+) -> None:
+    server, worker = sfu_server, sfu_server.engine
     with trio.fail_after(20):
-        async with sfu(connect_timeout=0.5, idle_timeout=1.0) as (worker, server):
-            async with peer(server, "m", "ann") as ann, peer(server, "m", "bob") as bob:
-                created = await ann.create_transport("send")
-                transport_id = created["transportId"]
-                start = trio.current_time()
-                note = await ann.next_notification("rtc:transportClosed")
-                waited = trio.current_time() - start
-                assert note.data == {"transportId": transport_id, "reason": "connect_timeout"}
-                assert 0.4 <= waited < 2.0
-                assert transport_id not in transports_of(worker)
-                # The peer is still in the meeting (and may create another transport) ...
-                assert (await gauges(server))["peers"] == 2
-                # ... until it has gone without any transport for the idle time. Bob never
-                # had one: he goes first (1 s after joining), then ann (1 s after hers closed).
-                closed = await bob.wait_closed()
-                assert (closed.code, closed.reason) == (4003, "idle_timeout")
-                left = await ann.next_notification("rtc:peerLeft")
-                assert left.data["peerId"] == bob.peer_id
-                closed = await ann.wait_closed()
-                assert (closed.code, closed.reason) == (4003, "idle_timeout")
-                assert trio.current_time() - start >= 1.4
-            await server.app.rooms.wait_all_closed()
-            assert worker.dump() == {"routers": []}
-            assert await gauges(server) == dict.fromkeys(
-                ("rooms", "peers", "transports", "producers", "consumers"), 0.0
-            )
+        async with peer(server, "m", "ann") as ann, peer(server, "m", "bob") as bob:
+            created = await ann.create_transport("send")
+            transport_id = created["transportId"]
+            start = trio.current_time()
+            note = await ann.next_notification("rtc:transportClosed")
+            waited = trio.current_time() - start
+            assert note.data == {"transportId": transport_id, "reason": "connect_timeout"}
+            assert 0.4 <= waited < 2.0
+            assert transport_id not in transports_of(worker)
+            # The peer is still in the meeting (and may create another transport) ...
+            assert (await gauges(server))["peers"] == 2
+            # ... until it has gone without any transport for the idle time. Bob never
+            # had one: he goes first (1 s after joining), then ann (1 s after hers closed).
+            closed = await bob.wait_closed()
+            assert (closed.code, closed.reason) == (4003, "idle_timeout")
+            left = await ann.next_notification("rtc:peerLeft")
+            assert left.data["peerId"] == bob.peer_id
+            closed = await ann.wait_closed()
+            assert (closed.code, closed.reason) == (4003, "idle_timeout")
+            assert trio.current_time() - start >= 1.4
+        await server.server.app.rooms.wait_all_closed()
+        assert worker.dump() == {"routers": []}
+        assert await gauges(server) == dict.fromkeys(
+            ("rooms", "peers", "transports", "producers", "consumers"), 0.0
+        )
 
 
-async def test_connected_transports_and_their_peers_are_left_alone() -> None:
+@pytest.mark.sfu(transport_connect_timeout=0.5, peer_idle_timeout=0.5)
+async def test_connected_transports_and_their_peers_are_left_alone(
+    sfu_server: SfuTestServer,
+) -> None:
+    server, worker = sfu_server, sfu_server.engine
     with trio.fail_after(20):
-        async with (
-            sfu(connect_timeout=0.5, idle_timeout=0.5) as (worker, server),
-            AsyncExitStack() as stack,
-        ):
+        async with AsyncExitStack() as stack:
             ann = await stack.enter_async_context(
-                open_peer(server.ws_url, "m", token=token("m", "ann"))
+                open_peer(server.ws_url, "m", token=server.token("m", "ann"))
             )
             bob = await stack.enter_async_context(
-                open_peer(server.ws_url, "m", token=token("m", "bob"))
+                open_peer(server.ws_url, "m", token=server.token("m", "bob"))
             )
             audio_id, source = await ann.publish("audio", audio_rtp_parameters(ssrc=31))
             consumer = await bob.consume(audio_id)
@@ -106,14 +100,15 @@ async def test_connected_transports_and_their_peers_are_left_alone() -> None:
             assert (await gauges(server))["peers"] == 2
 
 
-async def test_a_peer_that_joined_and_did_nothing_is_reaped_alone() -> None:
+@pytest.mark.sfu(transport_connect_timeout=30.0, peer_idle_timeout=0.5)
+async def test_a_peer_that_joined_and_did_nothing_is_reaped_alone(
+    sfu_server: SfuTestServer,
+) -> None:
+    server, worker = sfu_server, sfu_server.engine
     with trio.fail_after(20):
-        async with (
-            sfu(connect_timeout=30.0, idle_timeout=0.5) as (worker, server),
-            AsyncExitStack() as stack,
-        ):
+        async with AsyncExitStack() as stack:
             ann = await stack.enter_async_context(
-                open_peer(server.ws_url, "m", token=token("m", "ann"))
+                open_peer(server.ws_url, "m", token=server.token("m", "ann"))
             )
             await ann.open_transport("recv")
             async with peer(server, "m", "lurker") as lurker:

@@ -10,7 +10,7 @@ Everything the peer opens lives in its own nursery and closes when the block end
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Literal, final
@@ -29,6 +29,9 @@ from trio_sfu.ortc.types import (
     RtpParameters,
 )
 from trio_sfu.wire import structure_untrusted, unstructure
+
+#: What :meth:`MediaPeer.open_transport` may do with the server's candidates first.
+CandidateRoute = Callable[[list[IceCandidate]], Awaitable[Sequence[IceCandidate]]]
 
 
 @attrs.frozen
@@ -77,15 +80,23 @@ class MediaPeer:
         direction: Literal["send", "recv"],
         *,
         protocol: Literal["udp", "tcp"] = "udp",
+        route: CandidateRoute | None = None,
         **client_options: Any,
     ) -> tuple[str, ClientTransport]:
-        """Create a server transport, connect a client transport to it, wait for SRTP."""
+        """Create a server transport, connect a client transport to it, wait for SRTP.
+
+        ``route``, if given, gets the server's ICE candidates and answers those to connect
+        to instead (a relay's: :meth:`trio_sfu.testing.impairment.UdpRelay.rewrite_candidates`).
+        """
         info = await self.signaling.create_transport(direction, force_tcp=protocol == "tcp")
+        candidates = [structure_untrusted(c, IceCandidate) for c in info["iceCandidates"]]
+        if route is not None:
+            candidates = list(await route(candidates))
         client: ClientTransport = await self._nursery.start(
             partial(
                 _hold_transport,
                 structure_untrusted(info["iceParameters"], IceParameters),
-                [structure_untrusted(c, IceCandidate) for c in info["iceCandidates"]],
+                candidates,
                 structure_untrusted(info["dtlsParameters"], DtlsParameters),
                 protocol=protocol,
                 **client_options,
