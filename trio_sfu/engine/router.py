@@ -12,7 +12,7 @@ Consumer -> receiving transport's egress channel``.
 
 Pipes (mediasoup's ``pipeToRouter``, orchestrated by :mod:`trio_sfu.engine.pipe`): a
 :class:`~trio_sfu.engine.pipe_transport.PipeTransport` takes the place of a WebRtcTransport
-in the same bookkeeping; a :class:`~trio_sfu.engine.consumer.PipeConsumer` on it sends every
+in the same bookkeeping; a :class:`~trio_sfu.engine.pipe_consumer.PipeConsumer` on it sends every
 stream of a producer to another router, where :meth:`Router.pipe_produce` makes a producer
 with the same id that its consumers consume like any other.
 """
@@ -43,7 +43,7 @@ from trio_sfu.engine.api import (
     TransportInfo,
 )
 from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
-from trio_sfu.engine.consumer import Consumer, PipeConsumer
+from trio_sfu.engine.consumer import Consumer
 from trio_sfu.engine.layers import (
     LossPolicy,
     PolicySettings,
@@ -53,6 +53,7 @@ from trio_sfu.engine.layers import (
     layer_options,
     network_quality,
 )
+from trio_sfu.engine.pipe_consumer import PipeConsumer
 from trio_sfu.engine.pipe_transport import PipeTransport
 from trio_sfu.engine.plain_transport import PlainTransport
 from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
