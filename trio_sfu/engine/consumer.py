@@ -87,6 +87,7 @@ class Consumer:
         "_history",
         "_keyframe_retry_at",
         "_mid",
+        "_on_closed",
         "_on_layers_changed",
         "_payload_types",
         "_probe_cursor",
@@ -158,6 +159,7 @@ class Consumer:
         send_rtp: Callable[[bytes | bytearray], bool],
         now: float,
         on_layers_changed: Callable[[Consumer], None] | None = None,
+        on_closed: Callable[[Consumer, str], None] | None = None,
         estimator: SendSideEstimator | None = None,
     ) -> None:
         self.id = consumer_id
@@ -174,6 +176,7 @@ class Consumer:
         self.closed = False
         self._send = send_rtp
         self._on_layers_changed = on_layers_changed
+        self._on_closed = on_closed
 
         encoding = rtp_parameters.encodings[0]
         assert encoding.ssrc is not None
@@ -693,6 +696,18 @@ class Consumer:
         return expected, lost, sent, nacked
 
     # ---- control ---------------------------------------------------------------------
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the consumer: nothing more goes out, and its owner forgets it
+        (``on_closed(consumer, reason)``). Idempotent. ``reason``: ``"closed"`` (asked
+        for), ``"producer_closed"``, ``"transport_closed"``, or ``"internal_error"`` (a bug
+        in its packet path, see :meth:`Producer.receive_rtp
+        <trio_sfu.engine.producer.Producer.receive_rtp>`)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._on_closed is not None:
+            self._on_closed(self, reason)
 
     def pause(self) -> None:
         self.paused = True

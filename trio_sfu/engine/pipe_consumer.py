@@ -61,6 +61,7 @@ class PipeConsumer(Consumer):
         rtp_parameters: RtpParameters,
         send_rtp: Callable[[bytes | bytearray], bool],
         now: float,
+        on_closed: Callable[[Consumer, str], None] | None = None,
     ) -> None:
         super().__init__(
             consumer_id=consumer_id,
@@ -70,6 +71,7 @@ class PipeConsumer(Consumer):
             paused=False,
             send_rtp=send_rtp,
             now=now,
+            on_closed=on_closed,
         )
         count = len(producer.streams)
         ssrcs = tuple(e.ssrc for e in rtp_parameters.encodings if e.ssrc is not None)

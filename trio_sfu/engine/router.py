@@ -256,6 +256,7 @@ class Router:
         feedback_interval: float = FEEDBACK_INTERVAL,
         retired_counters: dict[str, int] | None = None,
         id_prefix: str = "",
+        on_entity_closed: Callable[[str], None] | None = None,
     ) -> None:
         self.id = router_id
         #: Put in front of every transport, producer and consumer id (see :func:`new_id`).
@@ -268,6 +269,9 @@ class Router:
         self.closed = False
         self._certificate = certificate
         self._on_event = on_event
+        #: Told the id of every transport, producer and consumer that closed, once the
+        #: router has forgotten it (the worker keeps its index of ids with it).
+        self._on_entity_closed = on_entity_closed
         self._transport_options = transport_options
         self._rtcp_interval = rtcp_interval
         self.policy = policy or PolicySettings()
@@ -323,6 +327,10 @@ class Router:
     def _emit(self, event: Any) -> None:
         if not self.closed:
             self._on_event(event)
+
+    def _forgotten(self, entity_id: str) -> None:
+        if self._on_entity_closed is not None:
+            self._on_entity_closed(entity_id)
 
     # ---- transports --------------------------------------------------------------------
 
@@ -488,11 +496,12 @@ class Router:
     def _close_transport(self, transport_id: str, reason: str, *, notify: bool) -> None:
         entry = self.transports.pop(transport_id)
         for producer in list(entry.producers.values()):
-            self._close_producer(producer)
+            producer.close("transport_closed")
         for consumer in list(entry.consumers.values()):
-            self._close_consumer(consumer, "transport_closed")
+            consumer.close("transport_closed")
         entry.transport.close(reason)
         add_transport_counters(self.retired_counters, entry.transport)
+        self._forgotten(transport_id)
         if notify and not self.closed:
             self._on_event(TransportClosed(self.id, transport_id, reason))
 
@@ -563,6 +572,7 @@ class Router:
             send_rtcp=transport.send_rtcp_nowait,
             on_audio_level=self.speakers.add_level if kind == "audio" else None,
             on_streams_changed=self._on_streams_changed,
+            on_closed=self._forget_producer,
         )
         entry.producers[producer.id] = producer
         entry.listener.add(producer)
@@ -624,14 +634,11 @@ class Router:
     def close_producer(self, producer_id: str) -> None:
         producer = self.producers.get(producer_id)
         if producer is not None:
-            self._close_producer(producer)
+            producer.close()
 
-    def _close_producer(self, producer: Producer) -> None:
-        if producer.closed:
-            return
-        producer.closed = True
-        for consumer in list(producer.consumers):
-            self._close_consumer(consumer, "producer_closed")
+    def _forget_producer(self, producer: Producer, reason: str) -> None:
+        """A producer closed (its ``on_closed``; its consumers closed before): out of the
+        router's maps and its transport's."""
         self.producers.pop(producer.id, None)
         self.speakers.remove(producer.id)
         owners = self.ssrc_owners
@@ -643,6 +650,7 @@ class Router:
         if entry is not None:
             entry.producers.pop(producer.id, None)
             entry.listener.remove(producer)
+        self._forgotten(producer.id)
 
     def pause_producer(self, producer_id: str) -> None:
         self._set_producer_paused(self._producer(producer_id), True)
@@ -703,6 +711,7 @@ class Router:
             send_rtp=entry.transport.send_rtp_nowait,
             now=now,
             on_layers_changed=self._on_layers_changed,
+            on_closed=self._forget_consumer,
             estimator=entry.estimator,
         )
         if consumer.bandwidth_feedback:
@@ -747,6 +756,7 @@ class Router:
             rtp_parameters=rtp_parameters,
             send_rtp=entry.transport.send_rtp_nowait,
             now=now,
+            on_closed=self._forget_consumer,
         )
         producer.consumers.add(consumer)
         entry.consumers[consumer.id] = consumer
@@ -772,12 +782,11 @@ class Router:
     def close_consumer(self, consumer_id: str) -> None:
         consumer = self.consumers.get(consumer_id)
         if consumer is not None:
-            self._close_consumer(consumer, None)
+            consumer.close()
 
-    def _close_consumer(self, consumer: Consumer, reason: str | None) -> None:
-        if consumer.closed:
-            return
-        consumer.closed = True
+    def _forget_consumer(self, consumer: Consumer, reason: str) -> None:
+        """A consumer closed (its ``on_closed``): out of its producer's fan-out and the
+        maps; ``ConsumerClosed`` unless it was asked for."""
         consumer.producer.consumers.discard(consumer)
         self.consumers.pop(consumer.id, None)
         entry = self.transports.get(consumer.transport_id)
@@ -797,8 +806,9 @@ class Router:
                 entry.transport.send_rtcp_nowait(
                     build_rtcp((ReceiverReport(consumer.ssrc), Bye(ssrcs)))
                 )
-        if reason is not None and not self.closed:
-            self._on_event(ConsumerClosed(self.id, consumer.id, consumer.producer_id, reason))
+        self._forgotten(consumer.id)
+        if reason != "closed":
+            self._emit(ConsumerClosed(self.id, consumer.id, consumer.producer_id, reason))
 
     def pause_consumer(self, consumer_id: str) -> None:
         consumer = self._consumer(consumer_id)
