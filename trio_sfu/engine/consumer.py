@@ -33,10 +33,10 @@ no temporal filtering. Every change of the current layers is reported through
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from trio_sfu.engine.layers import LEVEL_R2, spatial_cap
-from trio_sfu.engine.producer import STARTUP_WAIT
+from trio_sfu.engine.producer import STARTUP_WAIT, Producer, ProducerStream
 from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import is_rtx, parse_scalability_mode
 from trio_sfu.ortc.types import MediaKind, RtpParameters
@@ -53,10 +53,6 @@ from trio_sfu.rtp.packet import find_extension_span_untrusted, rtp_layout_untrus
 from trio_sfu.rtp.rewriter import SeqTsRewriter
 from trio_sfu.rtp.rtx import rtx_wrap
 
-if TYPE_CHECKING:
-    from trio_sfu.engine.bandwidth import SendSideEstimator
-    from trio_sfu.engine.producer import Producer, ProducerStream
-
 #: Header extensions never forwarded as they came: they describe the publisher's leg.
 _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_CC_URI})
 #: How often the packet path may ask the producer for a keyframe it waits for.
@@ -68,6 +64,21 @@ _TS_MASK: Final = 0xFFFFFFFF
 _HISTORY_VIDEO: Final = 256
 _HISTORY_AUDIO: Final = 64
 _TWO_POW_32: Final = float(1 << 32)
+
+
+class SendMeter(Protocol):
+    """Where a consumer counts what it sends on its transport: the send-side estimator of
+    the transport's control (:attr:`TransportControl.estimator
+    <trio_sfu.engine.control.TransportControl.estimator>`), handed to the consumer when
+    the router makes it."""
+
+    def on_sent(self, size: int, now: float) -> int:
+        """A packet of ``size`` bytes goes out now: its transport-wide sequence number."""
+        ...
+
+    def allow_retransmission(self, size: int, now: float) -> bool:
+        """Whether a retransmission of ``size`` bytes fits the budget now."""
+        ...
 
 
 def _ntp_seconds(ntp: int) -> float:
@@ -160,7 +171,7 @@ class Consumer:
         now: float,
         on_layers_changed: Callable[[Consumer], None] | None = None,
         on_closed: Callable[[Consumer, str], None] | None = None,
-        estimator: SendSideEstimator | None = None,
+        estimator: SendMeter | None = None,
     ) -> None:
         self.id = consumer_id
         self.producer = producer

@@ -8,16 +8,14 @@ header template, pause and close) is :class:`~trio_sfu.engine.consumer.Consumer`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, final
 
 from trio_sfu.engine.consumer import Consumer
+from trio_sfu.engine.producer import Producer, ProducerStream
 from trio_sfu.ortc.types import RtpParameters
 from trio_sfu.rtcp import SenderReport
 from trio_sfu.rtp import vp8
 from trio_sfu.rtp.egress import write_header
-
-if TYPE_CHECKING:
-    from trio_sfu.engine.producer import Producer, ProducerStream
 
 _TS_MASK: Final = 0xFFFFFFFF
 

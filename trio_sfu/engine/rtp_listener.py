@@ -1,9 +1,9 @@
 """RtpListener: which producer stream an incoming RTP packet of a send transport belongs to.
 
-mediasoup's RtpListener. The router keeps one per transport: a packet is found by its
-SSRC, and a packet with an SSRC not seen yet is matched once by its MID and RID (or
-repaired-RID) header extensions, after which its SSRC is known. An SSRC that another
-producer of the router holds is never taken over.
+mediasoup's RtpListener. Each transport's :class:`~trio_sfu.engine.leg.TransportLeg` has
+one: a packet is found by its SSRC, and a packet with an SSRC not seen yet is matched once
+by its MID and RID (or repaired-RID) header extensions, after which its SSRC is known. An
+SSRC that another producer of the router holds is never taken over.
 """
 
 from __future__ import annotations
