@@ -22,6 +22,7 @@ keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` old.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol, final
 
@@ -36,6 +37,8 @@ from trio_sfu.rtp.nack import NackGenerator
 from trio_sfu.rtp.packet import find_extension_untrusted, rtp_layout_untrusted
 from trio_sfu.rtp.rtx import rtx_unwrap_untrusted
 from trio_sfu.rtp.stats import ReceiveStats
+
+logger = logging.getLogger(__name__)
 
 #: At most one keyframe request (PLI/FIR) upstream per stream per this many seconds,
 #: unless a keyframe answered the previous one.
@@ -274,7 +277,8 @@ class Producer:
         self, stream: ProducerStream, packet: bytes, now: float, retransmitted: bool = False
     ) -> None:
         """A media packet of ``stream`` (RTX already unwrapped). Never blocks, never raises
-        BadPacket: a packet its consumers cannot use is counted and dropped."""
+        BadPacket: a packet its consumers cannot use is counted and dropped. A consumer
+        that raises is closed (see :meth:`_fan_out_failed`), the others go on."""
         size = len(packet)
         stream.packets += 1
         stream.octets += size
@@ -308,8 +312,11 @@ class Producer:
                     self._on_audio_level(self.id, value[0] & 0x7F)
             if self.paused:
                 return
-            for consumer in self.consumers:
-                consumer.send_rtp(stream, packet, seq, ts, 0, None, False, now)
+            try:
+                for consumer in self.consumers:
+                    consumer.send_rtp(stream, packet, seq, ts, 0, None, False, now)
+            except Exception:
+                self._fan_out_failed(consumer, stream, packet, seq, ts, 0, None, False, now)
             return
         try:
             _, start, end = rtp_layout_untrusted(packet)
@@ -333,8 +340,39 @@ class Producer:
             stream.keyframe_requested_at = -1e9  # answered: a new request may go out
         if self.paused:
             return
-        for consumer in self.consumers:
-            consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+        try:
+            for consumer in self.consumers:
+                consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+        except Exception:
+            self._fan_out_failed(consumer, stream, packet, seq, ts, start, info, keyframe, now)
+
+    def _fan_out_failed(
+        self,
+        failed: ProducerSink,
+        stream: ProducerStream,
+        packet: bytes,
+        seq: int,
+        ts: int,
+        start: int,
+        info: vp8.Vp8Info | None,
+        keyframe: bool,
+        now: float,
+    ) -> None:
+        """``failed`` raised while forwarding a packet: a bug in that consumer. It closes
+        (``internal_error``, logged once: it gets no packet any more); the consumers after
+        it in this round still get the packet, and the publisher's transport goes on."""
+        order = list(self.consumers)
+        rest = order[order.index(failed) + 1 :] if failed in order else []
+        self._close_failed(failed)
+        for consumer in rest:
+            try:
+                consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+            except Exception:
+                self._close_failed(consumer)
+
+    def _close_failed(self, consumer: ProducerSink) -> None:
+        logger.exception("consumer %s of producer %s failed: closing it", consumer.id, self.id)
+        consumer.close("internal_error")
 
     def payload_types_to(self, router_pt: int) -> Mapping[int, int]:
         """The part of :attr:`payload_types` that maps to ``router_pt`` (the codec a consumer
