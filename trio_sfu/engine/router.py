@@ -71,7 +71,6 @@ from trio_sfu.ortc.types import (
     RtpParameters,
     SrtpParameters,
 )
-from trio_sfu.rtcp import unix_to_ntp
 from trio_sfu.timers import TimerQueue
 
 logger = logging.getLogger(__name__)
@@ -221,9 +220,6 @@ class Router:
         if self.closed or self._nursery is None:
             raise InvalidStateError(f"router {self.id} is closed")
         return self._nursery
-
-    def ntp_now(self, now: float) -> int:
-        return unix_to_ntp(now + self._epoch_offset)
 
     def _emit(self, event: Any) -> None:
         if not self.closed:
@@ -745,7 +741,7 @@ class Router:
     def _send_reports_to(self, leg: TransportLeg, now: float) -> None:
         """Receiver Reports (and REMB) toward the transport's publisher, Sender Reports
         for its consumers (see :meth:`TransportControl.reports`)."""
-        for packet in leg.control.reports(now, self.ntp_now(now)):
+        for packet in leg.control.reports(now, leg.ntp_now(now)):
             leg.transport.send_rtcp_nowait(packet)
 
     # ---- feedback, bandwidth, speakers -------------------------------------------------
