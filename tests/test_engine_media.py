@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from trio_sfu.client.synthetic import SyntheticPublisher, audio_rtp_parameters
@@ -187,3 +189,56 @@ async def test_simulcast_and_audio_forwarding() -> None:
             assert dump["consumerIds"] == []
             await worker.close_router(router_id)
             assert worker.dump() == {"routers": []}
+
+
+async def test_a_consumer_that_raises_is_closed_and_the_others_keep_flowing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in one consumer's forwarding closes that consumer (``internal_error``,
+    logged once), not the publisher's transport: the publisher and the other consumers
+    of the same packets go on."""
+    events: list[EngineEvent] = []
+    with trio.fail_after(20):
+        async with open_worker(WorkerSettings()) as worker:
+            router_id = await worker.create_router(events.append)
+            async with (
+                connected_client(worker, router_id) as (pub_id, pub),
+                connected_client(worker, router_id) as (broken_id, _broken_sub),
+                connected_client(worker, router_id) as (sub_id, sub),
+            ):
+                params = audio_rtp_parameters(ssrc=1111, mid="0")
+                audio_id = await worker.produce(pub_id, "audio", params)
+                caps = device_caps()
+                broken = await worker.consume(broken_id, audio_id, caps, paused=False)
+                good = await worker.consume(sub_id, audio_id, caps, paused=False)
+                router = worker._routers[router_id]
+
+                def bug(*args: object) -> None:
+                    raise RuntimeError("a bug in the consumer's packet path")
+
+                router.consumers[broken.consumer_id].send_rtp = bug
+                stream = SyntheticPublisher(params).streams[0]
+                good_ssrc = good.rtp_parameters.encodings[0].ssrc
+                for round_ in range(2):
+                    for _ in range(10):
+                        pub.send_rtp(stream.opus_frame(now=trio.current_time()))
+                    with trio.fail_after(5):  # all of them, the first round too
+                        for _ in range(10):
+                            packet = RtpPacket.parse_untrusted(await sub.receive_rtp())
+                            assert packet.ssrc == good_ssrc
+                    if round_ == 0:
+                        await trio.sleep(0.1)
+
+                closed = [e for e in events if isinstance(e, ConsumerClosed)]
+                assert [(e.consumer_id, e.reason) for e in closed] == [
+                    (broken.consumer_id, "internal_error")
+                ]
+                failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+                assert len(failures) == 1
+                assert broken.consumer_id in failures[0].getMessage()
+                dump = worker.dump()["routers"][0]
+                assert pub_id in dump["transportIds"]
+                assert dump["consumerIds"] == [good.consumer_id]
+                assert [t["dtlsState"] for t in dump["transports"]] == ["connected"] * 3
+                assert audio_id in dump["producerIds"]
+            await worker.close_router(router_id)

@@ -104,7 +104,7 @@ CLIENT_DTLS = DtlsParameters(fingerprints=[], role="client")
 
 
 async def check(worker: Worker, kinds: dict[str, str], expected_live: set[str]) -> None:
-    # The index first: a lookup that misses prunes lazily and would hide a stale entry.
+    # The index first: it must be exact before any lookup touches it.
     assert dumped_ids(worker) == expected_live
     assert indexed_ids(worker) == expected_live
     for entity_id, kind in kinds.items():
@@ -229,3 +229,28 @@ async def test_the_index_does_not_grow() -> None:
                     self_close(worker, one, t)
                 assert indexed_ids(worker) == steady
                 assert dumped_ids(worker) == steady
+
+
+async def test_producer_and_consumer_close_once_and_their_router_and_worker_forget_them() -> None:
+    """close() on the objects themselves (as a bug in a consumer does): idempotent, the
+    cascade and the events happen once, and the worker's index follows."""
+    with trio.fail_after(20):
+        async with open_worker() as worker:
+            one = await open_meeting(worker)
+            kinds = one.kinds()
+            router = worker._routers[one.router_id]
+            consumer = router.consumers[one.cb]
+            consumer.close("internal_error")
+            consumer.close("internal_error")
+            consumer.close()
+            assert consumer.closed and consumer not in router.producers[one.pb].consumers
+            await check(worker, kinds, set(kinds) - {one.cb})
+            producer = router.producers[one.pa]
+            producer.close()
+            producer.close("transport_closed")
+            assert producer.closed and router.consumers == {}
+            await check(worker, kinds, {one.a, one.b, one.pb})
+            closed = [
+                (e.consumer_id, e.reason) for e in one.events if isinstance(e, ConsumerClosed)
+            ]
+            assert closed == [(one.cb, "internal_error"), (one.ca, "producer_closed")]

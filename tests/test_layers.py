@@ -15,6 +15,16 @@ SANS_IO_MODULES = (
     "trio_sfu.ice",
     "trio_sfu.dtls",
     "trio_sfu.srtp",
+    # The engine's sans-IO parts: what the router and its packet path decide, numbers
+    # and packets in, numbers and packets out.
+    "trio_sfu.engine.control",
+    "trio_sfu.engine.rtp_listener",
+    "trio_sfu.engine.producer",
+    "trio_sfu.engine.consumer",
+    "trio_sfu.engine.pipe_consumer",
+    "trio_sfu.engine.layers",
+    "trio_sfu.engine.bandwidth",
+    "trio_sfu.engine.speaker",
 )
 
 

@@ -23,6 +23,7 @@ from typing import Final, Literal, final
 import attrs
 
 from trio_sfu.errors import BadPacket, InvalidStateError
+from trio_sfu.ortc.types import IceCandidate
 from trio_sfu.stun import (
     Class,
     Method,
@@ -117,6 +118,48 @@ def host_candidate_priority(protocol: Literal["udp", "tcp"], index: int = 0) -> 
         raise ValueError(f"candidate index {index} is outside 0..32767")
     base = 0xFFFF if protocol == "udp" else 0x7FFF
     return candidate_priority(HOST_TYPE_PREFERENCE, base - index, 1)
+
+
+def host_candidates(
+    address: str, udp_port: int | None, tcp_port: int | None, *, prefer_udp: bool = True
+) -> list[IceCandidate]:
+    """The server's host candidates: one on ``udp_port`` and one passive TCP candidate on
+    ``tcp_port`` (None: that protocol is off), both on ``address``. UDP outranks TCP
+    unless not ``prefer_udp``."""
+    candidates: list[IceCandidate] = []
+    if prefer_udp:
+        udp_priority = host_candidate_priority("udp")
+        tcp_priority = host_candidate_priority("tcp")
+    else:
+        # The same two local preferences, the other way round.
+        udp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0x7FFF)
+        tcp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0xFFFF)
+    if udp_port is not None:
+        candidates.append(
+            IceCandidate(
+                foundation="udpcandidate",
+                priority=udp_priority,
+                address=address,
+                ip=address,
+                port=udp_port,
+                type="host",
+                protocol="udp",
+            )
+        )
+    if tcp_port is not None:
+        candidates.append(
+            IceCandidate(
+                foundation="tcpcandidate",
+                priority=tcp_priority,
+                address=address,
+                ip=address,
+                port=tcp_port,
+                type="host",
+                protocol="tcp",
+                tcp_type="passive",
+            )
+        )
+    return candidates
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,12 +74,13 @@ class TransportClosed:
 
 @attrs.frozen
 class ConsumerClosed:
-    """A consumer closed because its producer or transport closed."""
+    """A consumer closed because its producer or transport closed, or by a bug in its
+    own forwarding (``internal_error``)."""
 
     router_id: str
     consumer_id: str
     producer_id: str
-    reason: str  # "producer_closed" | "transport_closed"
+    reason: str  # "producer_closed" | "transport_closed" | "internal_error"
 
 
 @attrs.frozen

@@ -33,14 +33,13 @@ no temporal filtering. Every change of the current layers is reported through
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import Any, Final, Literal, Protocol
 
 from trio_sfu.engine.layers import LEVEL_R2, spatial_cap
-from trio_sfu.engine.producer import STARTUP_WAIT
+from trio_sfu.engine.producer import STARTUP_WAIT, Producer, ProducerStream
 from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import is_rtx, parse_scalability_mode
 from trio_sfu.ortc.types import MediaKind, RtpParameters
-from trio_sfu.rtcp import SenderReport
 from trio_sfu.rtp import vp8
 from trio_sfu.rtp.egress import (
     NO_VP8_IDS,
@@ -53,10 +52,6 @@ from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI, TRANSPOR
 from trio_sfu.rtp.packet import find_extension_span_untrusted, rtp_layout_untrusted
 from trio_sfu.rtp.rewriter import SeqTsRewriter
 from trio_sfu.rtp.rtx import rtx_wrap
-
-if TYPE_CHECKING:
-    from trio_sfu.engine.bandwidth import SendSideEstimator
-    from trio_sfu.engine.producer import Producer, ProducerStream
 
 #: Header extensions never forwarded as they came: they describe the publisher's leg.
 _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_CC_URI})
@@ -71,13 +66,28 @@ _HISTORY_AUDIO: Final = 64
 _TWO_POW_32: Final = float(1 << 32)
 
 
+class SendMeter(Protocol):
+    """Where a consumer counts what it sends on its transport: the send-side estimator of
+    the transport's control (:attr:`TransportControl.estimator
+    <trio_sfu.engine.control.TransportControl.estimator>`), handed to the consumer when
+    the router makes it."""
+
+    def on_sent(self, size: int, now: float) -> int:
+        """A packet of ``size`` bytes goes out now: its transport-wide sequence number."""
+        ...
+
+    def allow_retransmission(self, size: int, now: float) -> bool:
+        """Whether a retransmission of ``size`` bytes fits the budget now."""
+        ...
+
+
 def _ntp_seconds(ntp: int) -> float:
     return ntp / _TWO_POW_32
 
 
 class Consumer:
     """Forwards one producer to one receiving transport (subclassed only by
-    :class:`PipeConsumer`)."""
+    :class:`~trio_sfu.engine.pipe_consumer.PipeConsumer`)."""
 
     # Slots, not an instance dict: with this many attributes CPython gives up sharing the
     # dict's keys, and each consumer's dict took 1.5 KiB.
@@ -88,6 +98,7 @@ class Consumer:
         "_history",
         "_keyframe_retry_at",
         "_mid",
+        "_on_closed",
         "_on_layers_changed",
         "_payload_types",
         "_probe_cursor",
@@ -159,7 +170,8 @@ class Consumer:
         send_rtp: Callable[[bytes | bytearray], bool],
         now: float,
         on_layers_changed: Callable[[Consumer], None] | None = None,
-        estimator: SendSideEstimator | None = None,
+        on_closed: Callable[[Consumer, str], None] | None = None,
+        estimator: SendMeter | None = None,
     ) -> None:
         self.id = consumer_id
         self.producer = producer
@@ -175,6 +187,7 @@ class Consumer:
         self.closed = False
         self._send = send_rtp
         self._on_layers_changed = on_layers_changed
+        self._on_closed = on_closed
 
         encoding = rtp_parameters.encodings[0]
         assert encoding.ssrc is not None
@@ -695,6 +708,18 @@ class Consumer:
 
     # ---- control ---------------------------------------------------------------------
 
+    def close(self, reason: str = "closed") -> None:
+        """Close the consumer: nothing more goes out, and its owner forgets it
+        (``on_closed(consumer, reason)``). Idempotent. ``reason``: ``"closed"`` (asked
+        for), ``"producer_closed"``, ``"transport_closed"``, or ``"internal_error"`` (a bug
+        in its packet path, see :meth:`Producer.receive_rtp
+        <trio_sfu.engine.producer.Producer.receive_rtp>`)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._on_closed is not None:
+            self._on_closed(self, reason)
+
     def pause(self) -> None:
         self.paused = True
         self._update_forwarding()
@@ -782,209 +807,3 @@ def _layers(spatial: int | None, temporal: int | None) -> dict[str, int] | None:
     if spatial is None or temporal is None:
         return None
     return {"spatialLayer": spatial, "temporalLayer": temporal}
-
-
-@final
-class PipeConsumer(Consumer):
-    """A consumer that feeds a pipe transport: every stream of the producer, as it is.
-
-    mediasoup's PipeConsumer. The other router's pipe producer (same producer id) is made
-    from :attr:`rtp_parameters` (``negotiation.get_pipe_consumer_rtp_parameters``): every
-    simulcast stream is an encoding with its consumable SSRC, and every packet of every
-    stream goes out, with the router's payload type and header extension ids (the
-    consumer's shared :class:`~trio_sfu.rtp.egress.HeaderTemplate`), under its stream's
-    SSRC. No layer selection, no temporal filtering, no VP8 rewrite: the other router's
-    consumers do that. Timestamps pass unchanged (so the Sender Reports of the publisher
-    keep describing them); sequence numbers keep their own stream's numbering and are
-    spliced only after a pause, so that each stream goes on without a gap.
-
-    PLI/FIR from the other router name a stream by SSRC and go to the producer for that
-    stream (:meth:`request_keyframe`). Each stream gets a Sender Report
-    (:meth:`sender_reports`) once its publisher sent one. No NACK / RTX: the pipe runs on
-    a loopback or a LAN.
-    """
-
-    __slots__ = (
-        "_next_seqs",
-        "_resync",
-        "_seq_offsets",
-        "_stream_of_ssrc",
-        "stream_octets",
-        "stream_packets",
-        "stream_ssrcs",
-    )
-
-    def __init__(
-        self,
-        *,
-        consumer_id: str,
-        producer: Producer,
-        transport_id: str,
-        rtp_parameters: RtpParameters,
-        send_rtp: Callable[[bytes | bytearray], bool],
-        now: float,
-    ) -> None:
-        super().__init__(
-            consumer_id=consumer_id,
-            producer=producer,
-            transport_id=transport_id,
-            rtp_parameters=rtp_parameters,
-            paused=False,
-            send_rtp=send_rtp,
-            now=now,
-        )
-        count = len(producer.streams)
-        ssrcs = tuple(e.ssrc for e in rtp_parameters.encodings if e.ssrc is not None)
-        if len(ssrcs) != count:
-            raise ValueError("a pipe consumer needs one encoding with an SSRC per stream")
-        #: Our SSRC of each producer stream (by stream index).
-        self.stream_ssrcs = ssrcs
-        self._stream_of_ssrc = {ssrc: index for index, ssrc in enumerate(ssrcs)}
-        #: Per stream: what is added to the incoming sequence number, the next one out
-        #: (None: nothing sent yet), and whether the offset is chosen again at the next
-        #: packet (after a pause).
-        self._seq_offsets = [0] * count
-        self._next_seqs: list[int | None] = [None] * count
-        self._resync = [True] * count
-        self.stream_packets = [0] * count
-        self.stream_octets = [0] * count
-        # Every codec of the producer, not only the first one.
-        self._payload_types = producer.payload_types
-        self.spatial_layers = count
-        self.preferred_spatial_layer = count - 1
-        self.temporal_filtering = False
-        self.send_rtp = self._send_pipe
-
-    def _send_pipe(
-        self,
-        stream: ProducerStream,
-        packet: bytes,
-        seq: int,
-        ts: int,
-        payload_start: int,
-        info: vp8.Vp8Info | None,
-        keyframe: bool,
-        now: float,
-    ) -> None:
-        if not self._forwarding:
-            return
-        index = stream.index
-        if self._resync[index]:
-            self._resync[index] = False
-            following = self._next_seqs[index]
-            self._seq_offsets[index] = 0 if following is None else (following - seq) & 0xFFFF
-        payload_type = self._payload_types.get(packet[1] & 0x7F)
-        if payload_type is None:
-            return
-        built = self._template.build(packet)
-        if built is None:
-            return
-        out_seq = (seq + self._seq_offsets[index]) & 0xFFFF
-        out = built[0][:]
-        write_header(out, payload_type, out_seq, ts, self.stream_ssrcs[index])
-        following = self._next_seqs[index]
-        if following is None or (out_seq - following) & 0xFFFF < 0x8000:
-            self._next_seqs[index] = (out_seq + 1) & 0xFFFF
-        size = len(out) - 12
-        self.packets_sent += 1
-        self.octets_sent += size
-        self.stream_packets[index] += 1
-        self.stream_octets[index] += size
-        self.last_sent_at = now
-        self._send(out)
-
-    # ---- what differs from a consumer of one stream ------------------------------------
-
-    def _request_sync(self, now: float) -> None:
-        # Resumed: each stream's numbering goes on from where it stopped.
-        self._resync = [True] * len(self._resync)
-
-    def update_layers(self, now: float) -> None:
-        self._update_forwarding()  # no target: every stream goes
-
-    def layer_options_cap(self) -> tuple[int, int] | None:
-        """Every layer (the other router's consumers choose), unless paused."""
-        if not self._forwarding:
-            return None
-        return self.spatial_layers - 1, self.temporal_layers - 1
-
-    def set_preferred_layers(
-        self, spatial: int, temporal: int | None, now: float
-    ) -> tuple[int, int]:
-        """Ignored: a pipe consumer forwards every layer."""
-        return self.spatial_layers - 1, self.temporal_layers - 1
-
-    def request_keyframe(self, now: float, ssrc: int | None = None) -> None:
-        """PLI/FIR from the other router for stream ``ssrc`` (None: every stream)."""
-        if ssrc is None:
-            for stream_index in range(len(self.stream_ssrcs)):
-                self.producer.request_keyframe(stream_index, now)
-            return
-        index = self._stream_of_ssrc.get(ssrc)
-        if index is not None:
-            self.producer.request_keyframe(index, now)
-
-    def receive_report(
-        self,
-        fraction_lost: int,
-        cumulative_lost: int,
-        rtt: float | None,
-        highest_seq: int | None = None,
-    ) -> None:
-        # Blocks of several streams arrive: their sequence numbers are not one series.
-        super().receive_report(fraction_lost, cumulative_lost, rtt, None)
-
-    def sender_reports(self, ntp: int, now: float) -> list[SenderReport]:
-        """A Sender Report for each stream sent whose publisher sent one: NTP time ``ntp``
-        (now) and the RTP time of now extrapolated from the publisher's last report (the
-        pipe keeps its timestamps)."""
-        reports = []
-        clock = self.clock_rate
-        for stream, ssrc, packets, octets in zip(
-            self.producer.streams,
-            self.stream_ssrcs,
-            self.stream_packets,
-            self.stream_octets,
-            strict=True,
-        ):
-            if packets == 0 or stream.last_sr_arrival < 0 or not stream.last_sr_ntp:
-                continue
-            rtp = stream.last_sr_rtp + round((now - stream.last_sr_arrival) * clock)
-            reports.append(
-                SenderReport(
-                    ssrc=ssrc,
-                    ntp_timestamp=ntp,
-                    rtp_timestamp=rtp & _TS_MASK,
-                    packet_count=packets & 0xFFFFFFFF,
-                    octet_count=octets & 0xFFFFFFFF,
-                )
-            )
-        return reports
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "type": "outbound-rtp",
-            "kind": self.kind,
-            "pipe": True,
-            "packetCount": self.packets_sent,
-            "byteCount": self.octets_sent,
-            "fractionLost": self.fraction_lost / 256,
-            "roundTripTime": self.rtt,
-            "streams": [
-                {"ssrc": ssrc, "packetCount": packets, "byteCount": octets}
-                for ssrc, packets, octets in zip(
-                    self.stream_ssrcs, self.stream_packets, self.stream_octets, strict=True
-                )
-            ],
-        }
-
-    def dump(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "producerId": self.producer_id,
-            "kind": self.kind,
-            "type": "pipe",
-            "paused": self.paused,
-            "producerPaused": self.producer_paused,
-            "ssrcs": list(self.stream_ssrcs),
-        }

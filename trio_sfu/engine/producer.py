@@ -22,8 +22,9 @@ keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` old.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, Protocol, final
 
 from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import RtpMapping
@@ -37,8 +38,7 @@ from trio_sfu.rtp.packet import find_extension_untrusted, rtp_layout_untrusted
 from trio_sfu.rtp.rtx import rtx_unwrap_untrusted
 from trio_sfu.rtp.stats import ReceiveStats
 
-if TYPE_CHECKING:
-    from trio_sfu.engine.consumer import Consumer
+logger = logging.getLogger(__name__)
 
 #: At most one keyframe request (PLI/FIR) upstream per stream per this many seconds,
 #: unless a keyframe answered the previous one.
@@ -133,6 +133,45 @@ class ProducerStream:
         return f"<ProducerStream {self.index} rid={self.rid} ssrc={self.ssrc}>"
 
 
+#: One packet for a consumer: ``(stream, packet, seq, ts, payload_start, vp8_info, keyframe,
+#: now)``, parsed once by the producer for all of its consumers.
+SendRtp = Callable[[ProducerStream, bytes, int, int, int, "vp8.Vp8Info | None", bool, float], None]
+
+
+class ProducerSink(Protocol):
+    """What a producer hands its packets and its news to: a consumer
+    (:class:`~trio_sfu.engine.consumer.Consumer`, which imports this module; this one
+    knows consumers only through this protocol)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def transport_id(self) -> str: ...
+
+    @property
+    def active(self) -> bool:
+        """Neither paused nor closed (its demand counts)."""
+        ...
+
+    @property
+    def send_rtp(self) -> SendRtp:
+        """The packet path: called for every packet of the producer, never blocks."""
+        ...
+
+    def set_producer_paused(self, paused: bool, now: float) -> None: ...
+
+    def on_streams_changed(self, now: float) -> None:
+        """A stream of the producer started or stopped."""
+        ...
+
+    def layer_options_cap(self) -> tuple[int, int] | None:
+        """The highest (spatial, temporal) layers it wants, None while it wants none."""
+        ...
+
+    def close(self, reason: str = "closed") -> None: ...
+
+
 def _has_feedback(rtp_parameters: RtpParameters, type_: str, parameter: str = "") -> bool:
     return any(
         fb.type == type_ and fb.parameter == parameter
@@ -143,7 +182,8 @@ def _has_feedback(rtp_parameters: RtpParameters, type_: str, parameter: str = ""
 
 @final
 class Producer:
-    """A published track. Created by the router; closed by it, its transport or a request."""
+    """A published track. Created by the router, which installs ``on_closed`` to forget it;
+    :meth:`close` comes from a request or from its transport closing."""
 
     def __init__(
         self,
@@ -158,6 +198,7 @@ class Producer:
         send_rtcp: Callable[[bytes], bool],
         on_audio_level: Callable[[str, int], None] | None = None,
         on_streams_changed: Callable[[Producer, float], None] | None = None,
+        on_closed: Callable[[Producer, str], None] | None = None,
     ) -> None:
         self.id = producer_id
         self.transport_id = transport_id
@@ -167,10 +208,11 @@ class Producer:
         self.mapping = mapping
         self.paused = paused
         self.closed = False
-        self.consumers: set[Consumer] = set()
+        self.consumers: set[ProducerSink] = set()
         self._send_rtcp = send_rtcp
         self._on_audio_level = on_audio_level
         self._on_streams_changed = on_streams_changed
+        self._on_closed = on_closed
         media = [c for c in rtp_parameters.codecs if not c.mime_type.lower().endswith("/rtx")]
         self.mime_type = media[0].mime_type.lower()
         clock_rate = media[0].clock_rate
@@ -235,7 +277,8 @@ class Producer:
         self, stream: ProducerStream, packet: bytes, now: float, retransmitted: bool = False
     ) -> None:
         """A media packet of ``stream`` (RTX already unwrapped). Never blocks, never raises
-        BadPacket: a packet its consumers cannot use is counted and dropped."""
+        BadPacket: a packet its consumers cannot use is counted and dropped. A consumer
+        that raises is closed (see :meth:`_fan_out_failed`), the others go on."""
         size = len(packet)
         stream.packets += 1
         stream.octets += size
@@ -269,8 +312,11 @@ class Producer:
                     self._on_audio_level(self.id, value[0] & 0x7F)
             if self.paused:
                 return
-            for consumer in self.consumers:
-                consumer.send_rtp(stream, packet, seq, ts, 0, None, False, now)
+            try:
+                for consumer in self.consumers:
+                    consumer.send_rtp(stream, packet, seq, ts, 0, None, False, now)
+            except Exception:
+                self._fan_out_failed(consumer, stream, packet, seq, ts, 0, None, False, now)
             return
         try:
             _, start, end = rtp_layout_untrusted(packet)
@@ -294,8 +340,39 @@ class Producer:
             stream.keyframe_requested_at = -1e9  # answered: a new request may go out
         if self.paused:
             return
-        for consumer in self.consumers:
-            consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+        try:
+            for consumer in self.consumers:
+                consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+        except Exception:
+            self._fan_out_failed(consumer, stream, packet, seq, ts, start, info, keyframe, now)
+
+    def _fan_out_failed(
+        self,
+        failed: ProducerSink,
+        stream: ProducerStream,
+        packet: bytes,
+        seq: int,
+        ts: int,
+        start: int,
+        info: vp8.Vp8Info | None,
+        keyframe: bool,
+        now: float,
+    ) -> None:
+        """``failed`` raised while forwarding a packet: a bug in that consumer. It closes
+        (``internal_error``, logged once: it gets no packet any more); the consumers after
+        it in this round still get the packet, and the publisher's transport goes on."""
+        order = list(self.consumers)
+        rest = order[order.index(failed) + 1 :] if failed in order else []
+        self._close_failed(failed)
+        for consumer in rest:
+            try:
+                consumer.send_rtp(stream, packet, seq, ts, start, info, keyframe, now)
+            except Exception:
+                self._close_failed(consumer)
+
+    def _close_failed(self, consumer: ProducerSink) -> None:
+        logger.exception("consumer %s of producer %s failed: closing it", consumer.id, self.id)
+        consumer.close("internal_error")
 
     def payload_types_to(self, router_pt: int) -> Mapping[int, int]:
         """The part of :attr:`payload_types` that maps to ``router_pt`` (the codec a consumer
@@ -410,6 +487,19 @@ class Producer:
 
     def bitrate(self) -> float:
         return sum(s.bitrate for s in self.streams if s.active)
+
+    # ---- life cycle ------------------------------------------------------------------
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the producer: its consumers close (``producer_closed``), then its owner
+        forgets it (``on_closed(producer, reason)``). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for consumer in list(self.consumers):
+            consumer.close("producer_closed")
+        if self._on_closed is not None:
+            self._on_closed(self, reason)
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -1,20 +1,29 @@
-"""Router: the media plane of one meeting.
+"""Router: the media plane of one meeting, and the owner of everything in it.
 
 A router is a Trio nursery (its :meth:`Router.run` task) that owns the meeting's
-WebRtcTransports and PipeTransports, their Producers and Consumers, and one RTCP task. The
-maps from id to object live here, never in a global. ``close()`` is synchronous and
+transports (WebRTC, plain and pipe), their Producers and Consumers, and the periodic
+tasks. The maps from id to object live here, never in a global: ``transports`` (each a
+:class:`~trio_sfu.engine.leg.TransportLeg`), ``producers``, ``consumers``. It creates
+every entity, installs itself as its owner (``on_closed``), and forgets it when it
+closes, telling its own owner (``on_entity_closed``). ``close()`` is synchronous and
 idempotent: it closes every transport (their sockets at once), producers and consumers,
 then cancels the nursery.
 
-The packet path runs in the transports' receive loops:
-``send transport -> on_rtp -> RtpListener (by SSRC, else MID/RID) -> Producer ->
-Consumer -> receiving transport's egress channel``.
+What is not the owner's lives elsewhere, one concept per module:
+
+* the packet path: :mod:`trio_sfu.engine.leg` (a transport's packets in, RTCP from the
+  other end), :mod:`~trio_sfu.engine.rtp_listener`, :mod:`~trio_sfu.engine.producer`,
+  :mod:`~trio_sfu.engine.consumer`;
+* bandwidth, reports, probing and the loss policy of each transport:
+  :mod:`trio_sfu.engine.control` (sans-IO), driven from here by three periodic tasks
+  (reports, feedback, policy) and a task per probe; the ICE/DTLS timers of every
+  transport fire from one more task (a :class:`~trio_sfu.timers.TimerQueue`).
 
 Pipes (mediasoup's ``pipeToRouter``, orchestrated by :mod:`trio_sfu.engine.pipe`): a
 :class:`~trio_sfu.engine.pipe_transport.PipeTransport` takes the place of a WebRtcTransport
-in the same bookkeeping; a :class:`~trio_sfu.engine.consumer.PipeConsumer` on it sends every
-stream of a producer to another router, where :meth:`Router.pipe_produce` makes a producer
-with the same id that its consumers consume like any other.
+in the same bookkeeping; a :class:`~trio_sfu.engine.pipe_consumer.PipeConsumer` on it
+sends every stream of a producer to another router, where :meth:`Router.pipe_produce`
+makes a producer with the same id that its consumers consume like any other.
 """
 
 from __future__ import annotations
@@ -42,30 +51,17 @@ from trio_sfu.engine.api import (
     TransportClosed,
     TransportInfo,
 )
-from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
-from trio_sfu.engine.consumer import Consumer, PipeConsumer
-from trio_sfu.engine.layers import (
-    LossPolicy,
-    PolicySettings,
-    Quality,
-    allocate,
-    interval_loss,
-    layer_options,
-    network_quality,
-)
+from trio_sfu.engine.consumer import Consumer
+from trio_sfu.engine.layers import PolicySettings
+from trio_sfu.engine.leg import AnyTransport, TransportLeg
+from trio_sfu.engine.pipe_consumer import PipeConsumer
 from trio_sfu.engine.pipe_transport import PipeTransport
 from trio_sfu.engine.plain_transport import PlainTransport
-from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
+from trio_sfu.engine.producer import Producer
 from trio_sfu.engine.rtc_sockets import is_unspecified
 from trio_sfu.engine.speaker import ActiveSpeakerDetector
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
-from trio_sfu.errors import (
-    ENGINE_REFUSALS,
-    BadPacket,
-    InvalidStateError,
-    NotFoundError,
-    UnsupportedError,
-)
+from trio_sfu.errors import ENGINE_REFUSALS, InvalidStateError, NotFoundError, UnsupportedError
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
     DtlsParameters,
@@ -75,26 +71,6 @@ from trio_sfu.ortc.types import (
     RtpParameters,
     SrtpParameters,
 )
-from trio_sfu.rtcp import (
-    Bye,
-    Fir,
-    GenericNack,
-    Pli,
-    ReceiverReport,
-    Remb,
-    RtcpPacket,
-    Sdes,
-    SdesChunk,
-    SenderReport,
-    TransportCcFeedback,
-    build_rtcp,
-    ntp_to_compact,
-    parse_rtcp_untrusted,
-    unix_to_ntp,
-)
-from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI
-from trio_sfu.rtp.packet import find_extension_untrusted, rtp_ssrc
-from trio_sfu.rtp.stats import round_trip_time
 from trio_sfu.timers import TimerQueue
 
 logger = logging.getLogger(__name__)
@@ -108,180 +84,12 @@ SPEAKER_INTERVAL = 0.3
 #: Periodic passes (reports, feedback, policy) handle this many transports between two
 #: checkpoints, so that the packet path runs in between.
 TICK_SLICE = 16
-#: A receiver report must cover this many packets before its loss counts.
-MIN_LOSS_PACKETS = 10
-#: Probing: the first wait after a failed probe, and the longest.
-PROBE_BACKOFF = 2.0
-PROBE_BACKOFF_MAX = 30.0
-#: The share of a transport's estimated bandwidth its consumers are planned to use.
-BUDGET_SHARE = 0.95
-#: How long one probe cluster lasts.
-PROBE_DURATION = 0.2
-#: The REMB toward a publisher falls at most to this share of itself per second. Cut at
-#: once (from what three streams need to what one needs), Chromium's pacer is left with a
-#: queue of frames encoded for the old rate and sends even the stream still wanted seconds
-#: late; the keyframe that ends such a queue jumps its timestamps forward and the
-#: subscribers' jitter buffers hold their frames until they catch up.
-REMB_DECREASE_PER_SECOND = 0.5
-
-
-#: What the router's transport bookkeeping holds: the kinds share what the router uses
-#: (``on_rtp``, ``on_rtcp``, ``on_closed``, ``send_rtp_nowait``, ``send_rtcp_nowait``,
-#: ``stats()``, ``close()``, ``id``, ``closed``).
-AnyTransport = WebRtcTransport | PlainTransport  # PipeTransport is a PlainTransport
 
 
 def new_id(prefix: str = "") -> str:
     """A fresh entity id. A worker process puts its own ``prefix`` in front, so that the
     signaling side can tell from an id alone which worker holds the entity."""
     return prefix + secrets.token_hex(8)
-
-
-@final
-class RtpListener:
-    """Finds the producer stream of an incoming packet on one send transport.
-
-    ``ssrc_owners`` is the router's map of every SSRC any of its producers has (announced
-    or learned): an SSRC another producer of the router holds is never learned here.
-    """
-
-    __slots__ = ("producers", "ssrc_owners", "ssrc_table")
-
-    def __init__(self, ssrc_owners: dict[int, Producer] | None = None) -> None:
-        #: ssrc -> (producer, stream, is_rtx)
-        self.ssrc_table: dict[int, tuple[Producer, ProducerStream, bool]] = {}
-        self.producers: list[Producer] = []
-        self.ssrc_owners: dict[int, Producer] = {} if ssrc_owners is None else ssrc_owners
-
-    def add(self, producer: Producer) -> None:
-        for stream in producer.streams:
-            if stream.ssrc is not None:
-                self._claim(stream.ssrc, producer, stream, False)
-            if stream.rtx_ssrc is not None:
-                self._claim(stream.rtx_ssrc, producer, stream, True)
-        self.producers.append(producer)
-
-    def remove(self, producer: Producer) -> None:
-        self.producers.remove(producer)
-        for ssrc in [s for s, entry in self.ssrc_table.items() if entry[0] is producer]:
-            del self.ssrc_table[ssrc]
-            if self.ssrc_owners.get(ssrc) is producer:
-                del self.ssrc_owners[ssrc]
-
-    def ssrc_in_use(self, ssrc: int) -> bool:
-        return ssrc in self.ssrc_table or ssrc in self.ssrc_owners
-
-    def _claim(self, ssrc: int, producer: Producer, stream: ProducerStream, rtx: bool) -> None:
-        self.ssrc_table[ssrc] = (producer, stream, rtx)
-        self.ssrc_owners[ssrc] = producer
-
-    def learn_untrusted(
-        self, packet: bytes, ssrc: int
-    ) -> tuple[Producer, ProducerStream, bool] | None:
-        """An unknown SSRC: match it by the MID and RID / repaired-RID header extensions.
-        None for an SSRC that another producer of the router holds (never taken over)."""
-        if ssrc in self.ssrc_owners:
-            return None
-        for producer in self.producers:
-            ids = producer.extension_ids
-            mid_id = ids.get(MID_URI)
-            if producer.rtp_parameters.mid is not None and mid_id is not None:
-                mid = find_extension_untrusted(packet, mid_id)
-                if mid is None or mid.decode("ascii", "replace") != producer.rtp_parameters.mid:
-                    continue
-            elif len(self.producers) > 1:
-                continue
-            rid_id = ids.get(RID_URI)
-            rrid_id = ids.get(REPAIRED_RID_URI)
-            rid = find_extension_untrusted(packet, rid_id) if rid_id is not None else None
-            if rid is not None:
-                stream = producer.streams_by_rid.get(rid.decode("ascii", "replace"))
-                if stream is None or stream.ssrc is not None:
-                    return None
-                stream.ssrc = ssrc
-                self._claim(ssrc, producer, stream, False)
-                return producer, stream, False
-            rrid = find_extension_untrusted(packet, rrid_id) if rrid_id is not None else None
-            if rrid is not None:
-                stream = producer.streams_by_rid.get(rrid.decode("ascii", "replace"))
-                if stream is None or stream.rtx_ssrc is not None:
-                    return None
-                stream.rtx_ssrc = ssrc
-                self._claim(ssrc, producer, stream, True)
-                return producer, stream, True
-            if not producer.is_simulcast and producer.streams[0].rid is None:
-                stream = producer.streams[0]
-                is_rtx = (packet[1] & 0x7F) in producer.rtx_payload_types
-                if is_rtx and stream.rtx_ssrc is None:
-                    stream.rtx_ssrc = ssrc
-                elif not is_rtx and stream.ssrc is None:
-                    stream.ssrc = ssrc
-                else:
-                    return None
-                self._claim(ssrc, producer, stream, is_rtx)
-                return producer, stream, is_rtx
-        return None
-
-
-@final
-class _TransportEntry:
-    """A transport and what the router keeps about it: its producers and consumers, the
-    bandwidth state of each direction, the loss policy of its video consumers."""
-
-    __slots__ = (
-        "allocated_at",
-        "cname",
-        "consumers",
-        "consumers_by_ssrc",
-        "desired_bitrate",
-        "estimator",
-        "last_estimate",
-        "listener",
-        "next_mid",
-        "next_probe_at",
-        "planned",
-        "policies",
-        "probe_backoff",
-        "probe_results_seen",
-        "probing",
-        "producers",
-        "quality",
-        "remb_at",
-        "remb_bitrate",
-        "transport",
-        "twcc_id",
-        "twcc_recorder",
-        "uplink_prior",
-    )
-
-    def __init__(self, transport: AnyTransport, ssrc_owners: dict[int, Producer]) -> None:
-        self.transport = transport
-        self.listener = RtpListener(ssrc_owners)
-        self.producers: dict[str, Producer] = {}
-        self.consumers: dict[str, Consumer] = {}
-        self.consumers_by_ssrc: dict[int, Consumer] = {}
-        self.cname: str | None = None
-        self.next_mid = 0
-        # Downlink (what the router sends on this transport).
-        self.estimator = SendSideEstimator()
-        self.last_estimate: float | None = None
-        self.planned = False
-        self.allocated_at = -1e9
-        self.desired_bitrate = 0.0
-        self.policies: dict[str, LossPolicy] = {}
-        self.next_probe_at = 0.0
-        self.probe_backoff = PROBE_BACKOFF
-        self.probe_results_seen = 0
-        self.probing = False
-        # Uplink (what the router receives): transport-cc toward the publisher.
-        self.twcc_id: int | None = None
-        self.twcc_recorder: TwccRecorder | None = None
-        #: Per producer stream: (expected, received) at the last policy tick.
-        self.uplink_prior: dict[tuple[str, int], tuple[int, int]] = {}
-        #: The last REMB sent toward the publisher, and when.
-        self.remb_bitrate: float | None = None
-        self.remb_at = 0.0
-        self.quality: Quality | None = None
 
 
 #: The media counters the engine reports (``Worker.dump()["counters"]``, ``/metrics``).
@@ -326,6 +134,7 @@ class Router:
         feedback_interval: float = FEEDBACK_INTERVAL,
         retired_counters: dict[str, int] | None = None,
         id_prefix: str = "",
+        on_entity_closed: Callable[[str], None] | None = None,
     ) -> None:
         self.id = router_id
         #: Put in front of every transport, producer and consumer id (see :func:`new_id`).
@@ -338,6 +147,9 @@ class Router:
         self.closed = False
         self._certificate = certificate
         self._on_event = on_event
+        #: Told the id of every transport, producer and consumer that closed, once the
+        #: router has forgotten it (the worker keeps its index of ids with it).
+        self._on_entity_closed = on_entity_closed
         self._transport_options = transport_options
         self._rtcp_interval = rtcp_interval
         self.policy = policy or PolicySettings()
@@ -346,7 +158,8 @@ class Router:
         self._nursery: trio.Nursery | None = None
         #: Fires every transport's ICE/DTLS timer from one task.
         self._timers = TimerQueue()
-        self.transports: dict[str, _TransportEntry] = {}
+        #: Every transport's leg, by transport id.
+        self.transports: dict[str, TransportLeg] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
         #: Every SSRC a producer of this router has (announced or learned), by producer.
@@ -387,27 +200,31 @@ class Router:
             raise InvalidStateError(f"router {self.id} is closed")
         return self._nursery
 
-    def ntp_now(self, now: float) -> int:
-        return unix_to_ntp(now + self._epoch_offset)
-
     def _emit(self, event: Any) -> None:
         if not self.closed:
             self._on_event(event)
 
+    def _forgotten(self, entity_id: str) -> None:
+        if self._on_entity_closed is not None:
+            self._on_entity_closed(entity_id)
+
     # ---- transports --------------------------------------------------------------------
 
-    def _hook(self, transport: AnyTransport) -> _TransportEntry:
-        """A new transport's entry, its packets and its end wired to this router."""
-        entry = _TransportEntry(transport, self.ssrc_owners)
-        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
-        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
-        transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
-        return entry
+    def _new_leg(self, transport: AnyTransport) -> TransportLeg:
+        """A new transport's leg: its packets go to the leg, its end to this router."""
+        return TransportLeg(
+            transport,
+            self.ssrc_owners,
+            policy=self.policy,
+            epoch_offset=self._epoch_offset,
+            on_streams_changed=self._on_streams_changed,
+            on_closed=self._on_transport_closed,
+        )
 
     async def _start_plain(self, nursery: trio.Nursery, transport: PlainTransport) -> None:
         """Start a plain (or pipe) transport's receive task(s) in the router's nursery and
         register it. Cancellation, or no free port: nothing stays bound."""
-        entry = self._hook(transport)
+        leg = self._new_leg(transport)
         try:
             await nursery.start(transport.run)
         except BaseException:
@@ -415,7 +232,7 @@ class Router:
             raise
         if transport.closed:
             raise InvalidStateError(f"transport {transport.id} closed while starting")
-        self.transports[transport.id] = entry
+        self.transports[transport.id] = leg
 
     async def create_webrtc_transport(
         self, *, force_tcp: bool = False, app_data: dict[str, Any] | None = None
@@ -432,14 +249,14 @@ class Router:
             timers=self._timers,
             **options,
         )
-        entry = self._hook(transport)
+        leg = self._new_leg(transport)
         if options.get("server") is not None:
             transport.start(nursery)  # on the worker's sockets: no task of its own
         else:
             await nursery.start(transport.run)
         if transport.closed:
             raise InvalidStateError(f"transport {transport.id} closed while starting")
-        self.transports[transport.id] = entry
+        self.transports[transport.id] = leg
         return TransportInfo(
             transport_id=transport.id,
             ice_parameters=transport.ice_parameters,
@@ -511,7 +328,7 @@ class Router:
         srtp_parameters: SrtpParameters | None = None,
     ) -> PlainTransportInfo:
         """The other end of a plain transport (InvalidStateError the second time)."""
-        transport = self._entry(transport_id).transport
+        transport = self._leg(transport_id).transport
         if not isinstance(transport, PlainTransport) or isinstance(transport, PipeTransport):
             raise UnsupportedError(f"transport {transport_id!r} is not a plain transport")
         transport.connect(ip=ip, port=port, rtcp_port=rtcp_port, srtp_parameters=srtp_parameters)
@@ -519,27 +336,27 @@ class Router:
 
     def connect_pipe_transport(self, transport_id: str, ip: str, port: int) -> None:
         """Where the other end of the pipe is (InvalidStateError the second time)."""
-        transport = self._pipe_entry(transport_id).transport
+        transport = self._pipe_leg(transport_id).transport
         assert isinstance(transport, PipeTransport)
         transport.connect(ip, port)
 
-    def _entry(self, transport_id: str) -> _TransportEntry:
-        entry = self.transports.get(transport_id)
-        if entry is None:
+    def _leg(self, transport_id: str) -> TransportLeg:
+        leg = self.transports.get(transport_id)
+        if leg is None:
             raise NotFoundError(f"transport {transport_id!r} not found")
-        return entry
+        return leg
 
     def _webrtc_transport(self, transport_id: str) -> WebRtcTransport:
-        transport = self._entry(transport_id).transport
+        transport = self._leg(transport_id).transport
         if not isinstance(transport, WebRtcTransport):
             raise UnsupportedError(f"transport {transport_id!r} is a {transport.kind} transport")
         return transport
 
-    def _pipe_entry(self, transport_id: str) -> _TransportEntry:
-        entry = self._entry(transport_id)
-        if not isinstance(entry.transport, PipeTransport):
+    def _pipe_leg(self, transport_id: str) -> TransportLeg:
+        leg = self._leg(transport_id)
+        if not isinstance(leg.transport, PipeTransport):
             raise UnsupportedError(f"transport {transport_id!r} is not a pipe transport")
-        return entry
+        return leg
 
     def connect_transport(self, transport_id: str, dtls_parameters: DtlsParameters) -> None:
         self._webrtc_transport(transport_id).connect(dtls_parameters)
@@ -556,13 +373,14 @@ class Router:
             self._close_transport(transport_id, reason, notify=True)
 
     def _close_transport(self, transport_id: str, reason: str, *, notify: bool) -> None:
-        entry = self.transports.pop(transport_id)
-        for producer in list(entry.producers.values()):
-            self._close_producer(producer)
-        for consumer in list(entry.consumers.values()):
-            self._close_consumer(consumer, "transport_closed")
-        entry.transport.close(reason)
-        add_transport_counters(self.retired_counters, entry.transport)
+        leg = self.transports.pop(transport_id)
+        for producer in list(leg.producers.values()):
+            producer.close("transport_closed")
+        for consumer in list(leg.consumers.values()):
+            consumer.close("transport_closed")
+        leg.transport.close(reason)
+        add_transport_counters(self.retired_counters, leg.transport)
+        self._forgotten(transport_id)
         if notify and not self.closed:
             self._on_event(TransportClosed(self.id, transport_id, reason))
 
@@ -576,11 +394,11 @@ class Router:
         *,
         paused: bool = False,
     ) -> str:
-        entry = self._entry(transport_id)
-        if isinstance(entry.transport, PipeTransport):
+        leg = self._leg(transport_id)
+        if isinstance(leg.transport, PipeTransport):
             raise UnsupportedError(f"transport {transport_id!r} is a pipe transport")
         return self._produce(
-            entry, new_id(self.id_prefix), kind, rtp_parameters, paused=paused, pipe=False
+            leg, new_id(self.id_prefix), kind, rtp_parameters, paused=paused, pipe=False
         )
 
     def pipe_produce(
@@ -595,14 +413,14 @@ class Router:
         """The pipe producer of another router's producer ``producer_id``, made from the
         parameters its pipe consumer announced (:meth:`pipe_consume`). Raises
         InvalidStateError when this router holds a producer of that id already."""
-        entry = self._pipe_entry(transport_id)
+        leg = self._pipe_leg(transport_id)
         if producer_id in self.producers:
             raise InvalidStateError(f"producer {producer_id!r} is in router {self.id} already")
-        self._produce(entry, producer_id, kind, rtp_parameters, paused=paused, pipe=True)
+        self._produce(leg, producer_id, kind, rtp_parameters, paused=paused, pipe=True)
 
     def _produce(
         self,
-        entry: _TransportEntry,
+        leg: TransportLeg,
         producer_id: str,
         kind: MediaKind,
         rtp_parameters: RtpParameters,
@@ -613,18 +431,18 @@ class Router:
         mapping = negotiation.get_producer_rtp_mapping(
             rtp_parameters, self.rtp_capabilities, kind=kind
         )
-        self._check_claims(entry, rtp_parameters)
+        self._check_claims(leg, rtp_parameters)
         if not pipe:
             # One endpoint, one CNAME; a pipe carries many endpoints' producers.
-            entry.cname = negotiation.pick_transport_cname(entry.cname, rtp_parameters)
-            rtp_parameters = negotiation.fill_cname(rtp_parameters, entry.cname)
+            leg.cname = negotiation.pick_transport_cname(leg.cname, rtp_parameters)
+            rtp_parameters = negotiation.fill_cname(rtp_parameters, leg.cname)
         consumable = negotiation.get_consumable_rtp_parameters(
             kind, rtp_parameters, self.rtp_capabilities, mapping
         )
-        transport = entry.transport
+        transport = leg.transport
         producer = Producer(
             producer_id=producer_id,
-            transport_id=entry.transport.id,
+            transport_id=leg.transport.id,
             kind=kind,
             rtp_parameters=rtp_parameters,
             consumable_rtp_parameters=consumable,
@@ -633,18 +451,15 @@ class Router:
             send_rtcp=transport.send_rtcp_nowait,
             on_audio_level=self.speakers.add_level if kind == "audio" else None,
             on_streams_changed=self._on_streams_changed,
+            on_closed=self._forget_producer,
         )
-        entry.producers[producer.id] = producer
-        entry.listener.add(producer)
+        leg.add_producer(producer)
         self.producers[producer.id] = producer
         if kind == "audio":
             self.speakers.add(producer.id)
-        if producer.transport_cc_id is not None and entry.twcc_id is None:
-            entry.twcc_id = producer.transport_cc_id
-            entry.twcc_recorder = TwccRecorder()
         return producer.id
 
-    def _check_claims(self, entry: _TransportEntry, rtp_parameters: RtpParameters) -> None:
+    def _check_claims(self, leg: TransportLeg, rtp_parameters: RtpParameters) -> None:
         """Refuse (counted) a producer whose packets could be taken for another's: an SSRC
         any producer of the router holds; a MID another producer of the transport has;
         RIDs another producer of the transport uses where either has no MID to tell
@@ -655,7 +470,7 @@ class Router:
             for ssrc in (encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None):
                 if ssrc is None:
                     continue
-                if ssrc in seen or entry.listener.ssrc_in_use(ssrc):
+                if ssrc in seen or leg.listener.ssrc_in_use(ssrc):
                     self._refuse("ssrc_in_use")
                     raise UnsupportedError(
                         f"rtpParameters.encodings: ssrc {ssrc} is already in use",
@@ -663,7 +478,7 @@ class Router:
                     )
                 seen.add(ssrc)
         mid = rtp_parameters.mid
-        others = list(entry.producers.values())
+        others = list(leg.producers.values())
         if mid is not None and any(p.rtp_parameters.mid == mid for p in others):
             self._refuse("mid_in_use")
             raise UnsupportedError(
@@ -694,14 +509,11 @@ class Router:
     def close_producer(self, producer_id: str) -> None:
         producer = self.producers.get(producer_id)
         if producer is not None:
-            self._close_producer(producer)
+            producer.close()
 
-    def _close_producer(self, producer: Producer) -> None:
-        if producer.closed:
-            return
-        producer.closed = True
-        for consumer in list(producer.consumers):
-            self._close_consumer(consumer, "producer_closed")
+    def _forget_producer(self, producer: Producer, reason: str) -> None:
+        """A producer closed (its ``on_closed``; its consumers closed before): out of the
+        router's maps and its transport's."""
         self.producers.pop(producer.id, None)
         self.speakers.remove(producer.id)
         owners = self.ssrc_owners
@@ -709,10 +521,10 @@ class Router:
             for ssrc in (stream.ssrc, stream.rtx_ssrc):
                 if ssrc is not None and owners.get(ssrc) is producer:
                     del owners[ssrc]
-        entry = self.transports.get(producer.transport_id)
-        if entry is not None:
-            entry.producers.pop(producer.id, None)
-            entry.listener.remove(producer)
+        leg = self.transports.get(producer.transport_id)
+        if leg is not None:
+            leg.remove_producer(producer)
+        self._forgotten(producer.id)
 
     def pause_producer(self, producer_id: str) -> None:
         self._set_producer_paused(self._producer(producer_id), True)
@@ -732,9 +544,9 @@ class Router:
     def _on_streams_changed(self, producer: Producer, now: float) -> None:
         for consumer in producer.consumers:
             consumer.on_streams_changed(now)
-            entry = self.transports.get(consumer.transport_id)
-            if entry is not None:
-                entry.planned = False
+            leg = self.transports.get(consumer.transport_id)
+            if leg is not None:
+                leg.control.planned = False
 
     # ---- consumers ---------------------------------------------------------------------
 
@@ -750,16 +562,16 @@ class Router:
         *,
         paused: bool = True,
     ) -> ConsumerInfo:
-        entry = self._entry(transport_id)
-        if isinstance(entry.transport, PipeTransport):
+        leg = self._leg(transport_id)
+        if isinstance(leg.transport, PipeTransport):
             raise UnsupportedError(f"transport {transport_id!r} is a pipe transport")
         producer = self._producer(producer_id)
         if not negotiation.can_consume(producer.consumable_rtp_parameters, rtp_capabilities):
             raise UnsupportedError(
                 f"rtpCapabilities: no codec in common with producer {producer_id!r}"
             )
-        mid = str(entry.next_mid)
-        entry.next_mid += 1
+        mid = str(leg.next_mid)
+        leg.next_mid += 1
         rtp_parameters = negotiation.get_consumer_rtp_parameters(
             producer.consumable_rtp_parameters, rtp_capabilities, mid=mid
         )
@@ -770,20 +582,17 @@ class Router:
             transport_id=transport_id,
             rtp_parameters=rtp_parameters,
             paused=paused,
-            send_rtp=entry.transport.send_rtp_nowait,
+            send_rtp=leg.transport.send_rtp_nowait,
             now=now,
             on_layers_changed=self._on_layers_changed,
-            estimator=entry.estimator,
+            on_closed=self._forget_consumer,
+            estimator=leg.control.estimator,
         )
-        if consumer.bandwidth_feedback:
-            entry.estimator.expect_feedback = True
         producer.consumers.add(consumer)
-        entry.consumers[consumer.id] = consumer
-        entry.consumers_by_ssrc[consumer.ssrc] = consumer
-        if consumer.kind == "video":
-            entry.policies[consumer.id] = LossPolicy(self.policy)
+        leg.add_consumer(consumer)
+        leg.control.add_consumer(consumer)
         self.consumers[consumer.id] = consumer
-        self._plan(entry, now)
+        leg.control.plan(now)
         if not paused:
             consumer.start(now)
         return ConsumerInfo(
@@ -800,12 +609,12 @@ class Router:
         stream of the producer goes to the other end, which makes the pipe producer from
         the returned parameters. Raises InvalidStateError when the producer is piped on
         this transport already."""
-        entry = self._pipe_entry(transport_id)
+        leg = self._pipe_leg(transport_id)
         producer = self._producer(producer_id)
         rtp_parameters = negotiation.get_pipe_consumer_rtp_parameters(
             producer.consumable_rtp_parameters
         )
-        if any(encoding.ssrc in entry.consumers_by_ssrc for encoding in rtp_parameters.encodings):
+        if any(encoding.ssrc in leg.consumers_by_ssrc for encoding in rtp_parameters.encodings):
             raise InvalidStateError(
                 f"producer {producer_id!r} is piped on transport {transport_id!r} already"
             )
@@ -815,15 +624,14 @@ class Router:
             producer=producer,
             transport_id=transport_id,
             rtp_parameters=rtp_parameters,
-            send_rtp=entry.transport.send_rtp_nowait,
+            send_rtp=leg.transport.send_rtp_nowait,
             now=now,
+            on_closed=self._forget_consumer,
         )
         producer.consumers.add(consumer)
-        entry.consumers[consumer.id] = consumer
-        for ssrc in consumer.stream_ssrcs:
-            entry.consumers_by_ssrc[ssrc] = consumer
+        leg.add_consumer(consumer)
         self.consumers[consumer.id] = consumer
-        entry.planned = False
+        leg.control.planned = False
         consumer.start(now)
         return PipeConsumerInfo(
             consumer_id=consumer.id,
@@ -842,33 +650,19 @@ class Router:
     def close_consumer(self, consumer_id: str) -> None:
         consumer = self.consumers.get(consumer_id)
         if consumer is not None:
-            self._close_consumer(consumer, None)
+            consumer.close()
 
-    def _close_consumer(self, consumer: Consumer, reason: str | None) -> None:
-        if consumer.closed:
-            return
-        consumer.closed = True
+    def _forget_consumer(self, consumer: Consumer, reason: str) -> None:
+        """A consumer closed (its ``on_closed``): out of its producer's fan-out and the
+        maps; ``ConsumerClosed`` unless it was asked for."""
         consumer.producer.consumers.discard(consumer)
         self.consumers.pop(consumer.id, None)
-        entry = self.transports.get(consumer.transport_id)
-        if entry is not None:
-            entry.consumers.pop(consumer.id, None)
-            entry.consumers_by_ssrc.pop(consumer.ssrc, None)
-            if isinstance(consumer, PipeConsumer):
-                for ssrc in consumer.stream_ssrcs:
-                    entry.consumers_by_ssrc.pop(ssrc, None)
-            entry.policies.pop(consumer.id, None)
-            entry.planned = False
-            if reason == "producer_closed" and type(entry.transport) is PlainTransport:
-                # Its source left: say so (RFC 3550 BYE) to a plain receiver, which
-                # would otherwise wait for more (ffmpeg ends its input on the BYE of
-                # every stream at once, instead of after its read timeout).
-                ssrcs = (consumer.ssrc,) + ((consumer.rtx_ssrc,) if consumer.rtx_ssrc else ())
-                entry.transport.send_rtcp_nowait(
-                    build_rtcp((ReceiverReport(consumer.ssrc), Bye(ssrcs)))
-                )
-        if reason is not None and not self.closed:
-            self._on_event(ConsumerClosed(self.id, consumer.id, consumer.producer_id, reason))
+        leg = self.transports.get(consumer.transport_id)
+        if leg is not None:
+            leg.remove_consumer(consumer, reason)
+        self._forgotten(consumer.id)
+        if reason != "closed":
+            self._emit(ConsumerClosed(self.id, consumer.id, consumer.producer_id, reason))
 
     def pause_consumer(self, consumer_id: str) -> None:
         consumer = self._consumer(consumer_id)
@@ -886,15 +680,15 @@ class Router:
         consumer = self._consumer(consumer_id)
         now = trio.current_time()
         layers = consumer.set_preferred_layers(spatial_layer, temporal_layer, now)
-        entry = self.transports.get(consumer.transport_id)
-        if entry is not None:
-            self._plan(entry, now)
+        leg = self.transports.get(consumer.transport_id)
+        if leg is not None:
+            leg.control.plan(now)
         return layers
 
     def _replan(self, consumer: Consumer) -> None:
-        entry = self.transports.get(consumer.transport_id)
-        if entry is not None:
-            entry.planned = False
+        leg = self.transports.get(consumer.transport_id)
+        if leg is not None:
+            leg.control.planned = False
 
     def _on_layers_changed(self, consumer: Consumer) -> None:
         self._emit(
@@ -903,78 +697,6 @@ class Router:
             )
         )
 
-    # ---- the packet path ---------------------------------------------------------------
-
-    def _on_rtp(self, entry: _TransportEntry, packet: bytes) -> None:
-        if len(packet) < 12:
-            return
-        now = trio.current_time()
-        recorder = entry.twcc_recorder
-        if recorder is not None and entry.twcc_id is not None:
-            try:
-                value = find_extension_untrusted(packet, entry.twcc_id)
-            except BadPacket:
-                return
-            if value is not None and len(value) == 2:
-                recorder.record((value[0] << 8) | value[1], now)
-        ssrc = rtp_ssrc(packet)
-        found = entry.listener.ssrc_table.get(ssrc)
-        if found is None:
-            try:
-                found = entry.listener.learn_untrusted(packet, ssrc)
-            except BadPacket:
-                return
-            if found is None:
-                return
-        producer, stream, is_rtx = found
-        if is_rtx:
-            producer.receive_rtx(stream, packet, now)
-        else:
-            producer.receive_rtp(stream, packet, now)
-
-    def _on_rtcp(self, entry: _TransportEntry, data: bytes) -> None:
-        try:
-            packets = parse_rtcp_untrusted(data)
-        except BadPacket:
-            return
-        now = trio.current_time()
-        for packet in packets:
-            if isinstance(packet, (SenderReport, ReceiverReport)):
-                if isinstance(packet, SenderReport):
-                    self._on_sender_report(entry, packet, now)
-                for block in packet.reports:
-                    consumer = entry.consumers_by_ssrc.get(block.ssrc)
-                    if consumer is not None:
-                        rtt = round_trip_time(
-                            block.lsr, block.dlsr, ntp_to_compact(self.ntp_now(now))
-                        )
-                        consumer.receive_report(
-                            block.fraction_lost, block.cumulative_lost, rtt, block.highest_seq
-                        )
-            elif isinstance(packet, TransportCcFeedback):
-                entry.estimator.on_feedback(packet, now)
-            elif isinstance(packet, Remb):
-                entry.estimator.on_remb(packet.bitrate, now)
-            elif isinstance(packet, GenericNack):
-                consumer = entry.consumers_by_ssrc.get(packet.media_ssrc)
-                if consumer is not None:
-                    consumer.retransmit(packet.lost_seqs(), now)
-            elif isinstance(packet, Pli):
-                consumer = entry.consumers_by_ssrc.get(packet.media_ssrc)
-                if consumer is not None:
-                    consumer.request_keyframe(now, packet.media_ssrc)
-            elif isinstance(packet, Fir):
-                for ssrc, _seq in packet.entries:
-                    consumer = entry.consumers_by_ssrc.get(ssrc)
-                    if consumer is not None:
-                        consumer.request_keyframe(now, ssrc)
-
-    def _on_sender_report(self, entry: _TransportEntry, report: SenderReport, now: float) -> None:
-        found = entry.listener.ssrc_table.get(report.ssrc)
-        if found is not None and not found[2]:
-            producer, stream, _ = found
-            producer.receive_sender_report(stream, report.ntp_timestamp, report.rtp_timestamp, now)
-
     # ---- RTCP reports ------------------------------------------------------------------
 
     async def _rtcp_loop(self) -> None:
@@ -982,88 +704,24 @@ class Router:
             await trio.sleep(self._rtcp_interval)
             await self._in_slices(self._send_reports_to)
 
-    async def _in_slices(self, tick: Callable[[_TransportEntry, float], None]) -> None:
+    async def _in_slices(self, tick: Callable[[TransportLeg, float], None]) -> None:
         """Run ``tick`` for every transport, ``TICK_SLICE`` at a time with a checkpoint in
         between: a periodic pass over hundreds of transports in one go would hold the
         packets arriving meanwhile for milliseconds."""
-        entries = list(self.transports.items())
-        for start in range(0, len(entries), TICK_SLICE):
+        legs = list(self.transports.items())
+        for start in range(0, len(legs), TICK_SLICE):
             if start:
                 await trio.lowlevel.checkpoint()
             now = trio.current_time()
-            for transport_id, entry in entries[start : start + TICK_SLICE]:
-                if self.transports.get(transport_id) is entry:  # not closed meanwhile
-                    tick(entry, now)
+            for transport_id, leg in legs[start : start + TICK_SLICE]:
+                if self.transports.get(transport_id) is leg:  # not closed meanwhile
+                    tick(leg, now)
 
-    def _send_reports_to(self, entry: _TransportEntry, now: float) -> None:
-        """Receiver Reports (and REMB) for every producer stream of the transport, Sender
-        Reports for every consumer."""
-        ntp = self.ntp_now(now)
-        blocks = []
-        for producer in entry.producers.values():
-            for stream in producer.streams:
-                if stream.ssrc is None or stream.packets == 0:
-                    continue
-                blocks.append(
-                    stream.stats.make_report_block(
-                        stream.ssrc,
-                        now,
-                        ntp_to_compact(stream.last_sr_ntp) if stream.last_sr_ntp else 0,
-                        stream.last_sr_arrival if stream.last_sr_ntp else None,
-                    )
-                )
-        packets: list[RtcpPacket] = []
-        for start in range(0, len(blocks), 31):
-            packets.append(ReceiverReport(ROUTER_RTCP_SSRC, tuple(blocks[start : start + 31])))
-        remb = self._remb_for(entry, now)
-        if remb is not None:
-            packets.append(remb)
-        chunks = []
-        for consumer in entry.consumers.values():
-            if consumer.packets_sent == 0:
-                continue
-            if isinstance(consumer, PipeConsumer):
-                for report in consumer.sender_reports(ntp, now):
-                    packets.append(report)
-                    chunks.append(SdesChunk.with_cname(report.ssrc, consumer.cname))
-                continue
-            packets.append(
-                SenderReport(
-                    ssrc=consumer.ssrc,
-                    ntp_timestamp=ntp,
-                    rtp_timestamp=consumer.sender_report_timestamp(now),
-                    packet_count=consumer.packets_sent & 0xFFFFFFFF,
-                    octet_count=consumer.octets_sent & 0xFFFFFFFF,
-                )
-            )
-            chunks.append(SdesChunk.with_cname(consumer.ssrc, consumer.cname))
-        if chunks:
-            packets.append(Sdes(tuple(chunks)))
-        if packets:
-            # Keep each compound under a typical MTU: SRs are 28 bytes, blocks 24.
-            for start in range(0, len(packets), 16):
-                entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 16]))
-
-    def _remb_for(self, entry: _TransportEntry, now: float) -> Remb | None:
-        """REMB toward a publisher: what the consumers of its producers can take, going
-        down no faster than ``REMB_DECREASE_PER_SECOND`` (up at once)."""
-        total = 0.0
-        ssrcs: list[int] = []
-        wanted = False
-        for producer in entry.producers.values():
-            if producer.remb_enabled or producer.transport_cc_id is not None:
-                wanted = True
-            ssrcs += [s.ssrc for s in producer.streams if s.ssrc is not None]
-            total += _producer_demand(producer)
-        if not wanted or not ssrcs:
-            return None
-        last = entry.remb_bitrate
-        if last is not None and total < last:
-            elapsed = max(0.0, now - entry.remb_at)
-            total = max(total, last * REMB_DECREASE_PER_SECOND**elapsed)
-        entry.remb_bitrate = total
-        entry.remb_at = now
-        return Remb(ROUTER_RTCP_SSRC, int(total), tuple(ssrcs[:255]))
+    def _send_reports_to(self, leg: TransportLeg, now: float) -> None:
+        """Receiver Reports (and REMB) toward the transport's publisher, Sender Reports
+        for its consumers (see :meth:`TransportControl.reports`)."""
+        for packet in leg.control.reports(now, leg.ntp_now(now)):
+            leg.transport.send_rtcp_nowait(packet)
 
     # ---- feedback, bandwidth, speakers -------------------------------------------------
 
@@ -1080,137 +738,34 @@ class Router:
             if change is not None:
                 self._emit(ActiveSpeaker(self.id, change[0], change[1]))
 
-    def _feedback_to(self, entry: _TransportEntry, now: float) -> None:
-        """NACKs and transport-cc feedback to a publisher; rates; bandwidth plan; probes."""
-        packets: list[RtcpPacket] = []
-        for producer in entry.producers.values():
-            if producer.update_rates(now):
-                self._on_streams_changed(producer, now)
-            if producer.nack_enabled:
-                packets += producer.nack_feedback(now)
-        recorder = entry.twcc_recorder
-        if recorder is not None:
-            media_ssrc = next(
-                (s.ssrc for p in entry.producers.values() for s in p.streams if s.ssrc is not None),
-                0,
-            )
-            packets += recorder.feedback(ROUTER_RTCP_SSRC, media_ssrc)
-        for start in range(0, len(packets), 8):
-            entry.transport.send_rtcp_nowait(build_rtcp(packets[start : start + 8]))
-        if entry.consumers:
-            estimate = entry.estimator.estimate(now)
-            last = entry.last_estimate
-            if (
-                not entry.planned
-                or (estimate is None) != (last is None)
-                or (
-                    estimate is not None and last is not None and abs(estimate - last) > 0.05 * last
-                )
-                or now - entry.allocated_at >= 1.0
-            ):
-                self._plan(entry, now)
-            self._maybe_probe(entry, now)
+    def _feedback_to(self, leg: TransportLeg, now: float) -> None:
+        """NACKs and transport-cc feedback to a publisher; rates; bandwidth plan; a probe
+        when the control wants one (see :meth:`TransportControl.feedback`)."""
+        packets, probe_rate = leg.control.feedback(now)
+        for packet in packets:
+            leg.transport.send_rtcp_nowait(packet)
+        if probe_rate is not None:
+            self._nursery_or_fail().start_soon(self._probe, leg, probe_rate)
 
-    def _plan(self, entry: _TransportEntry, now: float) -> None:
-        """Share the transport's estimated bandwidth among its video consumers."""
-        entry.planned = True
-        entry.allocated_at = now
-        estimator = entry.estimator
-        estimate = estimator.estimate(now)
-        entry.last_estimate = estimate
-        audio = 0.0
-        video: list[Consumer] = []
-        demands = []
-        for consumer in entry.consumers.values():
-            if not consumer.active:
-                continue
-            if consumer.kind == "audio":
-                audio += consumer.producer.bitrate()
-                continue
-            cap = consumer.layer_options_cap()
-            options = []
-            if cap is not None:
-                options = layer_options(
-                    _layer_rates(consumer.producer),
-                    max_spatial=cap[0],
-                    max_temporal=cap[1],
-                    temporal_filtering=consumer.temporal_filtering,
-                )
-            video.append(consumer)
-            demands.append(options)
-        entry.desired_bitrate = audio + sum(o[-1].bitrate for o in demands if o)
-        budget = None if estimate is None else estimate * BUDGET_SHARE
-        for consumer, options, index in zip(
-            video, demands, allocate(budget, audio, demands), strict=True
-        ):
-            consumer.allocated_layers = (
-                None
-                if index < 0 or budget is None
-                else (options[index].spatial, options[index].temporal)
-            )
-            consumer.update_layers(now)
-
-    def _maybe_probe(self, entry: _TransportEntry, now: float) -> None:
-        estimator = entry.estimator
-        if estimator.probes_finished > entry.probe_results_seen and estimator.probe_results:
-            entry.probe_results_seen = estimator.probes_finished
-            if estimator.probe_results[-1].success:
-                entry.probe_backoff = PROBE_BACKOFF
-                entry.planned = False
-            else:
-                entry.probe_backoff = min(PROBE_BACKOFF_MAX, entry.probe_backoff * 2)
-            entry.next_probe_at = now + entry.probe_backoff
-        if entry.probing or estimator.probing or not estimator.expect_feedback:
-            return
-        estimate = estimator.estimate(now)
-        if (
-            estimate is None
-            or entry.desired_bitrate <= estimate * BUDGET_SHARE
-            or now < entry.next_probe_at
-            or now - estimator.last_overuse < 1.0
-            or estimator.feedback_packets == 0
-        ):
-            return
-        # Step up at most to twice what arrives (or 1.5 times the estimate): a probe into a
-        # bottleneck costs the media behind it in the queue.
-        acked = estimator.acked_bitrate() or 0.0
-        rate = min(entry.desired_bitrate * 1.2, max(2 * acked, 1.5 * estimate, 300_000.0))
-        entry.probing = True
-        entry.next_probe_at = now + entry.probe_backoff
-        self._nursery_or_fail().start_soon(self._probe, entry, rate)
-
-    async def _probe(self, entry: _TransportEntry, rate: float) -> None:
-        """Send RTX copies of recent packets on top of the media, to reach ``rate`` for
-        ``PROBE_DURATION``: the feedback tells whether the path carries it."""
-        estimator = entry.estimator
+    async def _probe(self, leg: TransportLeg, rate: float) -> None:
+        """One probe cluster at ``rate``: a burst of packets every 10 ms, for as long as
+        the control asks for them (see :meth:`TransportControl.probe_burst`)."""
+        control = leg.control
+        transport = leg.transport
         start = trio.current_time()
-        estimator.start_probe(start)
-        sent_at_start = estimator.bytes_sent
+        control.start_probe(start)
         try:
             now = start
-            while now - start < PROBE_DURATION and not entry.transport.closed:
-                due = rate * (now - start + 0.01) / 8
-                candidates = [
-                    c
-                    for c in entry.consumers.values()
-                    if c.kind == "video" and c.rtx_ssrc is not None and c.packets_sent
-                ]
-                if not candidates:
+            while not transport.closed:
+                packets = control.probe_burst(rate, start, now)
+                if packets is None:
                     break
-                turn = 0
-                while estimator.bytes_sent - sent_at_start < due:
-                    packet = candidates[turn % len(candidates)].probe_packet(now)
-                    turn += 1
-                    if packet is None:
-                        if turn > len(candidates):
-                            break
-                        continue
-                    entry.transport.send_rtp_nowait(packet)
+                for packet in packets:
+                    transport.send_rtp_nowait(packet)
                 await trio.sleep(0.01)
                 now = trio.current_time()
         finally:
-            estimator.end_probe(trio.current_time())
-            entry.probing = False
+            control.end_probe(trio.current_time())
 
     # ---- the weak-network policy -------------------------------------------------------
 
@@ -1219,89 +774,34 @@ class Router:
             await trio.sleep(self.policy.interval)
             await self._in_slices(self._policy_for)
 
-    def _policy_for(self, entry: _TransportEntry, now: float) -> None:
-        """Once per policy interval: the loss of the transport's downlink sets its video
-        consumers' levels; network quality goes out when it changed."""
-        transport_id = entry.transport.id
-        down_loss, rtt = self._downlink_loss(entry)
-        for consumer_id, policy in entry.policies.items():
-            consumer = entry.consumers.get(consumer_id)
-            if consumer is None:
-                continue
-            started = consumer.first_sent_at
-            if started is None or now - started < self.policy.interval:
-                # The first interval of a consumer is the bandwidth estimate's to
-                # settle in (what it lost meanwhile says little about the link).
-                continue
-            level = policy.update(down_loss)
-            if level != consumer.network_level:
-                consumer.set_network_level(level, now)
-                entry.planned = False
-        if not entry.planned:
-            self._plan(entry, now)
-        up_loss = self._uplink_loss(entry)
-        losses = [x for x in (down_loss, up_loss) if x is not None]
-        if not losses:
-            return
-        loss = max(losses)
-        quality = network_quality(loss, None if rtt is None else rtt * 1000)
-        if quality != entry.quality:
-            entry.quality = quality
+    def _policy_for(self, leg: TransportLeg, now: float) -> None:
+        """Once per policy interval: the loss policy of the transport's video consumers;
+        network quality goes out when it changed (see :meth:`TransportControl.policy`)."""
+        change = leg.control.policy(now)
+        if change is not None:
+            loss, rtt, quality = change
             self._emit(
                 NetworkQuality(
                     self.id,
-                    transport_id,
+                    leg.transport.id,
                     round(loss, 4),
                     round((rtt or 0.0) * 1000, 1),
                     quality,
                 )
             )
 
-    def _downlink_loss(self, entry: _TransportEntry) -> tuple[float | None, float | None]:
-        """Loss of what the router sent on this transport over the last interval, from
-        the subscriber's receiver reports and NACKs of every stream
-        (:func:`~trio_sfu.engine.layers.interval_loss`); and the mean RTT."""
-        samples = []
-        rtts = []
-        for consumer in entry.consumers.values():
-            samples.append(consumer.loss_sample())
-            if consumer.rtt is not None:
-                rtts.append(consumer.rtt)
-        loss = interval_loss(samples, MIN_LOSS_PACKETS)
-        rtt = sum(rtts) / len(rtts) if rtts else None
-        return loss, rtt
-
-    def _uplink_loss(self, entry: _TransportEntry) -> float | None:
-        """Loss of what the publisher sent on this transport since the last interval."""
-        expected = received = 0
-        prior = entry.uplink_prior
-        for producer in entry.producers.values():
-            for stream in producer.streams:
-                if stream.ssrc is None:
-                    continue
-                key = (producer.id, stream.index)
-                now_e, now_r = stream.stats.expected, stream.stats.received
-                before = prior.get(key)
-                prior[key] = (now_e, now_r)
-                if before is not None:
-                    expected += max(0, now_e - before[0])
-                    received += max(0, now_r - before[1])
-        if expected < MIN_LOSS_PACKETS:
-            return None
-        return max(0.0, min(1.0, (expected - received) / expected))
-
     # ---- introspection -----------------------------------------------------------------
 
     def get_stats(self, entity_id: str) -> list[dict[str, Any]]:
         if entity_id in self.transports:
-            entry = self.transports[entity_id]
-            estimate = entry.estimator.estimate(trio.current_time())
+            leg = self.transports[entity_id]
+            estimate = leg.control.estimator.estimate(trio.current_time())
             return [
                 {
                     "type": "transport",
-                    **entry.transport.stats(),
+                    **leg.transport.stats(),
                     "availableOutgoingBitrate": estimate,
-                    "networkQuality": entry.quality,
+                    "networkQuality": leg.control.quality,
                 }
             ]
         if entity_id in self.producers:
@@ -1337,12 +837,12 @@ class Router:
         }
 
 
-def _dump_transport(transport_id: str, entry: _TransportEntry) -> dict[str, Any]:
-    transport = entry.transport
+def _dump_transport(transport_id: str, leg: TransportLeg) -> dict[str, Any]:
+    transport = leg.transport
     out: dict[str, Any] = {
         "id": transport_id,
-        "producerIds": sorted(entry.producers),
-        "consumerIds": sorted(entry.consumers),
+        "producerIds": sorted(leg.producers),
+        "consumerIds": sorted(leg.consumers),
     }
     if isinstance(transport, PlainTransport):
         out["type"] = transport.kind
@@ -1376,47 +876,3 @@ def plain_transport_info(transport: PlainTransport) -> PlainTransportInfo:
         rtcp_tuple=transport.rtcp_tuple,
         srtp_parameters=transport.srtp_parameters,
     )
-
-
-#: Bitrates assumed for streams not measured yet, by simulcast index (bps).
-_DEFAULT_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
-
-
-def _layer_rates(producer: Producer) -> list[list[float] | None]:
-    """Measured bitrate per stream and temporal layer; a stream received but not measured
-    yet counts at its ``maxBitrate`` (or a default), all under temporal layer 0."""
-    rates = producer.layer_rates()
-    for index, per_tid in enumerate(rates):
-        if per_tid is not None and sum(per_tid) <= 0:
-            encoding = producer.rtp_parameters.encodings[index]
-            fallback = encoding.max_bitrate or _DEFAULT_LAYER_BITRATES[min(index, 2)]
-            rates[index] = [float(fallback)]
-    return rates
-
-
-def _producer_demand(producer: Producer) -> float:
-    """What a publisher should send for a producer: every stream up to the highest one a
-    consumer wants (all of them while nobody consumes), with 20 % headroom.
-
-    "Wants" is the preference under the loss policy (:meth:`Consumer.layer_options_cap`),
-    not the target: the target falls back to the streams that arrive, and which streams
-    arrive follows this demand (Chromium drops the simulcast streams its estimate does not
-    cover), so a demand from targets could never bring back a stream once it stopped.
-    """
-    streams = producer.streams
-    if producer.kind == "audio":
-        return max(producer.bitrate(), 64_000.0) * 1.2
-    consumers = [c for c in producer.consumers if c.active]
-    if consumers:
-        wanted = [cap[0] for c in consumers if (cap := c.layer_options_cap()) is not None]
-        top = max(wanted, default=0)
-    else:
-        top = len(streams) - 1
-    total = 0.0
-    for stream in streams[: top + 1]:
-        encoding = producer.rtp_parameters.encodings[stream.index]
-        total += (
-            max(stream.bitrate, float(encoding.max_bitrate or 0))
-            or _DEFAULT_LAYER_BITRATES[min(stream.index, 2)]
-        )
-    return total * 1.2

@@ -53,13 +53,11 @@ from trio_sfu.engine.rtc_sockets import (
 from trio_sfu.engine.webrtc_server import WebRtcServer
 from trio_sfu.errors import BadPacket, InvalidStateError, UnsupportedError
 from trio_sfu.ice import (
-    HOST_TYPE_PREFERENCE,
     IceLiteServer,
     IceSelectedAddressChanged,
     IceState,
     IceStateChanged,
-    candidate_priority,
-    host_candidate_priority,
+    host_candidates,
 )
 from trio_sfu.ortc.types import (
     DtlsFingerprint,
@@ -524,8 +522,8 @@ class WebRtcTransport:
         if self._enable_tcp:
             self._tcp = TcpListener.bind(self._listen_ip, self._port_range, preferred_port=udp_port)
             tcp_port = self._tcp.local_address[1]
-        self.ice_candidates = self._candidates(
-            self._announced_ip or self._listen_ip, udp_port, tcp_port
+        self.ice_candidates = host_candidates(
+            self._announced_ip or self._listen_ip, udp_port, tcp_port, prefer_udp=self._prefer_udp
         )
 
     def _use_server(self, server: WebRtcServer) -> None:
@@ -541,50 +539,13 @@ class WebRtcTransport:
             raise InvalidStateError(
                 "the WebRtcServer has none of the protocols this transport needs"
             )
-        self.ice_candidates = self._candidates(
+        self.ice_candidates = host_candidates(
             server.announced_ip or server.listen_ip,
             server.udp_port if self._udp is not None else None,
             server.tcp_port if self._tcp is not None else None,
+            prefer_udp=self._prefer_udp,
         )
         server.add(self, self._ice.ufrag)
-
-    def _candidates(
-        self, announced: str, udp_port: int | None, tcp_port: int | None
-    ) -> list[IceCandidate]:
-        candidates: list[IceCandidate] = []
-        if self._prefer_udp:
-            udp_priority = host_candidate_priority("udp")
-            tcp_priority = host_candidate_priority("tcp")
-        else:
-            # The same two local preferences, the other way round.
-            udp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0x7FFF)
-            tcp_priority = candidate_priority(HOST_TYPE_PREFERENCE, 0xFFFF)
-        if udp_port is not None:
-            candidates.append(
-                IceCandidate(
-                    foundation="udpcandidate",
-                    priority=udp_priority,
-                    address=announced,
-                    ip=announced,
-                    port=udp_port,
-                    type="host",
-                    protocol="udp",
-                )
-            )
-        if tcp_port is not None:
-            candidates.append(
-                IceCandidate(
-                    foundation="tcpcandidate",
-                    priority=tcp_priority,
-                    address=announced,
-                    ip=announced,
-                    port=tcp_port,
-                    type="host",
-                    protocol="tcp",
-                    tcp_type="passive",
-                )
-            )
-        return candidates
 
     # ---- signaling-driven --------------------------------------------------------------
 

@@ -11,6 +11,7 @@ routers are tasks in the worker's nursery, transports tasks in their router's.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import resource
@@ -32,7 +33,6 @@ from trio_sfu.engine.api import (
     PipeConsumerInfo,
     PipeTransportInfo,
     PlainTransportInfo,
-    TransportClosed,
     TransportInfo,
 )
 from trio_sfu.engine.layers import PolicySettings
@@ -111,12 +111,10 @@ class Worker:
 
     The index only says which router to ask: the router's tables (``transports``,
     ``producers``, ``consumers``) are the truth, and every lookup checks them. Ids enter the
-    index when the worker creates them; a router's ids leave it together with the router,
-    and the ones its tables no longer hold are dropped (:meth:`_prune`) after each close
-    the worker asks for, after each transport that closed by itself (its
-    ``TransportClosed`` event, at the end of its cascade), and when a lookup misses. So
-    whenever a call returns or a transport's close has cascaded, the index holds exactly
-    the live entities; lookups cost one dict access, not a scan of every router.
+    index when the worker creates them; they leave it when the router tells that the
+    entity closed (its ``on_entity_closed``, called as each close cascades, whoever
+    started it), and together with their router. So the index holds exactly the live
+    entities; lookups cost one dict access, not a scan of every router.
 
     Pipe producers (:meth:`pipe_produce`) share the id of the producer they copy, so one
     id may name producers in several routers here: the original's router is in the index
@@ -252,10 +250,8 @@ class Worker:
 
     def _router_of(self, entity_id: str, table: str, what: str) -> Router:
         router = self._index.get(entity_id)
-        if router is not None:
-            if entity_id in getattr(router, table):
-                return router
-            self._prune(router)
+        if router is not None and entity_id in getattr(router, table):
+            return router
         raise NotFoundError(f"{what} {entity_id!r} not found")
 
     # ---- the index ---------------------------------------------------------------------
@@ -283,26 +279,13 @@ class Worker:
             if not copies:
                 del self._copies[entity_id]
 
-    def _prune(self, router: Router) -> None:
-        """Forget the router's ids that its tables no longer hold (closed, or closed by a
-        cascade: a transport takes its producers and consumers, a producer its consumers)."""
-        ids = self._indexed.get(router.id)
-        if ids is None:
-            return
-        # Every live entity was created through the worker, so the index holds it: when the
-        # counts agree nothing closed, and the sweep below is skipped.
-        if len(ids) == len(router.transports) + len(router.producers) + len(router.consumers):
-            return
-        gone = [
-            entity_id
-            for entity_id in ids
-            if entity_id not in router.transports
-            and entity_id not in router.producers
-            and entity_id not in router.consumers
-        ]
-        ids.difference_update(gone)
-        for entity_id in gone:
-            self._unindex(router.id, entity_id)
+    def _entity_closed(self, router_id: str, entity_id: str) -> None:
+        """Router ``router_id`` forgot ``entity_id`` (closed, or closed by a cascade: a
+        transport takes its producers and consumers, a producer its consumers)."""
+        ids = self._indexed.get(router_id)
+        if ids is not None and entity_id in ids:
+            ids.discard(entity_id)
+            self._unindex(router_id, entity_id)
 
     def _forget_router(self, router_id: str) -> Router | None:
         for entity_id in self._indexed.pop(router_id, ()):
@@ -311,19 +294,14 @@ class Worker:
 
     def _producer_routers(self, producer_id: str) -> list[Router]:
         """The routers holding producer ``producer_id``: the original's first, then those
-        holding pipe producers of that id (stale index entries are pruned)."""
+        holding pipe producers of that id."""
         found = []
         router = self._index.get(producer_id)
-        if router is not None:
-            if producer_id in router.producers:
-                found.append(router)
-            else:
-                self._prune(router)
+        if router is not None and producer_id in router.producers:
+            found.append(router)
         for router in list(self._copies.get(producer_id, {}).values()):
             if producer_id in router.producers:
                 found.append(router)
-            else:
-                self._prune(router)
         return found
 
     # ---- MediaEngine -------------------------------------------------------------------
@@ -335,14 +313,13 @@ class Worker:
             raise LimitExceededError("one worker holds every router: there is no other")
 
         def on_router_event(event: EngineEvent) -> None:
-            if isinstance(event, TransportClosed):  # closed by itself, cascade done
-                self._prune(router)
             if self.pipes is not None:
                 self.pipes.on_event(event)  # pipe follow-ups first: they never block
             on_event(event)
 
+        router_id = new_id(self.settings.id_prefix)
         router = Router(
-            router_id=new_id(self.settings.id_prefix),
+            router_id=router_id,
             id_prefix=self.settings.id_prefix,
             rtp_capabilities=self.rtp_capabilities,
             certificate=self.certificate,
@@ -354,6 +331,7 @@ class Worker:
             ),
             feedback_interval=self.settings.feedback_interval,
             retired_counters=self._retired_counters,
+            on_entity_closed=functools.partial(self._entity_closed, router_id),
             transport_options={
                 "listen_ip": self.settings.listen_ip,
                 "announced_ip": self.settings.announced_ip,
@@ -409,7 +387,6 @@ class Worker:
         router = self._index.get(transport_id)
         if router is not None:
             router.close_transport(transport_id)
-            self._prune(router)
             if self.pipes is not None:
                 self.pipes.transport_closed(transport_id)  # if a pipe: the other end too
 
@@ -429,7 +406,6 @@ class Worker:
     async def close_producer(self, producer_id: str) -> None:
         for router in self._producer_routers(producer_id):
             router.close_producer(producer_id)
-            self._prune(router)
 
     async def pause_producer(self, producer_id: str) -> None:
         for router in self._producer_routers_or_fail(producer_id):
@@ -467,7 +443,6 @@ class Worker:
         router = self._index.get(consumer_id)
         if router is not None:
             router.close_consumer(consumer_id)
-            self._prune(router)
 
     async def pause_consumer(self, consumer_id: str) -> None:
         self._router_of(consumer_id, "consumers", "consumer").pause_consumer(consumer_id)
@@ -486,14 +461,12 @@ class Worker:
         if router is None and entity_id in self._copies:
             routers = self._producer_routers(entity_id)
             router = routers[0] if routers else None
-        if router is not None:
-            if (
-                entity_id in router.transports
-                or entity_id in router.producers
-                or entity_id in router.consumers
-            ):
-                return router.get_stats(entity_id)
-            self._prune(router)
+        if router is not None and (
+            entity_id in router.transports
+            or entity_id in router.producers
+            or entity_id in router.consumers
+        ):
+            return router.get_stats(entity_id)
         raise NotFoundError(f"{entity_id!r} not found")
 
     # ---- pipes between routers ----------------------------------------------------------
