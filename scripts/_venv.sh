@@ -1,5 +1,8 @@
 # Sourced by scripts/serve and scripts/test: create or update .venv, install the package.
-# Idempotent: reinstalls only when pyproject.toml changed since the last install.
+# The dependencies come from requirements.lock (exact versions, checked against their hashes:
+# what CI tested), then the package itself without dependencies (editable). Idempotent:
+# installs again only when requirements.lock, pyproject.toml or this script changed since
+# the last install. scripts/lock regenerates the lock.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -19,13 +22,18 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
 fi
 STAMP="$VENV/.trio-sfu-installed"
-HASH="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+HASH="$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
     LOG="$VENV/install.log"
+    # `pip check` fails when the lock no longer satisfies pyproject.toml (a dependency
+    # added or changed there without scripts/lock).
     if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip &&
-           "$VENV/bin/python" -m pip install --quiet -e "$ROOT[${EXTRAS:-dev}]"; } >"$LOG" 2>&1; then
+           "$VENV/bin/python" -m pip install --quiet --require-hashes -r "$ROOT/requirements.lock" &&
+           "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT" &&
+           "$VENV/bin/python" -m pip check; } >"$LOG" 2>&1; then
         cat "$LOG" >&2
-        echo "installing trio-sfu into $VENV failed (log above)" >&2
+        echo "installing trio-sfu into $VENV from requirements.lock failed (log above;" \
+             "after changing pyproject.toml's dependencies, run scripts/lock)" >&2
         exit 1
     fi
     echo "$HASH" > "$STAMP"

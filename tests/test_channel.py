@@ -179,7 +179,7 @@ async def test_a_request_in_flight_fails_when_its_worker_dies() -> None:
                 nursery.start_soon(ask)
                 await trio.sleep(0.2)
                 os.kill(pid, signal.SIGKILL)
-            assert events == [api.RouterClosed(router, "worker_died")]
+            assert events == [api.RouterClosed(router, "worker_died", worker=0, pid=pid)]
             with pytest.raises(NotFoundError):
                 await pool.get_stats(transport.transport_id)
             with pytest.raises(NotFoundError):

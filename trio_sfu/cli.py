@@ -3,6 +3,7 @@
     trio-sfu serve [--host H] [--port P] [--listen-ip IP] [--announced-ip IP]
                    [--rtc-min-port N] [--rtc-max-port N] [--log-level L] [--dev]
                    [--jwt-secret S] [--jwt-public-key FILE] [--jwt-algorithm A]
+                   [--webhook-urls URL,URL...]
     trio-sfu token --meeting M --user U [--ttl S] [--no-publish] [--no-subscribe] [--name N]
                    [--plain-transport]
     trio-sfu ingest --meeting M --file clip.webm [--url ws://...] [--token T] [--loop]
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--jwt-algorithm", help="HS256, RS256 or ES256 [TRIO_SFU_JWT_ALGORITHM, HS256]"
     )
+    serve.add_argument(
+        "--webhook-urls",
+        metavar="URLS",
+        help="comma-separated URLs that get a POST for every meeting event, signed with "
+        "TRIO_SFU_WEBHOOK_SECRET [TRIO_SFU_WEBHOOK_URLS]",
+    )
 
     token = sub.add_parser(
         "token",
@@ -171,6 +178,8 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Server
         except OSError as exc:
             raise ConfigError(f"--jwt-public-key: {exc}") from None
         config = with_setting(config, "jwt_public_key", pem, source="--jwt-public-key")
+    if args.webhook_urls is not None:
+        config = with_setting(config, "webhooks.urls", args.webhook_urls, source="--webhook-urls")
     return config
 
 
@@ -180,6 +189,10 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx (the webhooks' client) logs every request with its whole URL, which may carry
+    # the receiver's key; the webhooks log what matters themselves, without it.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _load_engine_factory() -> Any:

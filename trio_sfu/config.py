@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any, Final, final
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -21,6 +22,7 @@ __all__ = [
     "Limits",
     "ServerConfig",
     "TurnConfig",
+    "WebhookConfig",
 ]
 
 JWT_ALGORITHMS: Final = ("HS256", "RS256", "ES256")
@@ -78,6 +80,25 @@ class TurnConfig:
 
 @final
 @attrs.frozen
+class WebhookConfig:
+    """Webhooks: a signed POST to each of ``urls`` for every meeting event (see
+    :mod:`trio_sfu.signaling.webhooks`).
+
+    Each event is retried with exponential backoff for up to ``retry_for`` seconds (each
+    attempt bounded by ``timeout``), then dropped; at most ``queue`` events wait per URL,
+    and an event past that is dropped at once.
+    """
+
+    urls: tuple[str, ...] = ()
+    #: HMAC-SHA256 key of the signature; without it ``serve`` refuses URLs unless ``dev``.
+    secret: str | None = None
+    timeout: float = 5.0
+    retry_for: float = 30.0
+    queue: int = 1000
+
+
+@final
+@attrs.frozen
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -110,6 +131,7 @@ class ServerConfig:
     ice_servers: tuple[IceServerConfig, ...] = ()
     turn: TurnConfig = TurnConfig()
     limits: Limits = Limits()
+    webhooks: WebhookConfig = WebhookConfig()
     #: A WebRTC transport not connected (DTLS) this many seconds after it was created is
     #: closed, and its peer told (``rtc:transportClosed``, reason ``connect_timeout``).
     transport_connect_timeout: float = 30.0
@@ -166,12 +188,38 @@ class ServerConfig:
             problems.append("TRIO_SFU_TURN_SECRET is set but TRIO_SFU_TURN_URLS is empty")
         if self.turn.ttl <= 0:
             problems.append("the TURN credential ttl must be positive")
+        problems.extend(_webhook_problems(self.webhooks, dev=self.dev))
         for name in ("transport_connect_timeout", "peer_idle_timeout"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive")
         limits = attrs.asdict(self.limits)
         problems.extend(f"limit {k} must be positive" for k, v in limits.items() if v <= 0)
         return problems
+
+
+def _webhook_problems(webhooks: WebhookConfig, *, dev: bool) -> list[str]:
+    problems = []
+    for url in webhooks.urls:
+        try:
+            parts = urlsplit(url)
+            # .port raises ValueError for a port that is not a number up to 65535.
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:
+            valid = False
+        if not valid:
+            problems.append(f"webhook URL {url!r} is not an http:// or https:// URL")
+    if webhooks.urls and not webhooks.secret and not dev:
+        problems.append(
+            "webhook URLs but no TRIO_SFU_WEBHOOK_SECRET to sign the events with "
+            "(or run with --dev, which sends them unsigned)"
+        )
+    if not webhooks.timeout > 0:
+        problems.append("the webhook timeout must be positive")
+    if not webhooks.retry_for >= 0:
+        problems.append("the webhook retry time must not be negative")
+    if webhooks.queue < 1:
+        problems.append("the webhook queue must hold at least one event")
+    return problems
 
 
 #: Environment variable -> ServerConfig attribute (``limits.x`` and ``turn.x`` nest).
@@ -196,6 +244,11 @@ ENV_VARS: Final[dict[str, str]] = {
     "TRIO_SFU_TURN_URLS": "turn.urls",
     "TRIO_SFU_TURN_SECRET": "turn.secret",
     "TRIO_SFU_TURN_TTL": "turn.ttl",
+    "TRIO_SFU_WEBHOOK_URLS": "webhooks.urls",
+    "TRIO_SFU_WEBHOOK_SECRET": "webhooks.secret",
+    "TRIO_SFU_WEBHOOK_TIMEOUT": "webhooks.timeout",
+    "TRIO_SFU_WEBHOOK_RETRY_FOR": "webhooks.retry_for",
+    "TRIO_SFU_WEBHOOK_QUEUE": "webhooks.queue",
     "TRIO_SFU_TRANSPORT_CONNECT_TIMEOUT": "transport_connect_timeout",
     "TRIO_SFU_PEER_IDLE_TIMEOUT": "peer_idle_timeout",
     "TRIO_SFU_MAX_PEERS_PER_MEETING": "limits.peers_per_meeting",

@@ -1,10 +1,11 @@
-"""Log lines for refusals, at most one per reason per interval.
+"""Log lines for refusals (and other repeated troubles), at most one per reason per interval.
 
 A server on the internet refuses things all day (bad STUN, forged tokens, strangers'
 packets); every refusal is counted in ``/metrics``, but a log line per refusal would let
 anyone fill the disk. :class:`RateLimitedLog` writes the first refusal of a reason at once,
 then at most one line per ``interval`` for that reason, saying how many were not logged in
-between.
+between. The same holds for webhook events dropped while a receiver is down (``verb``
+``"dropped"``).
 
 Pure: time is a parameter (callers pass ``trio.current_time()``).
 """
@@ -24,13 +25,19 @@ DEFAULT_INTERVAL: Final = 60.0
 class RateLimitedLog:
     """One warning per reason per ``interval``; the ones left out are counted in the next."""
 
-    __slots__ = ("_logger", "_state", "interval")
+    __slots__ = ("_logger", "_state", "interval", "verb")
 
     def __init__(
-        self, logger: logging.Logger | logging.LoggerAdapter[Any], interval: float
+        self,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        interval: float,
+        *,
+        verb: str = "refused",
     ) -> None:
         self._logger = logger
         self.interval = interval
+        #: What happened, in the lines: "refused (reason): ...".
+        self.verb = verb
         #: reason -> [time the next line may be written, refusals not logged since the last]
         self._state: dict[str, list[float]] = {}
 
@@ -53,8 +60,8 @@ class RateLimitedLog:
             return False
         skipped = int(state[1]) if state is not None else 0
         if skipped:
-            message += " (%d more refused since the last line of this reason)"
+            message += f" (%d more {self.verb} since the last line of this reason)"
             args = (*args, skipped)
-        (logger or self._logger).warning("refused (%s): " + message, reason, *args)
+        (logger or self._logger).warning(f"{self.verb} (%s): " + message, reason, *args)
         self._state[reason] = [now + self.interval, 0.0]
         return True

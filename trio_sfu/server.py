@@ -8,7 +8,8 @@
         ...
         server.shutdown()           # graceful: peers get rtc:roomClosed, sockets close
 
-The server nursery owns hypercorn (one task per connection) and every Room's task.
+The server nursery owns hypercorn (one task per connection), every Room's task and the
+webhooks' tasks (one per URL).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ async def serve_sfu(
             app.rooms.close_all(SHUTDOWN_REASON, code=CLOSE_GOING_AWAY)
             app.close_sessions(CLOSE_GOING_AWAY, SHUTDOWN_REASON)
             await app.rooms.wait_all_closed()
+            app.webhooks.close()  # what the closes reported is still sent, for a while
             hypercorn_stop.set()
         if nursery.cancel_scope.cancelled_caught:
             logger.warning("shutdown took over %.1fs: cancelled the rest", config.shutdown_timeout)

@@ -117,10 +117,13 @@ class ActiveSpeaker:
 @attrs.frozen
 class RouterClosed:
     """A router ended without being asked: its worker process died (``worker_died``).
-    Everything in it is gone; the owner should close its meeting."""
+    Everything in it is gone; the owner should close its meeting. ``worker`` and ``pid``:
+    the worker slot and the process that died, where the engine knows them."""
 
     router_id: str
     reason: str
+    worker: int | None = None
+    pid: int | None = None
 
 
 EngineEvent = (

@@ -257,7 +257,7 @@ class WorkerPool:
             len(routers),
         )
         for router_id, on_event in routers.items():
-            _deliver(on_event, RouterClosed(router_id, WORKER_DIED))
+            _deliver(on_event, RouterClosed(router_id, WORKER_DIED, handle.index, handle.pid))
 
     async def _reap(self, handle: WorkerHandle, process: trio.Process, channel: Channel) -> None:
         """Close the channel (a live worker then exits by itself), wait, kill if need be."""

@@ -1,5 +1,5 @@
 """What one server's connections and its admin API share: the configuration, the media
-engine, the token verifier, the rooms, the metrics and the open connections.
+engine, the token verifier, the rooms, the metrics, the webhooks and the open connections.
 
 :class:`~trio_sfu.signaling.session.Session` and :func:`~trio_sfu.signaling.admin.handle_admin`
 take this context; the ASGI app (:class:`~trio_sfu.signaling.app.SignalingApp`) extends it with
@@ -20,6 +20,7 @@ from trio_sfu.signaling.auth import TokenVerifier
 from trio_sfu.signaling.metrics import SfuMetrics
 from trio_sfu.signaling.peer import PeerLink
 from trio_sfu.signaling.room import RoomManager
+from trio_sfu.signaling.webhooks import Webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ __all__ = ["SignalingContext"]
 
 
 class SignalingContext:
-    """The state of one server's signaling. Rooms' tasks go to ``nursery``."""
+    """The state of one server's signaling. Rooms' tasks, and the webhooks' (one per
+    URL), go to ``nursery``."""
 
     def __init__(self, config: ServerConfig, engine: MediaEngine, nursery: trio.Nursery) -> None:
         self.config = config
@@ -39,12 +41,15 @@ class SignalingContext:
             workers=engine.workers_info,
         )
         self.refusal_log = RateLimitedLog(logger, DEFAULT_INTERVAL)
+        self.webhooks = Webhooks(config.webhooks, self.metrics.registry)
+        self.webhooks.start(nursery)
         self.rooms = RoomManager(
             engine,
             config,
             nursery,
             count_error=self.metrics.count_error,
             on_refusal=self.note_refusal,
+            webhooks=self.webhooks,
         )
         #: The open signaling connections (sessions add and remove themselves).
         self.sessions: set[PeerLink] = set()

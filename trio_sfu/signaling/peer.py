@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
@@ -86,6 +87,7 @@ from trio_sfu.signaling.messages import (
     error_message,
     notification_message,
 )
+from trio_sfu.signaling.webhooks import WebhookSink, left_reason
 
 if TYPE_CHECKING:
     from trio_sfu.ortc.types import RtpCapabilities
@@ -128,6 +130,11 @@ class PeerServices(Protocol):
 
     @property
     def config(self) -> ServerConfig: ...
+
+    @property
+    def webhooks(self) -> WebhookSink:
+        """Where the peer reports joins, leaves and tracks (see ``Peer.report``)."""
+        ...
 
     def count_error(self, code: str) -> None:
         """Count an error answer for /metrics."""
@@ -240,6 +247,10 @@ class Peer:
         self.finished = trio.Event()
         self.ending = False
         self.end_reason = "left"
+        #: Whether the peer ended because its meeting closed (Room.close).
+        self.ended_by_room = False
+        #: When the room admitted it (None: it never became a member).
+        self.joined_at: float | None = None
         self._close: tuple[int, str] | None = None
         self._jobs_tx, self._jobs_rx = trio.open_memory_channel[Job](0)
         self._current: Job | None = None
@@ -265,6 +276,37 @@ class Peer:
 
     def notify(self, ntype: str, data: Any) -> None:
         self.link.send_message(notification_message(ntype, data))
+
+    def report(self, event: str, **fields: Any) -> None:
+        """Tell the webhooks ``event`` about this peer (its meeting, peer and user ids go
+        with ``fields``). Never blocks."""
+        self.room.manager.webhooks.emit(
+            event, self.room.meeting_id, peer_id=self.peer_id, user_id=self.grant.user_id, **fields
+        )
+
+    def admitted(self) -> None:
+        """The room made this peer a member (the others heard rtc:peerJoined)."""
+        self.joined_at = time.time()
+        self.report("participant_joined", display_name=self.display_name)
+
+    def _report_left(self) -> None:
+        if self.joined_at is None:
+            return  # never a member: no participant_joined went out either
+        reason, close_reason = left_reason(self.end_reason, by_room=self.ended_by_room)
+        extra = {} if close_reason is None else {"close_reason": close_reason}
+        duration = round(time.time() - self.joined_at, 3)
+        self.report(
+            "participant_left",
+            display_name=self.display_name,
+            reason=reason,
+            duration=duration,
+            **extra,
+        )
+
+    def _report_unpublished(self, producer: _Producer, reason: str) -> None:
+        self.report(
+            "track_unpublished", producer_id=producer.producer_id, kind=producer.kind, reason=reason
+        )
 
     def describe(self) -> dict[str, Any]:
         """The admin API's view of this peer."""
@@ -314,13 +356,16 @@ class Peer:
         *,
         close: tuple[int, str] | None = None,
         notice: dict[str, Any] | None = None,
+        by_room: bool = False,
     ) -> None:
         """End this peer: cancel its scope. ``notice`` is queued to it first; ``close``
-        closes its connection once cleanup is done. Idempotent; never blocks."""
+        closes its connection once cleanup is done; ``by_room``: its meeting is closing
+        (``reason`` is the meeting's). Idempotent; never blocks."""
         if self.ending:
             return
         self.ending = True
         self.end_reason = reason
+        self.ended_by_room = by_room
         self._close = close
         if notice is not None:
             self.link.send_message(notice)
@@ -457,6 +502,9 @@ class Peer:
                     "rtc:producerClosed", ProducerNotice(producer.producer_id, self.peer_id)
                 )
             room.broadcast("rtc:peerLeft", PeerLeftNotice(self.peer_id))
+        for producer in self.producers.values():
+            self._report_unpublished(producer, "participant_left")
+        self._report_left()
         self.transports.clear()
         self.producers.clear()
         self.consumers.clear()
@@ -480,6 +528,7 @@ class Peer:
             self.room.broadcast(
                 "rtc:producerClosed", ProducerNotice(producer.producer_id, self.peer_id), self
             )
+            self._report_unpublished(producer, "transport_closed")
         for consumer in [c for c in self.consumers.values() if c.transport_id == transport_id]:
             self._forget_consumer(consumer.consumer_id)
             self.notify(
@@ -671,12 +720,16 @@ class Peer:
         )
         if paused:
             self.room.broadcast("rtc:producerPaused", ProducerNotice(pid, self.peer_id), self)
+        self.report(
+            "track_published", producer_id=pid, kind=req.kind, app_data=app_data, paused=paused
+        )
         return ProducerIdAnswer(pid)
 
     async def _close_producer(self, req: Request) -> Any:
         assert isinstance(req, ProducerRequest)
-        self._producer(req.producer_id)
+        producer = self._producer(req.producer_id)
         self._forget_producer(req.producer_id)
+        self._report_unpublished(producer, "closed")
         await self.room.engine.close_producer(req.producer_id)
         self.room.broadcast(
             "rtc:producerClosed", ProducerNotice(req.producer_id, self.peer_id), self

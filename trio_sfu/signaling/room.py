@@ -9,6 +9,7 @@ Ownership (ARCHITECTURE.md)::
 A room opens on the first join and closes when its last peer has gone, or when it is closed
 (admin API, shutdown): peers then get ``rtc:roomClosed`` before their sockets close. How a
 peer lives and ends, and how it serves its requests, is :mod:`trio_sfu.signaling.peer`.
+What happens in a meeting is told to the webhooks (:mod:`trio_sfu.signaling.webhooks`).
 
 Ids map to peers only here, on the room; a peer acts only on ids in its own maps, and any
 other id (another peer's, another meeting's) is ``not_found`` before the engine is called.
@@ -17,6 +18,7 @@ other id (another peer's, another meeting's) is ``not_found`` before the engine 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
@@ -58,6 +60,7 @@ from trio_sfu.signaling.peer import (
     PeerLink,
 )
 from trio_sfu.signaling.recording import Recording
+from trio_sfu.signaling.webhooks import NO_WEBHOOKS, WebhookSink
 
 if TYPE_CHECKING:
     pass
@@ -110,6 +113,7 @@ class Room:
                     self._nursery = nursery
                     self.ready.set()
                     self.log.info("room opened (router %s)", self.router_id)
+                    self.manager.webhooks.emit("room_started", self.meeting_id)
                     task_status.started()
                     started = True
                     await self._close_requested.wait()
@@ -129,6 +133,8 @@ class Room:
             self._mark_closing(self.close_reason or "failed")
             self.ready.set()
             self.finished.set()
+            if started:
+                self._report_finished()
             self.manager.room_finished(self)
 
     def _mark_closing(self, reason: str) -> None:
@@ -149,7 +155,7 @@ class Room:
         notice = notification_message("rtc:roomClosed", RoomClosedNotice(self.meeting_id, reason))
         close = None if keep_connections else (code, reason)
         for peer in list(self.peers.values()):
-            peer.end(reason, close=close, notice=notice)
+            peer.end(reason, close=close, notice=notice, by_room=True)
         self._close_requested.set()
 
     async def start_peer(self, grant: Grant, display_name: str | None, link: PeerLink) -> Peer:
@@ -209,6 +215,7 @@ class Room:
         except BaseException:
             del self.recordings[recording.recording_id]
             raise
+        self._report_recording("recording_started", recording)
         return recording
 
     # ---- RecordingHost (what a recording needs of its meeting) ---------------------------
@@ -224,6 +231,46 @@ class Room:
     def recording_finished(self, recording: Recording) -> None:
         """A recording ended (it stays listed with its end reason)."""
         self.log.debug("recording %s finished", recording.recording_id)
+        if recording.started_at is not None:  # it did record (and recording_started went)
+            self._report_recording("recording_finished", recording)
+
+    # ---- webhooks ----------------------------------------------------------------------
+
+    def _report_recording(self, event: str, recording: Recording) -> None:
+        fields: dict[str, Any] = {
+            "recording_id": recording.recording_id,
+            "file": recording.path,
+            "producer_ids": list(recording.producer_ids),
+        }
+        if event == "recording_finished":
+            ended = recording.ended_at or time.time()
+            try:
+                size: int | None = os.stat(recording.path).st_size  # a local stat: no wait
+            except OSError:
+                size = None
+            fields.update(
+                reason=recording.end_reason,
+                duration=round(ended - (recording.started_at or ended), 3),
+                size=size,
+                exit_code=recording.exit_code,
+            )
+        self.manager.webhooks.emit(event, self.meeting_id, **fields)
+
+    def _report_worker_died(self, event: RouterClosed) -> None:
+        self.manager.webhooks.emit(
+            "worker_died",
+            self.meeting_id,
+            router_id=event.router_id,
+            reason=event.reason,
+            worker=event.worker,
+            pid=event.pid,
+        )
+
+    def _report_finished(self) -> None:
+        duration = round(time.time() - self.created_at, 3)
+        self.manager.webhooks.emit(
+            "room_finished", self.meeting_id, reason=self.close_reason, duration=duration
+        )
 
     def admit(self, peer: Peer) -> JoinedAnswer:
         """Make a started peer a member: the others hear ``rtc:peerJoined``. Synchronous,
@@ -236,6 +283,7 @@ class Room:
         self.peers[peer.peer_id] = peer
         self.broadcast("rtc:peerJoined", peer.info(), peer)
         peer.log.info("joined as user %s", peer.grant.user_id)
+        peer.admitted()
         return JoinedAnswer(
             peer_id=peer.peer_id,
             user_id=peer.grant.user_id,
@@ -281,6 +329,7 @@ class Room:
     def _dispatch(self, event: EngineEvent) -> None:
         if isinstance(event, RouterClosed):  # its worker died: everyone may rejoin
             self.log.error("router %s closed: %s", event.router_id, event.reason)
+            self._report_worker_died(event)
             self.close(event.reason, keep_connections=True)
         elif isinstance(event, ConsumerClosed):
             owner = self.consumer_owner.get(event.consumer_id)
@@ -353,9 +402,11 @@ class RoomManager:
         *,
         count_error: Callable[[str], None] | None = None,
         on_refusal: Callable[[SfuError, ContextLogger], None] | None = None,
+        webhooks: WebhookSink = NO_WEBHOOKS,
     ) -> None:
         self.engine = engine
         self.config = config
+        self.webhooks = webhooks
         self.rooms: dict[str, Room] = {}
         self.accepting = True
         self._nursery = nursery
