@@ -292,7 +292,7 @@ async def test_a_wedged_worker_times_out_its_own_callers_and_is_replaced() -> No
                     await trio.sleep(0.05)
                 while pool.workers_info()[index]["pid"] in (None, pid):  # noqa: ASYNC110
                     await trio.sleep(0.05)
-            assert events == [api.RouterClosed(wedged_router, "worker_died")]
+            assert events == [api.RouterClosed(wedged_router, "worker_died", worker=index, pid=pid)]
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
             assert pool.workers_info()[index]["restarts"] == 1
