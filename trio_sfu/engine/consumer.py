@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 from trio_sfu.engine.layers import LEVEL_R2, spatial_cap
-from trio_sfu.engine.producer import STARTUP_WAIT
+from trio_sfu.engine.producer import KEYFRAME_RETRY_WAITING, STARTUP_WAIT
 from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import is_rtx, parse_scalability_mode
 from trio_sfu.ortc.types import MediaKind, RtpParameters
@@ -60,8 +60,9 @@ if TYPE_CHECKING:
 
 #: Header extensions never forwarded as they came: they describe the publisher's leg.
 _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_CC_URI})
-#: How often the packet path may ask the producer for a keyframe it waits for.
-_KEYFRAME_RETRY: Final = 0.25
+#: How often the packet path may ask the producer for a keyframe it waits for (the
+#: producer's own throttle for a waiting consumer).
+_KEYFRAME_RETRY: Final = KEYFRAME_RETRY_WAITING
 _TS_MASK: Final = 0xFFFFFFFF
 #: Packets a consumer can retransmit: 256 is 1.7 s of 720p at 1.4 Mbps (1 s at 2.5 Mbps),
 #: longer than a repair is worth making in a call; audio is rarely NACKed at all. The
@@ -346,7 +347,7 @@ class Consumer:
             if not keyframe:
                 if now >= self._keyframe_retry_at:
                     self._keyframe_retry_at = now + _KEYFRAME_RETRY
-                    self.producer.request_keyframe(stream.index, now)
+                    self.producer.request_keyframe(stream.index, now, waiting=True)
                 return
             self._splice(stream, seq, ts, now)
             if info is not None and self._vp8 is not None:
@@ -561,7 +562,7 @@ class Consumer:
             and self._forwarding
             and (self._current is None or self._current.index != spatial)
         ):
-            self.producer.request_keyframe(spatial, now)
+            self.producer.request_keyframe(spatial, now, waiting=True)
             self._keyframe_retry_at = now + _KEYFRAME_RETRY
 
     def layer_options_cap(self) -> tuple[int, int] | None:
@@ -915,14 +916,18 @@ class PipeConsumer(Consumer):
         return self.spatial_layers - 1, self.temporal_layers - 1
 
     def request_keyframe(self, now: float, ssrc: int | None = None) -> None:
-        """PLI/FIR from the other router for stream ``ssrc`` (None: every stream)."""
+        """PLI/FIR from the other router for stream ``ssrc`` (None: every stream).
+
+        The other router's producer throttled its requests already (1 s, or 300 ms while
+        one of its consumers waits to switch): passed on under the shorter bound, so that
+        a switch there waits no longer than one here."""
         if ssrc is None:
             for stream_index in range(len(self.stream_ssrcs)):
-                self.producer.request_keyframe(stream_index, now)
+                self.producer.request_keyframe(stream_index, now, waiting=True)
             return
         index = self._stream_of_ssrc.get(ssrc)
         if index is not None:
-            self.producer.request_keyframe(index, now)
+            self.producer.request_keyframe(index, now, waiting=True)
 
     def receive_report(
         self,
