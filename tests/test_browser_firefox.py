@@ -33,15 +33,18 @@ Scenario = Callable[..., dict[str, Any]]
 
 #: firefox-switch: the longest time between two frames Bob's Chromium may count around a
 #: switch. It counts a freeze when two frames are more than max(3 x the mean interval, the
-#: mean + 150 ms) apart, ~183 ms at 30 fps. Before the fix the freezes were 257-957 ms here
-#: and 312-943 ms in the issue (r2 stopped for the REMB before r0's keyframe came). With r2
-#: kept up until the switch only the splice remains, one frame interval (the issue saw
-#: ~115 ms where a second subscriber kept r2 up): no freeze at all in 15 switches here. 250 ms
-#: leaves a decoder hiccup on a busy machine a little room above the freeze threshold.
+#: mean + 150 ms) apart, ~183 ms at 30 fps. Before the fix, 12 of 24 switches here froze for
+#: 257-957 ms, at least once in each of 8 runs (312-943 ms in the issue): r2 stopped for the
+#: REMB before r0's keyframe came. With r2 kept up until the switch only the splice remains,
+#: about a frame interval (the issue saw ~115 ms where a second subscriber kept r2 up): no
+#: freeze at all in 27 switches here. 250 ms leaves a decoder hiccup on a busy machine a
+#: little room above the freeze threshold, and stays under every freeze seen before the fix.
 MAX_SWITCH_GAP_MS = 250
 #: ... and from asking for layer 0 to the server forwarding it: the keyframe request that
 #: Firefox dropped goes out again after 300 ms (KEYFRAME_RETRY_WAITING), where it used to
-#: wait 1 s (KEYFRAME_REQUEST_INTERVAL); the server's timeline is read every 200 ms.
+#: wait 1 s (KEYFRAME_REQUEST_INTERVAL); the server's timeline is read every 200 ms. Before
+#: the fix: 1130-1322 ms (13 of 15 switches; Firefox took the first request in 2); after:
+#: 119-670 ms.
 MAX_SWITCH_MS = 1000
 
 
@@ -105,8 +108,9 @@ def test_firefox_without_h264_is_refused_an_h264_video_cleanly(
     assert [(c["kind"], c["closed"]) for c in consumers] == [("audio", False)], consumers
     before, after = pages["bob"]["received"]["audio"]["packetsReceived"]
     assert after - before >= 40, pages["bob"]["received"]
+    # (Whichever of his streams: that is test_firefox_and_chromium_call_each_other_...'s.)
     video = pages["alice"]["received"]["video"]
-    assert video["mimeType"] == "video/VP8" and video["frameWidth"] == 1280, video
+    assert video["mimeType"] == "video/VP8" and video["frameWidth"] > 0, video
     before, after = video["framesDecoded"]
     assert after - before >= 20, video
     before, after = pages["alice"]["received"]["audio"]["packetsReceived"]

@@ -22,13 +22,14 @@ keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` (1 s) old, or ``KEYFRAME_RETRY_WAIT
 
 Why two intervals. A publisher may ignore a request: libwebrtc (Chromium, Firefox) drops a
 keyframe request that comes within 300 ms of the last one it acted on, across all the
-simulcast streams of a track unless it does per-layer keyframes (Firefox does not). So a
-subscriber that resumes (a PLI for r2) and asks for r0 100 ms later gets its r0 PLI
-dropped; while it waits it keeps forwarding r2, and with a 1 s retry it waits a second for
-r0. 300 ms is the shortest retry that such a publisher never drops because of our own
-previous request, and close to what receivers do themselves (a libwebrtc receiver without
-a decodable keyframe repeats its request every 200 ms; Jitsi's bridge paces requests per
-stream at RTT + 10 ms, at most 100 ms; mediasoup retries a pending request after 1 s).
+simulcast streams of a track unless it makes per-layer keyframes (Firefox ESR 153 does
+not). So a subscriber that resumes (a PLI for r2) and asks for r0 100 ms later gets its r0
+PLI dropped; while it waits it keeps forwarding r2, and with a 1 s retry it waited over a
+second for r0 (1.1-1.3 s in the Firefox browser test). 300 ms is the shortest retry that
+such a publisher never drops because of our own previous request, and close to what
+receivers do themselves (a libwebrtc receiver without a decodable keyframe repeats its
+request every 200 ms; Jitsi's bridge paces requests per stream at RTT + 10 ms, at most
+100 ms; mediasoup retries a pending request after 1 s).
 Requests nobody waits on (a subscriber's PLI while it decodes, a NACK list that overflowed)
 keep the 1 s interval: a keyframe costs several times a delta frame.
 """
