@@ -3,6 +3,7 @@ the consumer sends and the RTCP the producer sends upstream captured in lists.""
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -19,7 +20,7 @@ from trio_sfu.client.synthetic import (
 )
 from trio_sfu.engine.consumer import Consumer
 from trio_sfu.engine.layers import LEVEL_PAUSED, LEVEL_R0, LEVEL_R2
-from trio_sfu.engine.producer import KEYFRAME_REQUEST_INTERVAL, Producer
+from trio_sfu.engine.producer import KEYFRAME_REQUEST_INTERVAL, KEYFRAME_RETRY_WAITING, Producer
 from trio_sfu.ortc import negotiation
 from trio_sfu.ortc.types import (
     RtpCodecParameters,
@@ -291,6 +292,55 @@ def test_keyframe_requests_are_throttled_until_answered() -> None:
     pair.feed(0, pair.streams[0].vp8_frame(keyframe=True), 2.1)
     assert producer.request_keyframe(0, 2.2)
     assert all(isinstance(p, Pli) for p in pair.upstream)
+
+
+def test_a_switch_waiting_for_its_keyframe_asks_again_every_300_ms() -> None:
+    """A publisher may drop a keyframe request (libwebrtc drops one that comes within
+    300 ms of the last it acted on, across the streams of a track): while the consumer
+    waits to switch down it keeps forwarding r2 and asks for r0 again every
+    KEYFRAME_RETRY_WAITING, not every KEYFRAME_REQUEST_INTERVAL. Once nobody waits, a
+    subscriber's PLIs reach the publisher at most once per KEYFRAME_REQUEST_INTERVAL."""
+    assert 0.3 <= KEYFRAME_RETRY_WAITING < KEYFRAME_REQUEST_INTERVAL
+    pair = make_pair(vp8_simulcast_rtp_parameters())
+    consumer, streams = pair.consumer, pair.streams
+    for index in range(3):
+        pair.feed(index, streams[index].vp8_frame(keyframe=True), 0.0)
+    assert pair.layer_events == [(2, 2)]
+    r0 = streams[0].ssrc
+
+    def requests_for_r0() -> int:
+        return pair.keyframe_requests().count(r0)
+
+    consumer.set_preferred_layers(0, None, 1.0)
+    assert requests_for_r0() == 1
+    asked = [1.0]
+    now = 1.0
+    for frame in range(1, 46):  # 1.5 s at 30 fps, no keyframe on any stream
+        now = 1.0 + frame / 30
+        before = requests_for_r0()
+        for index in range(3):
+            pair.feed(index, streams[index].vp8_frame(keyframe=False), now)
+        if requests_for_r0() > before:
+            asked.append(now)
+    assert consumer.current_spatial == 2  # still forwarding r2 while it waits
+    assert len(asked) >= 5, asked
+    for earlier, later in itertools.pairwise(asked):
+        # At the first r0 packet at least KEYFRAME_RETRY_WAITING after the last request.
+        assert -1e-9 <= later - earlier - KEYFRAME_RETRY_WAITING <= 1 / 30
+    pair.feed(0, streams[0].vp8_frame(keyframe=True), now + 0.01)
+    assert pair.layer_events[-1] == (0, 2)
+
+    asked = []
+    start = now + 0.02
+    for tick in range(70):  # a subscriber's PLI every 50 ms for 3.5 s; nobody waits
+        at = start + tick * 0.05
+        before = requests_for_r0()
+        consumer.request_keyframe(at)
+        if requests_for_r0() > before:
+            asked.append(at)
+    assert len(asked) == 4, asked
+    for earlier, later in itertools.pairwise(asked):
+        assert 0 <= later - earlier - KEYFRAME_REQUEST_INTERVAL <= 0.05 + 1e-9
 
 
 def test_fir_when_the_publisher_negotiated_only_fir() -> None:

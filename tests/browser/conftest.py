@@ -1,12 +1,12 @@
 """What the browser tests need: root and ``unshare`` for a loopback-only network namespace,
-Debian's Chromium (installed by ``scripts/install_browser`` when missing) and the web
-bundle (``scripts/build_web``).
+Debian's Chromium and Firefox ESR (installed by ``scripts/install_browser`` when missing)
+and the web bundle (``scripts/build_web``).
 
 The tests skip, with the reason, only when they cannot make the namespace (not root, no
-``unshare``, or the kernel refuses it). A missing Chromium or a failed build is an error,
+``unshare``, or the kernel refuses it). A missing browser or a failed build is an error,
 never a skip: the scripts install and build what is missing.
 
-``tests/test_browser.py`` imports :func:`browser_scenario` from here (this conftest sits in
+``tests/test_browser*.py`` import :func:`browser_scenario` from here (this conftest sits in
 ``tests/browser/``, beside the runner, so its fixtures do not reach ``tests/`` by
 themselves).
 """

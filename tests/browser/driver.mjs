@@ -1,14 +1,21 @@
-// Drives headless Chromium through the demo page for one scenario; prints one JSON line.
+// Drives headless browsers through the demo page for one scenario; prints one JSON line.
 //
 // Started by tests/browser/run.py (inside a loopback-only network namespace) with:
 //   TRIO_SFU_URL          the server, http://127.0.0.1:<port>
 //   TRIO_SFU_ADMIN_TOKEN  the admin API's bearer token
-//   TRIO_SFU_WEB_DIR      trio_sfu/web (playwright-core is in its node_modules)
-//   TRIO_SFU_SCENARIO     vp8 | h264 | mute | leave | join | layers | layers-loss
-//   TRIO_SFU_RUNS         joins to time (join)
-//   TRIO_SFU_CHROMIUM     the browser, /usr/bin/chromium (never a downloaded one)
+//   TRIO_SFU_WEB_DIR      trio_sfu/web (playwright-core and puppeteer-core are in its node_modules)
+//   TRIO_SFU_SCENARIO     vp8 | h264 | mute | leave | join | layers | layers-loss |
+//                         firefox-vp8 | firefox-h264 | firefox-switch
+//   TRIO_SFU_RUNS         joins to time (join); switch cycles (firefox-switch)
+//   TRIO_SFU_CHROMIUM     Chromium, /usr/bin/chromium (never a downloaded one)
+//   TRIO_SFU_FIREFOX      Firefox ESR, /usr/bin/firefox-esr (never a downloaded one)
 //   TRIO_SFU_TIMEOUT_MS   the bound on the whole run
 //   TRIO_SFU_SCREENSHOT   optional: a PNG of Bob's page at the end of vp8/h264
+//
+// Chromium is driven by playwright-core (CDP); Firefox by puppeteer-core over WebDriver BiDi
+// (Playwright drives only its own patched Firefox builds). A Firefox page is wrapped in
+// BidiPage, which offers the few Playwright page methods the scenarios use, so that a
+// scenario reads the same whichever browser a page runs in.
 //
 // Every step waits with a deadline; on failure the JSON says which step, with the pages'
 // state, getStats excerpts and console output, so a failure reads like webrtc-internals.
@@ -23,6 +30,7 @@ import { createInterface } from 'node:readline';
 const env = process.env;
 const require = createRequire(`${env.TRIO_SFU_WEB_DIR}/package.json`);
 const { chromium } = require('playwright-core');
+const puppeteer = require('puppeteer-core');
 
 const BASE = env.TRIO_SFU_URL;
 const SCENARIO = env.TRIO_SFU_SCENARIO;
@@ -43,6 +51,25 @@ const CHROMIUM_FLAGS = [
   '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
 ];
+
+/**
+ * Firefox's preferences for a headless call on loopback. Fake camera (it honours the
+ * page's 1280x720 at 30 fps constraints) and microphone without a permission prompt;
+ * ICE on 127.0.0.1 (Firefox leaves loopback out by default, and gathers nothing at all
+ * without a default route: run.py adds one over `lo`), host candidates as addresses, not
+ * mDNS names; media may play without a click; no OpenH264 download (there is no network:
+ * this Firefox has no H264, and says so in its capabilities).
+ */
+const FIREFOX_PREFS = {
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  'media.peerconnection.ice.loopback': true,
+  'media.peerconnection.ice.obfuscate_host_addresses': false,
+  'media.autoplay.default': 0,
+  'media.autoplay.blocking_policy': 0,
+  'media.gmp-manager.updateEnabled': false,
+  'media.gmp-gmpopenh264.autoupdate': false,
+};
 
 const consoleLog = [];
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -98,17 +125,111 @@ function closeControl() {
 
 // ---- pages -------------------------------------------------------------------------------
 
-async function openPage(browser, label) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.on('console', (m) => consoleLog.push(`[${label}] ${m.type()}: ${m.text()}`.slice(0, 500)));
+/** Browsers launched so far, by kind ('chromium' | 'firefox'): each launched once, when a
+ * scenario first opens a page in it. */
+const browsers = new Map();
+/** Every page opened, for the failure dump. */
+const openedPages = [];
+
+async function launch(kind) {
+  if (kind === 'chromium') {
+    return chromium.launch({
+      executablePath: env.TRIO_SFU_CHROMIUM,
+      headless: true,
+      args: CHROMIUM_FLAGS,
+      timeout: 30000,
+    });
+  }
+  if (kind === 'firefox') {
+    return puppeteer.launch({
+      browser: 'firefox',
+      protocol: 'webDriverBiDi',
+      executablePath: env.TRIO_SFU_FIREFOX,
+      headless: true,
+      extraPrefsFirefox: FIREFOX_PREFS,
+      timeout: 60000,
+      dumpio: true, // its stderr goes to the driver's: crashes and ICE trouble show there
+    });
+  }
+  throw new Error(`unknown browser ${kind}`);
+}
+
+async function browserOf(kind) {
+  if (!browsers.has(kind)) browsers.set(kind, launch(kind));
+  return browsers.get(kind);
+}
+
+/** A puppeteer (WebDriver BiDi) page with the Playwright page methods the scenarios use. */
+class BidiPage {
+  constructor(page) {
+    this.raw = page;
+  }
+
+  goto(url, options) {
+    return this.raw.goto(url, options);
+  }
+
+  fill(selector, value) {
+    return this.raw.locator(selector).fill(value);
+  }
+
+  selectOption(selector, value) {
+    return this.raw.select(selector, value);
+  }
+
+  click(selector) {
+    return this.raw.click(selector);
+  }
+
+  evaluate(fn, arg) {
+    return this.raw.evaluate(fn, arg);
+  }
+
+  waitForFunction(fn, arg, options = {}) {
+    return this.raw.waitForFunction(fn, options, arg);
+  }
+
+  screenshot(options) {
+    return this.raw.screenshot(options);
+  }
+
+  on(event, handler) {
+    this.raw.on(event, handler);
+  }
+}
+
+/** A console message as text; puppeteer shows an Error argument as "JSHandle@error". */
+function consoleText(m) {
+  const text = m.text();
+  if (!text.includes('JSHandle@')) return text;
+  const args = m.args?.() ?? [];
+  return args.map((a) => String(a.remoteObject?.()?.description ?? a.remoteValue?.()?.value ?? text)).join(' ');
+}
+
+/** A new page (in a browser context of its own) of the demo in browser `kind`. */
+async function openPage(kind, label) {
+  const browser = await browserOf(kind);
+  let context;
+  let page;
+  if (kind === 'firefox') {
+    context = await browser.createBrowserContext();
+    const raw = await context.newPage();
+    await raw.setViewport({ width: 1280, height: 900 });
+    page = new BidiPage(raw);
+  } else {
+    context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    page = await context.newPage();
+  }
+  openedPages.push({ label, kind, page });
+  page.on('console', (m) => consoleLog.push(`[${label}] ${m.type()}: ${consoleText(m)}`.slice(0, 500)));
   page.on('pageerror', (e) => consoleLog.push(`[${label}] pageerror: ${e.message}`.slice(0, 500)));
+  page.on('close', () => consoleLog.push(`[${label}] page closed`));
   const response = await page.goto(`${BASE}/`, { waitUntil: 'load' });
   if (!response || response.status() !== 200) {
     throw new StepFailed('open', `GET / answered ${response?.status()}`);
   }
   await page.waitForFunction(() => window.trioDemo !== undefined, null, { timeout: 10000 });
-  return { label, page, context };
+  return { label, kind, page, context };
 }
 
 /** Fill the form and click Join, as a person would; resolves when the page published. */
@@ -220,11 +341,14 @@ function meetingId() {
 
 // ---- scenarios ---------------------------------------------------------------------------
 
-/** Two pages publish camera + microphone with `codec` and decode each other. */
-async function twoPeers(browser, codec) {
+/**
+ * Two pages publish camera + microphone with `codec` and decode each other. Alice's page
+ * runs in browser `alice`, Bob's in `bob` ('chromium' or 'firefox').
+ */
+async function twoPeers(codec, { alice = 'chromium', bob = 'chromium' } = {}) {
   const meeting = meetingId();
-  const a = await join(await openPage(browser, 'alice'), { meeting, name: 'alice', codec });
-  const b = await join(await openPage(browser, 'bob'), { meeting, name: 'bob', codec });
+  const a = await join(await openPage(alice, 'alice'), { meeting, name: 'alice', codec });
+  const b = await join(await openPage(bob, 'bob'), { meeting, name: 'bob', codec });
   await Promise.all([waitMedia(a, b), waitMedia(b, a)]);
   return { meeting, a, b };
 }
@@ -247,25 +371,28 @@ async function pageReport(p, from) {
   };
 }
 
-async function mediaScenario(browser, codec) {
-  const { meeting, a, b } = await twoPeers(browser, codec);
+async function mediaScenario(codec, browsers = {}) {
+  const { meeting, a, b } = await twoPeers(codec, browsers);
   const [alice, bob] = await Promise.all([pageReport(a, b), pageReport(b, a)]);
   if (env.TRIO_SFU_SCREENSHOT) await b.page.screenshot({ path: env.TRIO_SFU_SCREENSHOT, fullPage: true });
-  const layers = codec === 'VP8' ? await layerPicker(b, a) : null;
+  // A Firefox publisher takes longer to bring r2 back once the REMB let it drop it: its
+  // estimate climbs back slowly (issue 17, defect 3: late transport-cc arrival times).
+  const upTimeoutMs = a.kind === 'firefox' ? 45000 : 15000;
+  const layers = codec === 'VP8' ? await layerPicker(b, a, upTimeoutMs) : null;
   return { meeting, codec, pages: { alice, bob }, layers };
 }
 
 /** Bob picks 180p for Alice's video in the demo's layer picker, then auto again. */
-async function layerPicker(p, from) {
+async function layerPicker(p, from, upTimeoutMs = 15000) {
   const select = `.tile[data-peer-id="${from.peerId}"] select.layers`;
-  const widthIs = (width, step) =>
+  const widthIs = (width, step, timeoutMs = 15000) =>
     until(
       step,
       async () => {
         const video = pick(await inbound(p), 'video', from.peerId);
         return { done: video?.frameWidth === width, frameWidth: video?.frameWidth };
       },
-      { timeoutMs: 15000 },
+      { timeoutMs },
     );
   const preferred = () =>
     p.page.evaluate((peerId) => window.trioDemo.tiles.get(peerId).preferred, from.peerId);
@@ -273,7 +400,7 @@ async function layerPicker(p, from) {
   const low = await widthIs(320, `${p.label} picks r0`);
   const lowPreferred = await preferred();
   await p.page.selectOption(select, '2');
-  const high = await widthIs(1280, `${p.label} picks auto`);
+  const high = await widthIs(1280, `${p.label} picks auto`, upTimeoutMs);
   return {
     lowWidth: low.frameWidth,
     lowPreferred,
@@ -286,8 +413,8 @@ async function framesFrom(p, from) {
   return pick(await inbound(p), 'video', from.peerId)?.framesDecoded ?? 0;
 }
 
-async function muteScenario(browser) {
-  const { meeting, a, b } = await twoPeers(browser, 'VP8');
+async function muteScenario() {
+  const { meeting, a, b } = await twoPeers('VP8');
   const videoId = a.producers.video;
   const hasEvent = async (type) =>
     (await events(b, type)).some((e) => e.data.producerId === videoId && e.data.peerId === a.peerId);
@@ -338,8 +465,8 @@ async function muteScenario(browser) {
   };
 }
 
-async function leaveScenario(browser) {
-  const { meeting, a, b } = await twoPeers(browser, 'VP8');
+async function leaveScenario() {
+  const { meeting, a, b } = await twoPeers('VP8');
   const before = await admin(`/rooms/${meeting}`);
   await a.context.close(); // the page and its WebSocket go away without rtc:leave
   const left = await until(
@@ -390,12 +517,12 @@ async function leaveScenario(browser) {
 }
 
 /** `RUNS` times: alice joins, then bob; bob's time from clicking Join to a decoded frame. */
-async function joinScenario(browser) {
+async function joinScenario() {
   const runs = [];
   for (let i = 0; i < RUNS; i += 1) {
     const meeting = meetingId();
-    const a = await join(await openPage(browser, `alice${i}`), { meeting, name: 'alice', codec: 'VP8' });
-    const b = await openPage(browser, `bob${i}`);
+    const a = await join(await openPage('chromium', `alice${i}`), { meeting, name: 'alice', codec: 'VP8' });
+    const b = await openPage('chromium', `bob${i}`);
     await join(b, { meeting, name: 'bob', codec: 'VP8' });
     const t = await until(
       `bob${i} first frame`,
@@ -430,7 +557,7 @@ const LOW_HOLD_MS = 6000;
  * Start sampling, inside `p`'s page every SAMPLE_MS, the inbound-rtp stats of its consumer
  * `consumerId` (a video one): framesDecoded and frame size, with the stats' own timestamp.
  */
-async function startSampler(p, consumerId) {
+async function startSampler(p, consumerId, period = SAMPLE_MS) {
   await p.page.evaluate(
     ({ id, period }) => {
       const consumer = window.trioDemo.client.consumers.get(id);
@@ -473,7 +600,7 @@ async function startSampler(p, consumerId) {
       sampler.timer = setInterval(tick, period);
       window.trioSampler = sampler;
     },
-    { id: consumerId, period: SAMPLE_MS },
+    { id: consumerId, period },
   );
 }
 
@@ -530,6 +657,10 @@ const pageWall = (p, t) => p.page.evaluate((x) => (performance.timeOrigin + x) /
 function decoding(samples) {
   let maxFlatMs = 0;
   let flatAt = null;
+  // From the first sample that shows a count to the first that shows a higher one: the
+  // time between two decoded frames, give or take a sampling period (more where the page
+  // was starved and the sampler fell behind).
+  let maxStallMs = 0;
   let maxGapMs = 0;
   const longGaps = [];
   let first = null;
@@ -544,6 +675,9 @@ function decoding(samples) {
         longGaps.push({ at: before.t, ms: Math.round(gap), freezeMs: Math.round(freezeMs) });
       }
     }
+    if (first !== null && s.framesDecoded !== first.framesDecoded) {
+      maxStallMs = Math.max(maxStallMs, s.ts - first.ts);
+    }
     if (first === null || s.framesDecoded !== first.framesDecoded) first = s;
     const flat = s.ts - first.ts;
     if (flat > maxFlatMs) {
@@ -557,6 +691,7 @@ function decoding(samples) {
     samples: samples.length,
     maxFlatMs: Math.round(maxFlatMs),
     flatAt,
+    maxStallMs: Math.round(maxStallMs),
     maxGapMs: Math.round(maxGapMs),
     longGaps,
     framesDecoded: a && b ? b.framesDecoded - a.framesDecoded : 0,
@@ -602,8 +737,8 @@ async function serverLayers(p) {
 }
 
 /** Alice and Bob in a VP8 call; Bob's consumer of Alice's video sampled from now on. */
-async function layersCall(browser) {
-  const { meeting, a, b } = await twoPeers(browser, 'VP8');
+async function layersCall() {
+  const { meeting, a, b } = await twoPeers('VP8');
   b.videoConsumerId = (await b.page.evaluate(() => window.trioDemo.consumerList())).find(
     (c) => c.peerId === a.peerId && c.kind === 'video' && !c.closed,
   )?.id;
@@ -622,8 +757,8 @@ const setPreferred = (p, spatialLayer) =>
  * Bob prefers r0 for Alice's video, then r2 again (rtc:setPreferredLayers): how long each
  * took to reach the decoder (frameWidth 320, then 1280) and how decoding went meanwhile.
  */
-async function layersScenario(browser) {
-  const { meeting, a, b } = await layersCall(browser);
+async function layersScenario() {
+  const { meeting, a, b } = await layersCall();
   const start = await pageNow(b);
   await sleep(1500); // a stretch of steady 1280-wide decoding before the first switch
   const lowAt = await pageNow(b);
@@ -660,8 +795,8 @@ async function layersScenario(browser) {
  * Alice's video down to r0 and Bob keeps decoding it; then the loss stops and it climbs
  * back to r2.
  */
-async function layersLossScenario(browser) {
-  const { meeting, a, b } = await layersCall(browser);
+async function layersLossScenario() {
+  const { meeting, a, b } = await layersCall();
   const start = await pageNow(b);
   await sleep(1500);
   const clean = decoding(await samplesSince(b, start));
@@ -707,42 +842,262 @@ async function layersLossScenario(browser) {
   };
 }
 
+// ---- Firefox ESR -------------------------------------------------------------------------
+
+/**
+ * Alice in Chromium publishes H264 simulcast; Bob in Firefox ESR (no OpenH264 here, so no
+ * H264 in its capabilities) publishes VP8. The server refuses Bob's consume of Alice's
+ * video as `unsupported`; his page shows it on her tile and goes on: he hears her, she sees
+ * and hears him.
+ */
+async function firefoxH264Scenario() {
+  const meeting = meetingId();
+  const a = await join(await openPage('chromium', 'alice'), { meeting, name: 'alice', codec: 'H264' });
+  const b = await join(await openPage('firefox', 'bob'), { meeting, name: 'bob', codec: 'VP8' });
+  await waitMedia(a, b);
+  await until('bob hears alice', async () => {
+    const audio = pick(await inbound(b), 'audio', a.peerId);
+    return { done: (audio?.packetsReceived ?? 0) > 0, audio };
+  });
+  const [alice, bob] = await Promise.all([pageReport(a, b), pageReport(b, a)]);
+  const bobPage = await b.page.evaluate((peerId) => {
+    const d = window.trioDemo;
+    const tile = d.tiles.get(peerId);
+    return {
+      state: d.state,
+      error: d.error,
+      refused: d.refused,
+      note: tile ? { hidden: tile.note.hidden, text: tile.note.textContent } : null,
+      receiveCodecs: d.client.device.rtpCapabilities.codecs.map((c) => c.mimeType),
+    };
+  }, a.peerId);
+  return { meeting, alicePeerId: a.peerId, bobPeerId: b.peerId, pages: { alice, bob }, bobPage };
+}
+
+/**
+ * Record, in `p`'s page, when each frame of `peerId`'s video is shown (the video element's
+ * requestVideoFrameCallback, in Chromium and Firefox alike): page time and mediaTime.
+ */
+async function startFrameClock(p, peerId) {
+  await p.page.evaluate((id) => {
+    const video = window.trioDemo.tiles.get(id).video;
+    const frames = [];
+    const onFrame = (now, meta) => {
+      frames.push([now, meta.mediaTime, meta.width]);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+    window.trioFrames = frames;
+  }, peerId);
+}
+
+/** The longest time between two frames shown from page time `from` to `to`, ms. */
+async function longestFrameGap(p, from, to) {
+  return p.page.evaluate(
+    ({ from, to }) => {
+      const shown = window.trioFrames.filter(([t]) => t >= from && t <= to);
+      let longest = 0;
+      let at = null;
+      for (let i = 1; i < shown.length; i += 1) {
+        const gap = shown[i][0] - shown[i - 1][0];
+        if (gap > longest) [longest, at] = [gap, shown[i - 1][0]];
+      }
+      return { ms: Math.round(longest), at, frames: shown.length };
+    },
+    { from, to },
+  );
+}
+
+/**
+ * The freezes Chromium counted over these samples (its own measure of the time between two
+ * frames, taken off the page's main thread: a gap longer than max(3 x the mean frame
+ * interval, the mean + 150 ms), ~183 ms at 30 fps): [{ms, count, at}] per sample span
+ * where its freezeCount grew. Counted from the second frame on: the first frame after a
+ * pause ends a freeze as long as the pause.
+ */
+function freezesIn(samples) {
+  const from = samples.length ? samples[0].framesDecoded + 1 : 0;
+  const watched = samples.filter((s) => s.framesDecoded >= from);
+  const freezes = [];
+  for (let i = 1; i < watched.length; i += 1) {
+    const [a, b] = [watched[i - 1], watched[i]];
+    if (b.freezeCount > a.freezeCount) {
+      const ms = (b.totalFreezesDuration - a.totalFreezesDuration) * 1000;
+      freezes.push({ ms: Math.round(ms), count: b.freezeCount - a.freezeCount, at: Math.round(b.t) });
+    }
+  }
+  return freezes;
+}
+
+/** Whether the samples show frames decoded from page time `from` on. */
+function endsDecoding(samples, from) {
+  const tail = samples.filter((s) => s.t >= from);
+  return tail.length >= 2 && tail.at(-1).framesDecoded > tail[0].framesDecoded;
+}
+
+/** Cycles of the switch in firefox-switch, and how it samples Bob's decoding. */
+const SWITCH_CYCLES = 3;
+const SWITCH_SAMPLE_MS = 50;
+/** Between Bob's resume (answered) and his asking for layer 0, as in the issue. */
+const SWITCH_DELAY_MS = 100;
+/** How long each switch is watched from the resume. */
+const SWITCH_WATCH_MS = 3000;
+
+/**
+ * Issue 17's freeze: Alice publishes VP8 simulcast from Firefox ESR; Bob (Chromium) watches
+ * her. Each cycle: Bob decodes r2 steadily, pauses his consumer for a second, resumes it
+ * (the server asks Alice for an r2 keyframe) and 100 ms later prefers layer 0 (a request
+ * for r0 that Firefox drops: it comes within 300 ms of the r2 one). Bob's framesDecoded is
+ * sampled every 50 ms; per cycle: the longest time it stayed flat from the first frame
+ * decoded after the resume to the end of the watch, and how long r0 took.
+ */
+async function firefoxSwitchScenario() {
+  const meeting = meetingId();
+  const a = await join(await openPage('firefox', 'alice'), { meeting, name: 'alice', codec: 'VP8' });
+  const b = await join(await openPage('chromium', 'bob'), { meeting, name: 'bob', codec: 'VP8' });
+  await waitMedia(b, a);
+  // Only Alice's video matters: Bob stops his camera, which spares the CPU of his encoder
+  // and of Alice's decoder (on a loaded machine Firefox's encoder otherwise scales down).
+  await b.page.click('#toggle-cam');
+  b.videoConsumerId = (await b.page.evaluate(() => window.trioDemo.consumerList())).find(
+    (c) => c.peerId === a.peerId && c.kind === 'video' && !c.closed,
+  )?.id;
+  if (!b.videoConsumerId) throw new StepFailed('bob finds his video consumer', 'none');
+  await Promise.all([
+    startSampler(b, b.videoConsumerId, SWITCH_SAMPLE_MS),
+    startFrameClock(b, a.peerId),
+    startSenderSampler(a),
+  ]);
+  const start = await pageNow(b);
+  const cycles = [];
+  for (let i = 0; i < SWITCH_CYCLES; i += 1) {
+    const upAt = Date.now();
+    await setPreferred(b, 2);
+    // r2 forwarded (whatever its size: Firefox scales its streams down when short of CPU).
+    await until(
+      `cycle ${i}: bob gets r2`,
+      async () => {
+        const server = await serverLayers(b);
+        return { done: server.currentLayers?.spatialLayer === 2, server };
+      },
+      { timeoutMs: 30000, intervalMs: 200 },
+    );
+    const upMs = Date.now() - upAt;
+    await sleep(1500);
+    await b.page.evaluate((id) => {
+      const client = window.trioDemo.client;
+      return client.pauseConsumer(client.consumers.get(id));
+    }, b.videoConsumerId);
+    await sleep(1000);
+    // In the page, so that the 100 ms are not stretched by the driver's round trips.
+    const marks = await b.page.evaluate(
+      async ({ id, delay }) => {
+        const client = window.trioDemo.client;
+        const resumeAt = performance.now();
+        await client.resumeConsumer(client.consumers.get(id));
+        const resumedAt = performance.now();
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        const lowAt = performance.now();
+        const preferred = await client.setPreferredLayers(id, 0);
+        return { resumeAt, resumedAt, lowAt, preferred };
+      },
+      { id: b.videoConsumerId, delay: SWITCH_DELAY_MS },
+    );
+    await sleep(SWITCH_WATCH_MS - (marks.lowAt - marks.resumeAt));
+    const samples = await samplesSince(b, marks.resumeAt - 200);
+    const before = samples.filter((s) => s.t <= marks.resumeAt).at(-1);
+    const firstNew = samples.find((s) => s.t > marks.resumeAt && s.framesDecoded > (before?.framesDecoded ?? 0));
+    const watched = firstNew ? samples.filter((s) => s.t >= firstNew.t) : [];
+    const widths = [...new Set(watched.map((s) => s.frameWidth))];
+    const low = watched.find((s) => s.frameWidth === Math.min(...widths));
+    cycles.push({
+      wall: { resume: await pageWall(b, marks.resumeAt), low: await pageWall(b, marks.lowAt) },
+      upMs,
+      marks: {
+        resumed: Math.round(marks.resumedAt - marks.resumeAt),
+        low: Math.round(marks.lowAt - marks.resumeAt),
+      },
+      preferred: marks.preferred,
+      firstFrameMs: firstNew ? Math.round(firstNew.t - marks.resumeAt) : null,
+      lowMs: low ? Math.round(low.t - marks.resumeAt) : null,
+      decoding: decoding(watched),
+      freezes: freezesIn(watched),
+      decodingAtEnd: endsDecoding(samples, marks.resumeAt + SWITCH_WATCH_MS - 500),
+      shown: firstNew ? await longestFrameGap(b, firstNew.t, marks.resumeAt + SWITCH_WATCH_MS) : null,
+      server: await serverLayers(b),
+      at: Math.round(marks.resumeAt - start),
+    });
+  }
+  const all = await samplesSince(b, start);
+  const startWall = await pageWall(b, start);
+  return {
+    meeting,
+    alicePeerId: a.peerId,
+    bobPeerId: b.peerId,
+    bobVideoConsumerId: b.videoConsumerId,
+    cycles,
+    aliceSent: await senderSamples(a, startWall),
+    startWall,
+    samples: all.map((s) => ({ ...s, t: Math.round(s.t - start), ts: undefined })),
+  };
+}
+
 const SCENARIOS = {
-  vp8: (browser) => mediaScenario(browser, 'VP8'),
-  h264: (browser) => mediaScenario(browser, 'H264'),
+  vp8: () => mediaScenario('VP8'),
+  h264: () => mediaScenario('H264'),
   mute: muteScenario,
   leave: leaveScenario,
   join: joinScenario,
   layers: layersScenario,
   'layers-loss': layersLossScenario,
+  'firefox-vp8': () => mediaScenario('VP8', { alice: 'firefox' }),
+  'firefox-h264': firefoxH264Scenario,
+  'firefox-switch': firefoxSwitchScenario,
 };
 
 // ---- main --------------------------------------------------------------------------------
 
-async function dumpPages(browser) {
+async function dumpPages() {
   const pages = [];
-  for (const context of browser.contexts()) {
-    for (const page of context.pages()) {
-      pages.push(
-        await page
-          .evaluate(async () => {
-            const d = window.trioDemo;
-            return {
-              state: d.state,
-              error: d.error,
-              peerId: d.peerId,
-              events: d.events.map((e) => e.type),
-              consumers: d.consumerList(),
-              inbound: await d.inboundStats(),
-              outbound: await d.outboundStats(),
-              samples: window.trioSampler?.samples.slice(-80) ?? null,
-            };
-          })
-          .catch((e) => ({ error: String(e) })),
-      );
-    }
+  for (const { label, kind, page } of openedPages) {
+    pages.push(
+      await page
+        .evaluate(async () => {
+          const d = window.trioDemo;
+          return {
+            state: d.state,
+            error: d.error,
+            peerId: d.peerId,
+            events: d.events.map((e) => e.type),
+            consumers: d.consumerList(),
+            refused: d.refused,
+            inbound: await d.inboundStats(),
+            outbound: await d.outboundStats(),
+            samples: window.trioSampler?.samples.slice(-80) ?? null,
+          };
+        })
+        .then((state) => ({ label, kind, ...state }))
+        .catch((e) => ({ label, kind, error: String(e) })),
+    );
   }
   return pages;
+}
+
+/** The version of every browser launched, by kind. */
+async function versions() {
+  const out = {};
+  for (const [kind, launching] of browsers) {
+    const browser = await launching.catch(() => null);
+    if (browser) out[kind] = await browser.version();
+  }
+  return out;
+}
+
+async function closeBrowsers() {
+  for (const launching of browsers.values()) {
+    const browser = await launching.catch(() => null);
+    await browser?.close().catch(() => {});
+  }
 }
 
 async function main() {
@@ -753,27 +1108,30 @@ async function main() {
   const scenario = SCENARIOS[SCENARIO];
   if (!scenario) throw new Error(`unknown scenario ${SCENARIO}`);
   const started = Date.now();
-  const browser = await chromium.launch({
-    executablePath: env.TRIO_SFU_CHROMIUM,
-    headless: true,
-    args: CHROMIUM_FLAGS,
-    timeout: 30000,
-  });
   let result;
   try {
-    result = { ok: true, scenario: SCENARIO, browser: browser.version(), ...(await scenario(browser)) };
+    const outcome = await scenario();
+    const launched = await versions();
+    result = {
+      ok: true,
+      scenario: SCENARIO,
+      browser: Object.values(launched).join(', '),
+      browsers: launched,
+      ...outcome,
+    };
   } catch (error) {
     result = {
       ok: false,
       scenario: SCENARIO,
+      browsers: await versions(),
       error: String(error.message ?? error),
       step: error.step ?? null,
       details: error.details ?? null,
       stack: String(error.stack ?? ''),
-      pages: await dumpPages(browser),
+      pages: await dumpPages(),
     };
   } finally {
-    await browser.close().catch(() => {});
+    await closeBrowsers();
   }
   result.elapsedMs = Date.now() - started;
   result.console = consoleLog.slice(-80);

@@ -9,18 +9,25 @@ the ``unshare`` command line, and ``--outside`` runs it through that for you::
 Inside, it starts the media engine (``create_engine``, as ``trio-sfu serve`` does) and the
 signaling server in this process (trio, port 0, dev mode, an admin token, RTC on 127.0.0.1),
 then ``node tests/browser/driver.mjs``, which launches ``/usr/bin/chromium`` through
-playwright-core, opens the demo page twice and plays the scenario. The driver's JSON result,
-plus what the server saw (``serverDump`` after the browsers left), is printed on stdout as
-one line. Everything is bounded in time; temporary directories are removed; the driver runs
-in a process group of its own, and the PID namespace made by :func:`namespace_command` takes
-every process left (Chromium's helpers included) down with it.
+playwright-core (and ``/usr/bin/firefox-esr`` through puppeteer-core over WebDriver BiDi
+for the ``firefox-*`` scenarios), opens the demo page twice and plays the scenario. The
+driver's JSON result, plus what the server saw (``serverDump`` after the browsers left), is
+printed on stdout as one line. Everything is bounded in time; temporary directories are
+removed; the driver runs in a process group of its own, and the PID namespace made by
+:func:`namespace_command` takes every process left (the browsers' helpers included) down
+with it.
 
 Scenarios: ``vp8``, ``h264`` (two pages publish and decode each other), ``mute`` (camera
 paused and resumed), ``leave`` (a page closes, then the other leaves; admin API checks),
 ``join`` (``--runs N`` joins, timing join to first decoded remote frame), ``layers``
 (Bob's preferred layers for Alice's video: r0, then r2 again, framesDecoded sampled every
 100 ms), ``layers-loss`` (Bob receives through an impairment relay whose downlink loses
-15 %: the weak-network policy takes Alice's video to r0, and back up when it heals).
+15 %: the weak-network policy takes Alice's video to r0, and back up when it heals),
+``firefox-vp8`` (Alice in Firefox ESR, Bob in Chromium: as ``vp8``), ``firefox-h264``
+(Alice in Chromium publishes H264; Bob's Firefox, which has no H264, is refused her video
+as ``unsupported`` and goes on), ``firefox-switch`` (Alice publishes from Firefox; Bob
+resumes his consumer and 100 ms later prefers layer 0, three times; framesDecoded sampled
+every 50 ms).
 
 In the relayed scenarios (:data:`RELAYED`) every receive transport is announced behind a
 :class:`~trio_sfu.testing.impairment.UdpRelay` of its own (:class:`RelayedEngine` wraps the
@@ -63,7 +70,24 @@ from trio_sfu.testing.impairment import Impairment, UdpRelay
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parent / "driver.mjs"
 CHROMIUM = "/usr/bin/chromium"
-SCENARIOS = ("vp8", "h264", "mute", "leave", "join", "layers", "layers-loss")
+FIREFOX = "/usr/bin/firefox-esr"
+SCENARIOS = (
+    "vp8",
+    "h264",
+    "mute",
+    "leave",
+    "join",
+    "layers",
+    "layers-loss",
+    "firefox-vp8",
+    "firefox-h264",
+    "firefox-switch",
+)
+#: Scenarios with a Firefox page: their namespace gets a default route over ``lo`` with
+#: 127.0.0.1 as its source. Firefox offers only its "default address" (the source of a
+#: route to the Internet) as a host candidate: without a default route it gathers no UDP
+#: candidate at all, and with one but no source address it tries to bind 0.0.0.0 and fails.
+FIREFOX_SCENARIOS = frozenset(s for s in SCENARIOS if s.startswith("firefox-"))
 #: Scenarios whose receive transports go through impairment relays.
 RELAYED = frozenset({"layers-loss"})
 #: Bound on one driver run per scenario (and per join run for ``join``).
@@ -75,12 +99,16 @@ CONTROL_PREFIX = "@control "
 def namespace_command(python: str, scenario: str, *extra: str) -> list[str]:
     """The command that runs this module in fresh network and PID namespaces.
 
-    ``-n``: only a loopback interface (brought up before Python starts). ``-p -f
+    ``-n``: only a loopback interface (brought up before Python starts; with a default
+    route over it for the Firefox scenarios, see :data:`FIREFOX_SCENARIOS`). ``-p -f
     --mount-proc``: a PID namespace whose init is this runner, so when it exits the kernel
     kills every process still in there; ``--kill-child``: if ``unshare`` itself is killed
     (a pytest timeout), that init goes too.
     """
     inner = shlex.join([python, "-m", "tests.browser.run", scenario, *extra])
+    setup = "ip link set lo up"
+    if scenario in FIREFOX_SCENARIOS:
+        setup += " && ip route add default dev lo src 127.0.0.1"
     return [
         "unshare",
         "--net",
@@ -91,7 +119,7 @@ def namespace_command(python: str, scenario: str, *extra: str) -> list[str]:
         "--",
         "bash",
         "-c",
-        f"ip link set lo up && exec {inner}",
+        f"{setup} && exec {inner}",
     ]
 
 
@@ -262,6 +290,7 @@ async def run_driver(
         "TRIO_SFU_SCENARIO": scenario,
         "TRIO_SFU_RUNS": str(runs),
         "TRIO_SFU_CHROMIUM": CHROMIUM,
+        "TRIO_SFU_FIREFOX": FIREFOX,
         "TRIO_SFU_TIMEOUT_MS": str(int(DRIVER_TIMEOUT * runs * 1000)),
     }
     if screenshot:
@@ -349,7 +378,7 @@ async def _read_driver(
 
 
 #: Scenarios whose result carries the server's view of its video consumers over time.
-TIMELINED = frozenset({"layers", "layers-loss"})
+TIMELINED = frozenset({"layers", "layers-loss", "firefox-switch"})
 #: Period of that timeline, seconds.
 TIMELINE_PERIOD = 0.2
 

@@ -36,7 +36,12 @@ from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol
 
 from trio_sfu.engine.layers import LEVEL_R2, spatial_cap
-from trio_sfu.engine.producer import STARTUP_WAIT, Producer, ProducerStream
+from trio_sfu.engine.producer import (
+    KEYFRAME_RETRY_WAITING,
+    STARTUP_WAIT,
+    Producer,
+    ProducerStream,
+)
 from trio_sfu.errors import BadPacket
 from trio_sfu.ortc.negotiation import is_rtx, parse_scalability_mode
 from trio_sfu.ortc.types import MediaKind, RtpParameters
@@ -55,8 +60,9 @@ from trio_sfu.rtp.rtx import rtx_wrap
 
 #: Header extensions never forwarded as they came: they describe the publisher's leg.
 _NOT_FORWARDED = frozenset({MID_URI, RID_URI, REPAIRED_RID_URI, TRANSPORT_WIDE_CC_URI})
-#: How often the packet path may ask the producer for a keyframe it waits for.
-_KEYFRAME_RETRY: Final = 0.25
+#: How often the packet path may ask the producer for a keyframe it waits for (the
+#: producer's own throttle for a waiting consumer).
+_KEYFRAME_RETRY: Final = KEYFRAME_RETRY_WAITING
 _TS_MASK: Final = 0xFFFFFFFF
 #: Packets a consumer can retransmit: 256 is 1.7 s of 720p at 1.4 Mbps (1 s at 2.5 Mbps),
 #: longer than a repair is worth making in a call; audio is rarely NACKed at all. The
@@ -359,7 +365,7 @@ class Consumer:
             if not keyframe:
                 if now >= self._keyframe_retry_at:
                     self._keyframe_retry_at = now + _KEYFRAME_RETRY
-                    self.producer.request_keyframe(stream.index, now)
+                    self.producer.request_keyframe(stream.index, now, waiting=True)
                 return
             self._splice(stream, seq, ts, now)
             if info is not None and self._vp8 is not None:
@@ -574,7 +580,7 @@ class Consumer:
             and self._forwarding
             and (self._current is None or self._current.index != spatial)
         ):
-            self.producer.request_keyframe(spatial, now)
+            self.producer.request_keyframe(spatial, now, waiting=True)
             self._keyframe_retry_at = now + _KEYFRAME_RETRY
 
     def layer_options_cap(self) -> tuple[int, int] | None:

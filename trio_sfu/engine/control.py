@@ -468,19 +468,28 @@ def _layer_rates(producer: Producer) -> list[list[float] | None]:
 
 def _producer_demand(producer: Producer) -> float:
     """What a publisher should send for a producer: every stream up to the highest one a
-    consumer wants (all of them while nobody consumes), with 20 % headroom.
+    consumer wants or still forwards (all of them while nobody consumes), with 20 %
+    headroom.
 
     "Wants" is the preference under the loss policy (:meth:`Consumer.layer_options_cap`),
     not the target: the target falls back to the streams that arrive, and which streams
     arrive follows this demand (Chromium drops the simulcast streams its estimate does not
     cover), so a demand from targets could never bring back a stream once it stopped.
+    "Still forwards": a switch down waits for the lower stream's keyframe and forwards
+    the higher stream until then; a publisher that stopped that stream early would leave
+    the subscriber with nothing to decode (Firefox did, for up to 0.9 s).
     """
     streams = producer.streams
     if producer.kind == "audio":
         return max(producer.bitrate(), 64_000.0) * 1.2
     consumers = [c for c in producer.consumers if c.active]
     if consumers:
-        wanted = [cap[0] for c in consumers if (cap := c.layer_options_cap()) is not None]
+        wanted = []
+        for consumer in consumers:
+            cap = consumer.layer_options_cap()
+            if cap is not None:
+                current = consumer.current_spatial
+                wanted.append(cap[0] if current is None else max(cap[0], current))
         top = max(wanted, default=0)
     else:
         top = len(streams) - 1

@@ -153,14 +153,18 @@ class PipeConsumer(Consumer):
         return self.spatial_layers - 1, self.temporal_layers - 1
 
     def request_keyframe(self, now: float, ssrc: int | None = None) -> None:
-        """PLI/FIR from the other router for stream ``ssrc`` (None: every stream)."""
+        """PLI/FIR from the other router for stream ``ssrc`` (None: every stream).
+
+        The other router's producer throttled its requests already (1 s, or 300 ms while
+        one of its consumers waits to switch): passed on under the shorter bound, so that
+        a switch there waits no longer than one here."""
         if ssrc is None:
             for stream_index in range(len(self.stream_ssrcs)):
-                self.producer.request_keyframe(stream_index, now)
+                self.producer.request_keyframe(stream_index, now, waiting=True)
             return
         index = self._stream_of_ssrc.get(ssrc)
         if index is not None:
-            self.producer.request_keyframe(index, now)
+            self.producer.request_keyframe(index, now, waiting=True)
 
     def receive_report(
         self,

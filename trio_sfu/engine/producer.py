@@ -17,7 +17,21 @@ like media when they fill a gap; duplicates are dropped.
 
 Keyframe requests upstream are PLI (or FIR when only ``ccm fir`` was negotiated), one
 outstanding per stream: a new request goes out when the previous one was answered by a
-keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` old.
+keyframe or is ``KEYFRAME_REQUEST_INTERVAL`` (1 s) old, or ``KEYFRAME_RETRY_WAITING``
+(300 ms) old when a consumer waits for that keyframe to start or to switch streams.
+
+Why two intervals. A publisher may ignore a request: libwebrtc (Chromium, Firefox) drops a
+keyframe request that comes within 300 ms of the last one it acted on, across all the
+simulcast streams of a track unless it makes per-layer keyframes (Firefox ESR 153 does
+not). So a subscriber that resumes (a PLI for r2) and asks for r0 100 ms later gets its r0
+PLI dropped; while it waits it keeps forwarding r2, and with a 1 s retry it waited over a
+second for r0 (1.1-1.3 s in the Firefox browser test). 300 ms is the shortest retry that
+such a publisher never drops because of our own previous request, and close to what
+receivers do themselves (a libwebrtc receiver without a decodable keyframe repeats its
+request every 200 ms; Jitsi's bridge paces requests per stream at RTT + 10 ms, at most
+100 ms; mediasoup retries a pending request after 1 s).
+Requests nobody waits on (a subscriber's PLI while it decodes, a NACK list that overflowed)
+keep the 1 s interval: a keyframe costs several times a delta frame.
 """
 
 from __future__ import annotations
@@ -43,6 +57,9 @@ logger = logging.getLogger(__name__)
 #: At most one keyframe request (PLI/FIR) upstream per stream per this many seconds,
 #: unless a keyframe answered the previous one.
 KEYFRAME_REQUEST_INTERVAL: Final = 1.0
+#: ... or per this many while a consumer waits for the keyframe (to start, or to switch
+#: simulcast streams): above libwebrtc's 300 ms sender-side throttle (see the module doc).
+KEYFRAME_RETRY_WAITING: Final = 0.3
 #: The SSRC the router uses as the sender of its RTCP toward publishers.
 ROUTER_RTCP_SSRC: Final = 0x5F5F5F5F
 #: A stream that sent nothing for this long is inactive (the publisher dropped the layer).
@@ -167,6 +184,11 @@ class ProducerSink(Protocol):
 
     def layer_options_cap(self) -> tuple[int, int] | None:
         """The highest (spatial, temporal) layers it wants, None while it wants none."""
+        ...
+
+    @property
+    def current_spatial(self) -> int | None:
+        """The spatial layer it forwards now (None: none yet)."""
         ...
 
     def close(self, reason: str = "closed") -> None: ...
@@ -423,12 +445,17 @@ class Producer:
         stream.last_sr_rtp = rtp
         stream.last_sr_arrival = now
 
-    def request_keyframe(self, stream_index: int, now: float) -> bool:
-        """Ask the publisher for a keyframe on one stream (throttled); True if one went out."""
+    def request_keyframe(self, stream_index: int, now: float, *, waiting: bool = False) -> bool:
+        """Ask the publisher for a keyframe on one stream (throttled); True if one went out.
+
+        ``waiting``: a consumer waits for this keyframe to start or to switch streams, so an
+        unanswered request is repeated after ``KEYFRAME_RETRY_WAITING`` instead of
+        ``KEYFRAME_REQUEST_INTERVAL``."""
         if self.kind != "video" or stream_index >= len(self.streams):
             return False
         stream = self.streams[stream_index]
-        if stream.ssrc is None or now - stream.keyframe_requested_at < KEYFRAME_REQUEST_INTERVAL:
+        interval = KEYFRAME_RETRY_WAITING if waiting else KEYFRAME_REQUEST_INTERVAL
+        if stream.ssrc is None or now - stream.keyframe_requested_at < interval:
             return False
         stream.keyframe_requested_at = now
         stream.keyframe_requests += 1

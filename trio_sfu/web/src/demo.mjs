@@ -38,6 +38,9 @@ const demo = {
   allConsumers: [],
   /** peerId -> tile (ours is 'local'). */
   tiles: new Map(),
+  /** Consumes the server refused as this browser cannot receive them (`unsupported`, e.g.
+   * H264 in a Firefox without OpenH264): {producerId, peerId, code, message}. */
+  refused: [],
 };
 window.trioDemo = demo;
 
@@ -240,7 +243,19 @@ async function toggle(kind) {
 // ---- remote media ----------------------------------------------------------------------
 
 async function consumeProducer(producerId, peerId) {
-  const consumer = await demo.client.consume(producerId);
+  let consumer;
+  try {
+    consumer = await demo.client.consume(producerId);
+  } catch (error) {
+    if (error.code !== 'unsupported') throw error;
+    // This browser cannot receive that producer's codec: say so on the tile, keep the rest.
+    demo.refused.push({ producerId, peerId, code: error.code, message: String(error.message ?? error) });
+    const note = ensureTile(peerId).note;
+    note.textContent = `not playable in this browser: ${error.message ?? error}`;
+    note.hidden = false;
+    console.warn(`consume ${producerId} refused:`, error.message ?? error);
+    return null;
+  }
   demo.allConsumers.push(consumer);
   const tile = ensureTile(peerId);
   tile.consumers[consumer.kind] = consumer;
@@ -327,6 +342,7 @@ function ensureTile(peerId, label = undefined) {
       video: el.querySelector('video'),
       audio: el.querySelector('audio'),
       badge: el.querySelector('.badge'),
+      note: el.querySelector('.note'),
       label: el.querySelector('.label'),
       select: el.querySelector('.layers'),
       statsEl: el.querySelector('.stats'),
