@@ -36,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 import trio
@@ -119,6 +119,110 @@ class SoakReport:
             },
             "problems": self.problems(),
         }
+
+
+@final
+class FrozenClient:
+    """A signaling client that stops reading its WebSocket, as one whose program hung (or
+    whose network stopped draining) while its timers still send: raw wsproto over a TCP
+    socket with a small receive buffer, so that the server's sends to it block soon.
+
+    :meth:`request` reads until its answer; after :meth:`freeze` nothing is read any more;
+    :meth:`drop` closes the socket with what was not read still in it (the kernel then
+    resets the connection: no WebSocket close, no FIN).
+    """
+
+    #: Bytes of receive buffer asked of the kernel (it doubles it).
+    RECEIVE_BUFFER: Final = 4096
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import wsproto
+
+        self._stream = stream
+        self._ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._text: list[str] = []
+        self._partial = ""
+        self._ids = 0
+        self.frozen = False
+        #: Frames sent after the freeze (requests the server may still read and answer).
+        self.sent_frozen = 0
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> FrozenClient:
+        """Open the WebSocket ``ws://host:port/ws``."""
+        import socket
+
+        from wsproto.events import AcceptConnection, Request
+
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cls.RECEIVE_BUFFER)
+        try:
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        client = cls(trio.SocketStream(sock))
+        try:
+            await client._stream.send_all(client._ws.send(Request(host=host, target="/ws")))
+            while True:
+                events = await client._pump()
+                if any(isinstance(event, AcceptConnection) for event in events):
+                    return client
+        except BaseException:
+            client.drop()
+            raise
+
+    async def _pump(self) -> list[Any]:
+        from wsproto.events import TextMessage
+
+        data = await self._stream.receive_some(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self._ws.receive_data(data)
+        events = list(self._ws.events())
+        for event in events:
+            if isinstance(event, TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self._text.append(self._partial)
+                    self._partial = ""
+        return events
+
+    def _frame(self, rtype: str, data: dict[str, Any]) -> tuple[str, bytes]:
+        from wsproto.events import TextMessage
+
+        self._ids += 1
+        request_id = str(self._ids)
+        text = json.dumps({"type": rtype, "requestId": request_id, "data": data})
+        return request_id, self._ws.send(TextMessage(data=text))
+
+    async def request(self, rtype: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and read until its answer (before the freeze only)."""
+        assert not self.frozen
+        request_id, frame = self._frame(rtype, data)
+        await self._stream.send_all(frame)
+        while True:
+            while self._text:
+                message: dict[str, Any] = json.loads(self._text.pop(0))
+                if message.get("requestId") == request_id:
+                    return message
+            await self._pump()
+
+    def freeze(self) -> None:
+        """Read nothing from now on."""
+        self.frozen = True
+
+    async def send_frozen(self, rtype: str, data: dict[str, Any]) -> None:
+        """Send a request without reading anything. Blocks while the server reads nothing
+        either; once cancelled there, nothing more can be sent."""
+        self.freeze()
+        _, frame = self._frame(rtype, data)
+        await self._stream.send_all(frame)
+        self.sent_frozen += 1
+
+    def drop(self) -> None:
+        """Close the TCP connection at once (a reset, with unread data)."""
+        self._stream.socket.close()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
