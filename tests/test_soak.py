@@ -1,6 +1,7 @@
 """The churn soak for 60 s (scripts/soak runs it for as long as asked): many peers in
 several meetings join, publish, subscribe, switch layers, then leave, drop their socket,
-fall silent or never connect; at the end nothing is left and fds and trio tasks are back
+fall silent, never connect, or stop reading their WebSocket (then leave and drop it, or
+are left to the reap timeouts); at the end nothing is left and fds and trio tasks are back
 to their count before the first peer.
 
 RSS: a 60-second run is mostly warm-up (the heap still grows over the first minute, to the
@@ -21,8 +22,16 @@ async def test_a_minute_of_churn_leaves_nothing_behind() -> None:
         report = await run_soak(seconds=60, warmup=0.5, max_rss_growth=0.20, seed=1313)
     assert report.problems() == [], report.summary()
     assert report.lives >= 50
-    assert set(report.ended) == {"leave", "drop", "silent", "unconnected"}
+    assert set(report.ended) == {
+        "leave",
+        "drop",
+        "silent",
+        "unconnected",
+        "frozen",
+        "frozen_reaped",
+    }
     assert report.consumers > 0 and report.layer_switches > 0
+    assert report.too_slow > 0  # frozen lives overflowed their queue
     assert report.packets_received > 0
     assert report.left == dict.fromkeys(
         ("rooms", "peers", "transports", "producers", "consumers", "engine_routers"), 0

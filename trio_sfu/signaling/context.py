@@ -33,6 +33,8 @@ class SignalingContext:
 
     def __init__(self, config: ServerConfig, engine: MediaEngine, nursery: trio.Nursery) -> None:
         self.config = config
+        #: The server's nursery: rooms' tasks, and connections' drains (see Session).
+        self.nursery = nursery
         self.engine = engine
         self.verifier = TokenVerifier.from_config(config)
         self.metrics = SfuMetrics(

@@ -16,12 +16,24 @@ Everything queued for the client goes through :meth:`Session.send_message`, whic
 blocks: a client too slow to drain its queue is disconnected (1008) and its peer ends.
 Closing the socket ends the peer (same as ``rtc:leave``); the peer's cleanup runs in the
 room, not here, and never waits for the client.
+
+Once the receiver stops (the client is gone, or the session is ending), a drain task in
+the server's nursery takes and drops whatever hypercorn still hands over. hypercorn (0.18)
+passes a connection's frames to the app through a queue of ten and waits, without a
+timeout, for room in it: in the task that reads the socket, and in the one that tells the
+app the client is gone. A session that stopped taking frames while a client that reads
+nothing kept sending (its answers and notifications fill the socket, the session ends it
+as too slow, the client drops the connection) would leave both waiting forever: the
+connection, its socket and its buffers were never freed. The drain takes frames until
+hypercorn says the client is gone, then as long as it still has some (the rest of what it
+had read, handed over back to back), and at most ``CLOSE_TIMEOUT`` after the session ends.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, Final, final
 from urllib.parse import parse_qs
 
@@ -101,6 +113,11 @@ class Session:
         self._closing = False
         self._abort: _Close | None = None
         self._nursery: trio.Nursery | None = None
+        #: hypercorn said the client is gone (``websocket.disconnect``).
+        self._disconnected = False
+        #: The drain task's scopes (see _drain): all of it, and its wait for the disconnect.
+        self._drain_scope = trio.CancelScope()
+        self._drain_until_end = trio.CancelScope()
         self.peer: Peer | None = None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         tokens = query.get("token")
@@ -202,6 +219,8 @@ class Session:
                         )
                     except Exception:
                         self.log.debug("close after abort failed", exc_info=True)
+            self._drain_until_end.cancel()
+            self._drain_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
             self.log.debug("disconnected")
 
     async def _writer(
@@ -241,23 +260,44 @@ class Session:
 
     async def _receiver(self, nursery: trio.Nursery) -> None:
         """Read the socket. A disconnect ends the peer at once, even while one of its
-        requests is still being served (that request is cancelled with it)."""
-        while True:
-            message = await self._receive()
-            kind = message.get("type")
-            if kind == "websocket.disconnect":
-                if self.peer is not None:
-                    self.peer.end("connection_closed")
-                return
-            if kind == "websocket.receive":
-                allowed = self._bucket.take(trio.current_time())
-                frames = self._frames_tx
-                if frames is None:
-                    frames, frames_rx = trio.open_memory_channel[_Frame](FRAME_QUEUE)
-                    self._frames_tx = frames
-                    nursery.start_soon(self._processor, frames, frames_rx)
-                # Blocks while FRAME_QUEUE frames wait: the socket is not read meanwhile.
-                await frames.send(_Frame(message.get("text"), allowed))
+        requests is still being served (that request is cancelled with it). However it
+        stops, the drain task takes over (see the module docstring)."""
+        try:
+            while True:
+                message = await self._receive()
+                kind = message.get("type")
+                if kind == "websocket.disconnect":
+                    self._disconnected = True
+                    if self.peer is not None:
+                        self.peer.end("connection_closed")
+                    return
+                if kind == "websocket.receive":
+                    allowed = self._bucket.take(trio.current_time())
+                    frames = self._frames_tx
+                    if frames is None:
+                        frames, frames_rx = trio.open_memory_channel[_Frame](FRAME_QUEUE)
+                        self._frames_tx = frames
+                        nursery.start_soon(self._processor, frames, frames_rx)
+                    # Blocks while FRAME_QUEUE frames wait: the socket is not read meanwhile.
+                    await frames.send(_Frame(message.get("text"), allowed))
+        finally:
+            with suppress(RuntimeError):  # the server's nursery is closed: hypercorn too
+                self.app.nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        """Take and drop what hypercorn still hands over once the receiver has stopped:
+        everything while the session winds down, until the disconnect; after the session's
+        end, as long as hypercorn has more (once the app returns it hands over the
+        disconnect, unless it did or never will: a send that found the socket broken in a
+        cancelled task loses it; and the rest of what it had read, back to back). At most
+        ``CLOSE_TIMEOUT`` after the session's end."""
+        with self._drain_scope:
+            with self._drain_until_end:
+                while not self._disconnected:
+                    message = await self._receive()
+                    self._disconnected = message.get("type") == "websocket.disconnect"
+            while await _more_to_take(self._receive):
+                await self._receive()
 
     async def _processor(
         self, frames: trio.MemorySendChannel[_Frame], frames_rx: trio.MemoryReceiveChannel[_Frame]
@@ -356,3 +396,18 @@ class Session:
         self.peer = peer
         self.log = ContextLogger(logger, {"meeting": request.meeting_id, "peer": peer.peer_id})
         self.send_message(answer_message(envelope.type, envelope.request_id, answer))
+
+
+async def _more_to_take(receive: Receive) -> bool:
+    """Whether hypercorn has more to hand over on ``receive`` (a trio memory channel's):
+    events wait in the channel, or its reading task waits for room there. That task puts
+    what it had read back to back, so once it was woken (by the last take) it has put its
+    next event, or finished, after two scheduling rounds. Behind any other ``receive``,
+    waits for the drain's deadline."""
+    channel = getattr(receive, "__self__", None)
+    if not isinstance(channel, trio.MemoryReceiveChannel):
+        await trio.sleep_forever()  # until the drain's deadline
+    for _ in range(2):
+        await trio.lowlevel.checkpoint()
+    statistics = channel.statistics()
+    return statistics.current_buffer_used > 0 or statistics.tasks_waiting_send > 0

@@ -5,21 +5,30 @@ One trio program holds the server (signaling and an in-process media Worker, as
 ``--workers 1`` runs it) and the peers, all on 127.0.0.1. Up to ``peers`` peer "lives" run
 at once over ``meetings`` meetings; each joins, maybe publishes audio and simulcast VP8,
 consumes what the others publish (as they appear), switches layers and pauses now and then,
-and after a few seconds goes away one of four ways:
+and after a few seconds goes away one of six ways:
 
 * ``leave``: ``rtc:leave``, then the socket closes;
 * ``drop``: the TCP connection is dropped without a WebSocket close;
 * ``silent``: media and ICE consent checks stop (a lost network): the server must close the
   transports by ICE consent and end the peer (4002);
 * ``unconnected``: a transport is created and never connected, nothing else: the server
-  must close it (``connect_timeout``) and then reap the idle peer (4003).
+  must close it (``connect_timeout``) and then reap the idle peer (4003);
+* ``frozen``: a transport is created, then the client reads its WebSocket no more while
+  it keeps sending requests (a burst, as from timers of a program whose reading hung):
+  the answers and the others' notifications fill its socket and its outgoing queue, the
+  server ends it as too slow (1008); the client then sends ``rtc:leave`` and drops the
+  TCP connection (a reset, with unread data);
+* ``frozen_reaped``: a transport is created, then nothing is read or sent: the server
+  reaps the transport and then the idle peer, and only then the client drops the
+  connection.
 
 The server runs with short timeouts (consent 2 s, connect 3 s, idle 4 s) so that the
 abandoned ones are reaped within a life's length. The checks at the end:
 
 * zero rooms, peers, transports, producers and consumers (the signaling books, the
   engine's dump and ``/metrics``);
-* open file descriptors and trio tasks back to their count before the first peer;
+* open file descriptors and trio tasks back to their count before the first peer (once
+  the last connections have ended: a few seconds at most);
 * RSS growth under 5 % from the end of the warm-up (the first ``warmup`` share of the run)
   to the end of the churn, both taken as the largest sample of a window of equal load.
 """
@@ -36,15 +45,20 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 import trio
 
 __all__ = ["SoakReport", "main", "run_soak"]
 
-MODES: Final = ("leave", "drop", "silent", "unconnected")
-MODE_WEIGHTS: Final = (4, 3, 2, 1)
+MODES: Final = ("leave", "drop", "silent", "unconnected", "frozen", "frozen_reaped")
+MODE_WEIGHTS: Final = (4, 3, 2, 1, 1, 1)
+#: Requests a frozen peer sends without reading, at most: past the server's outgoing
+#: queue (1024 messages by default), whose answers then overflow.
+FROZEN_BURST: Final = 1500
+#: How long the last connections may take to end after the churn.
+SETTLE_TIMEOUT: Final = 10.0
 #: RSS growth allowed from the warm-up's end to the churn's end.
 MAX_RSS_GROWTH: Final = 0.05
 
@@ -70,6 +84,8 @@ class SoakReport:
     rss_after_kib: int = 0
     left: dict[str, int] = attrs.Factory(dict)
     max_concurrent: int = 0
+    #: Connections the server closed because their outgoing queue was full (frozen lives).
+    too_slow: int = 0
     #: RSS growth allowed from the warm-up's end to the churn's end.
     max_rss_growth: float = MAX_RSS_GROWTH
     #: (seconds into the churn, RSS KiB), one sample a second.
@@ -102,6 +118,7 @@ class SoakReport:
             "lives": self.lives,
             "ended": dict(self.ended),
             "max_concurrent_peers": self.max_concurrent,
+            "closed_too_slow": self.too_slow,
             "producers": self.producers,
             "consumers": self.consumers,
             "layer_switches": self.layer_switches,
@@ -121,10 +138,122 @@ class SoakReport:
         }
 
 
+@final
+class FrozenClient:
+    """A signaling client that stops reading its WebSocket, as one whose program hung (or
+    whose network stopped draining) while its timers still send: raw wsproto over a TCP
+    socket with a small receive buffer, so that the server's sends to it block soon.
+
+    :meth:`request` reads until its answer; after :meth:`freeze` nothing is read any more;
+    :meth:`drop` closes the socket with what was not read still in it (the kernel then
+    resets the connection: no WebSocket close, no FIN).
+    """
+
+    #: Bytes of receive buffer asked of the kernel (it doubles it).
+    RECEIVE_BUFFER: Final = 4096
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import wsproto
+
+        self._stream = stream
+        self._ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._text: list[str] = []
+        self._partial = ""
+        self._ids = 0
+        self.frozen = False
+        #: Frames sent after the freeze (requests the server may still read and answer).
+        self.sent_frozen = 0
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> FrozenClient:
+        """Open the WebSocket ``ws://host:port/ws``."""
+        import socket
+
+        from wsproto.events import AcceptConnection, Request
+
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cls.RECEIVE_BUFFER)
+        try:
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        client = cls(trio.SocketStream(sock))
+        try:
+            await client._stream.send_all(client._ws.send(Request(host=host, target="/ws")))
+            while True:
+                events = await client._pump()
+                if any(isinstance(event, AcceptConnection) for event in events):
+                    return client
+        except BaseException:
+            client.drop()
+            raise
+
+    async def _pump(self) -> list[Any]:
+        from wsproto.events import TextMessage
+
+        data = await self._stream.receive_some(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self._ws.receive_data(data)
+        events = list(self._ws.events())
+        for event in events:
+            if isinstance(event, TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self._text.append(self._partial)
+                    self._partial = ""
+        return events
+
+    def _frame(self, rtype: str, data: dict[str, Any]) -> tuple[str, bytes]:
+        from wsproto.events import TextMessage
+
+        self._ids += 1
+        request_id = str(self._ids)
+        text = json.dumps({"type": rtype, "requestId": request_id, "data": data})
+        return request_id, self._ws.send(TextMessage(data=text))
+
+    async def request(self, rtype: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and read until its answer (before the freeze only)."""
+        assert not self.frozen
+        request_id, frame = self._frame(rtype, data)
+        await self._stream.send_all(frame)
+        while True:
+            while self._text:
+                message: dict[str, Any] = json.loads(self._text.pop(0))
+                if message.get("requestId") == request_id:
+                    return message
+            await self._pump()
+
+    def freeze(self) -> None:
+        """Read nothing from now on."""
+        self.frozen = True
+
+    async def send_frozen(self, rtype: str, data: dict[str, Any]) -> None:
+        """Send a request without reading anything. Blocks while the server reads nothing
+        either; once cancelled there, nothing more can be sent."""
+        self.freeze()
+        _, frame = self._frame(rtype, data)
+        await self._stream.send_all(frame)
+        self.sent_frozen += 1
+
+    def drop(self) -> None:
+        """Close the TCP connection at once (a reset, with unread data)."""
+        self._stream.socket.close()
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
+
+
+def _sample(text: bytes, name: str) -> int:
+    """The value of the sample ``name`` in Prometheus text (0 if absent)."""
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[-1]))
+    return 0
 
 
 def open_fds() -> int:
@@ -209,9 +338,12 @@ async def run_soak(
             live += 1
             report.max_concurrent = max(report.max_concurrent, live)
             try:
-                async with open_peer(url, meeting, display_name=f"p{number}") as peer:
-                    report.joins += 1
-                    await _live(peer, mode, length)
+                if mode.startswith("frozen"):
+                    await _live_frozen(meeting, number, mode, length)
+                else:
+                    async with open_peer(url, meeting, display_name=f"p{number}") as peer:
+                        report.joins += 1
+                        await _live(peer, mode, length)
             except Exception as exc:
                 for leaf in _leaves(exc):
                     expected = (SignalingClosed, SignalingError, OSError, trio.BrokenResourceError)
@@ -317,6 +449,42 @@ async def run_soak(
                 if closed.code not in (4002, 4003):
                     report.errors.append(f"silent peer closed with {closed.code}")
 
+        async def _live_frozen(meeting: str, number: int, mode: str, length: float) -> None:
+            client = await FrozenClient.connect(config.host, server.port)
+            try:
+                joined = await client.request(
+                    "rtc:join", {"meetingId": meeting, "displayName": f"p{number}"}
+                )
+                if joined["type"] != "rtc:joined":
+                    report.errors.append(f"frozen join: {joined}")
+                    return
+                report.joins += 1
+                created = await client.request(
+                    "rtc:createTransport", {"meetingId": meeting, "direction": "recv"}
+                )
+                if created["type"] != "rtc:transportCreated":
+                    report.errors.append(f"frozen createTransport: {created}")
+                    return
+                client.freeze()
+                if mode == "frozen":
+                    request = {"meetingId": meeting}
+                    taken = True
+                    for _ in range(FROZEN_BURST):
+                        with trio.move_on_after(1.0) as blocked:
+                            await client.send_frozen("rtc:getRouterRtpCapabilities", request)
+                        taken = not blocked.cancelled_caught
+                        if not taken:  # the server reads it no more
+                            break
+                    await trio.sleep(length)
+                    if taken:
+                        with trio.move_on_after(1.0):
+                            await client.send_frozen("rtc:leave", request)
+                else:  # left until the server has reaped the transport, then the peer
+                    await trio.sleep(config.transport_connect_timeout + config.peer_idle_timeout)
+                    await trio.sleep(2.0)
+            finally:
+                client.drop()
+
         def _count_received(packet: bytes) -> None:
             report.packets_received += 1
 
@@ -337,8 +505,16 @@ async def run_soak(
             # no new lives; the running ones end by themselves (bounded by their timeouts)
         await server.app.rooms.wait_all_closed()
         await trio.sleep(0.5)  # the last closes' follow-ups (timers, egress tasks)
+        # Connections of frozen peers end once hypercorn notices their reset.
+        for _ in range(int(SETTLE_TIMEOUT / 0.1)):
+            if (open_fds(), trio_tasks()) == (report.fds_before, report.tasks_before):
+                break
+            await trio.sleep(0.1)
         gc.collect()
         report.fds_after, report.tasks_after = open_fds(), trio_tasks()
+        report.too_slow = _sample(
+            server.app.metrics.render(), "trio_sfu_slow_connections_closed_total"
+        )
         counts = attrs.asdict(server.app.rooms.counts())
         counts["engine_routers"] = len(worker.dump()["routers"])
         report.left = {k: v for k, v in counts.items()}
