@@ -414,8 +414,8 @@ class Router:
     def _hook(self, transport: AnyTransport) -> _TransportEntry:
         """A new transport's entry, its packets and its end wired to this router."""
         entry = _TransportEntry(transport, self.ssrc_owners)
-        transport.on_rtp = lambda packet: self._on_rtp(entry, packet)
-        transport.on_rtcp = lambda packet: self._on_rtcp(entry, packet)
+        transport.on_rtp = lambda packet, arrival: self._on_rtp(entry, packet, arrival)
+        transport.on_rtcp = lambda packet, arrival: self._on_rtcp(entry, packet, arrival)
         transport.on_closed = lambda reason: self._on_transport_closed(transport.id, reason)
         return entry
 
@@ -920,7 +920,9 @@ class Router:
 
     # ---- the packet path ---------------------------------------------------------------
 
-    def _on_rtp(self, entry: _TransportEntry, packet: bytes) -> None:
+    def _on_rtp(self, entry: _TransportEntry, packet: bytes, arrival: float) -> None:
+        """An RTP packet from a transport; ``arrival``: when its datagram reached the host
+        (transport-cc feedback and the jitter report it); ``now``: when it is forwarded."""
         if len(packet) < 12:
             return
         now = trio.current_time()
@@ -931,7 +933,7 @@ class Router:
             except BadPacket:
                 return
             if value is not None and len(value) == 2:
-                recorder.record((value[0] << 8) | value[1], now)
+                recorder.record((value[0] << 8) | value[1], arrival)
         ssrc = rtp_ssrc(packet)
         found = entry.listener.ssrc_table.get(ssrc)
         if found is None:
@@ -945,9 +947,11 @@ class Router:
         if is_rtx:
             producer.receive_rtx(stream, packet, now)
         else:
-            producer.receive_rtp(stream, packet, now)
+            producer.receive_rtp(stream, packet, now, arrival=arrival)
 
-    def _on_rtcp(self, entry: _TransportEntry, data: bytes) -> None:
+    def _on_rtcp(self, entry: _TransportEntry, data: bytes, arrival: float) -> None:
+        """RTCP from a transport: reports are timed by their ``arrival`` (round-trip times,
+        the delay since the last SR), what they make the router do by ``now``."""
         try:
             packets = parse_rtcp_untrusted(data)
         except BadPacket:
@@ -956,12 +960,12 @@ class Router:
         for packet in packets:
             if isinstance(packet, (SenderReport, ReceiverReport)):
                 if isinstance(packet, SenderReport):
-                    self._on_sender_report(entry, packet, now)
+                    self._on_sender_report(entry, packet, arrival)
                 for block in packet.reports:
                     consumer = entry.consumers_by_ssrc.get(block.ssrc)
                     if consumer is not None:
                         rtt = round_trip_time(
-                            block.lsr, block.dlsr, ntp_to_compact(self.ntp_now(now))
+                            block.lsr, block.dlsr, ntp_to_compact(self.ntp_now(arrival))
                         )
                         consumer.receive_report(
                             block.fraction_lost, block.cumulative_lost, rtt, block.highest_seq
@@ -984,11 +988,15 @@ class Router:
                     if consumer is not None:
                         consumer.request_keyframe(now, ssrc)
 
-    def _on_sender_report(self, entry: _TransportEntry, report: SenderReport, now: float) -> None:
+    def _on_sender_report(
+        self, entry: _TransportEntry, report: SenderReport, arrival: float
+    ) -> None:
         found = entry.listener.ssrc_table.get(report.ssrc)
         if found is not None and not found[2]:
             producer, stream, _ = found
-            producer.receive_sender_report(stream, report.ntp_timestamp, report.rtp_timestamp, now)
+            producer.receive_sender_report(
+                stream, report.ntp_timestamp, report.rtp_timestamp, arrival
+            )
 
     # ---- RTCP reports ------------------------------------------------------------------
 

@@ -20,13 +20,13 @@ Run it with ``await nursery.start(server.run)`` before creating transports on it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
 from trio_sfu.engine.rtc_sockets import (
     Address,
+    DatagramHandler,
     TcpListener,
     UdpListener,
     check_listen_options,
@@ -223,23 +223,21 @@ class WebRtcServer:
 
     # ---- demultiplexing ----------------------------------------------------------------
 
-    def _demultiplexer(
-        self, owners: dict[Address, WebRtcTransport]
-    ) -> Callable[[bytes, Address], None]:
+    def _demultiplexer(self, owners: dict[Address, WebRtcTransport]) -> DatagramHandler:
         """The receive handler of one socket; ``owners`` maps its validated addresses."""
         route = self._route
 
-        def demultiplex(data: bytes, address: Address) -> None:
+        def demultiplex(data: bytes, address: Address, arrival: float) -> None:
             # Runs for every datagram or frame: media from a known address takes the
             # first branch.
             transport = owners.get(address)
             if transport is not None and data and data[0] > 3:
                 try:
-                    transport.handle_datagram(data, address)
+                    transport.handle_datagram(data, address, arrival)
                 except Exception:
                     transport.crashed("receive")
             else:
-                route(data, address, transport, owners)
+                route(data, address, arrival, transport, owners)
 
         return demultiplex
 
@@ -247,6 +245,7 @@ class WebRtcServer:
         self,
         data: bytes,
         address: Address,
+        arrival: float,
         owner: WebRtcTransport | None,
         owners: dict[Address, WebRtcTransport],
     ) -> None:
@@ -266,7 +265,7 @@ class WebRtcServer:
                 self.refused_not_validated += 1
             return
         try:
-            transport.handle_datagram(data, address)
+            transport.handle_datagram(data, address, arrival)
         except Exception:
             transport.crashed("receive")
             return

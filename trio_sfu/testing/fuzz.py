@@ -797,7 +797,7 @@ async def fuzz_router(*, seconds: float | None = None, cases: int | None = None,
                 kind: Literal["audio", "video"] = "audio" if obj.get("kind") == "audio" else "video"
                 producer_id = await worker.produce(send, kind, params)
                 await worker.consume(recv, producer_id, caps, paused=False)
-                router._on_rtp(send_entry, rng.choice(rtp_seeds))
+                router._on_rtp(send_entry, rng.choice(rtp_seeds), trio.current_time())
                 await worker.close_producer(producer_id)
             elif "rtpCapabilities" in obj:
                 theirs = structure_untrusted(obj["rtpCapabilities"], RtpCapabilities)
@@ -815,9 +815,11 @@ async def fuzz_router(*, seconds: float | None = None, cases: int | None = None,
                 data, kind = _json_mutate(rng.choice(api_seeds), rng, api_seeds), "api"
             try:
                 if kind == "rtp":
-                    router._on_rtp(send_entry, data)
+                    router._on_rtp(send_entry, data, trio.current_time())
                 elif kind == "rtcp":
-                    router._on_rtcp(recv_entry if rng.random() < 0.7 else send_entry, data)
+                    router._on_rtcp(
+                        recv_entry if rng.random() < 0.7 else send_entry, data, trio.current_time()
+                    )
                 else:
                     with contextlib.suppress(SfuError, ValueError):
                         await api_case(data)
