@@ -467,14 +467,23 @@ class UdpListener:
                     offset, earliest, latest = self._measure_offset()
 
     def _measure_offset(self) -> tuple[float, float, float]:
-        """CLOCK_REALTIME minus trio's clock (kept from the last batch when this
-        measurement may have been preempted), and the span of arrival times believed."""
-        before = trio.current_time()
-        realtime = time.time()  # the kernel's stamps are on this clock
-        after = trio.current_time()
-        if self._offset is None or after - before <= _OFFSET_BRACKET:
-            self._offset = realtime - (before + after) / 2
-        return self._offset, before - _STAMP_TRUST, after + _STAMP_TRUST
+        """CLOCK_REALTIME minus trio's clock, and the span of arrival times believed.
+
+        A measurement whose two reads of trio's clock lie further apart than
+        :data:`_OFFSET_BRACKET` (this process was preempted between them) is not taken:
+        the last one stands (the first is tried three times, then taken anyway)."""
+        offset = self._offset
+        for _ in range(3 if offset is None else 1):
+            before = trio.current_time()
+            realtime = time.time()  # the kernel's stamps are on this clock
+            after = trio.current_time()
+            if after - before <= _OFFSET_BRACKET:
+                offset = realtime - (before + after) / 2
+                break
+        if offset is None:
+            offset = realtime - (before + after) / 2
+        self._offset = offset
+        return offset, before - _STAMP_TRUST, after + _STAMP_TRUST
 
     def close(self) -> None:
         """Close the socket now (idempotent); a task waiting in :meth:`serve` wakes up."""
