@@ -9,8 +9,8 @@ the whole burst at once afterwards, and the times it reports must still show the
 
 The kernel stamps datagrams on CLOCK_REALTIME, trio's clock is CLOCK_MONOTONIC: a step of
 the system clock between a stamp and the read that converts it moves that arrival by the
-step (the machines these tests run on step it by 0.5 ms ten times a second). Each test
-measures the steps during its burst (:class:`ClockSteps`) and allows exactly that much.
+step (the VM these tests were written on steps it by 0.5 ms ten times a second). Each
+test measures the steps during its burst (:class:`ClockSteps`) and allows exactly that.
 """
 
 from __future__ import annotations
