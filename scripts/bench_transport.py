@@ -83,7 +83,7 @@ async def bench_profile(profile: str, packets: int, runs: int) -> dict[str, floa
         )
         received = 0
 
-        def on_rtp(packet: bytes) -> None:
+        def on_rtp(packet: bytes, arrival: float) -> None:
             nonlocal received
             received += 1
 
@@ -141,9 +141,10 @@ async def bench_profile(profile: str, packets: int, runs: int) -> dict[str, floa
                     datagrams = [client_srtp.protect_rtp(p) for p in stream(packets)]
                     handle = server.handle_datagram
                     received = 0
+                    arrival = trio.current_time()
                     started = time.thread_time()
                     for datagram in datagrams:
-                        handle(datagram, client_address)
+                        handle(datagram, client_address, arrival)
                     elapsed = time.thread_time() - started
                     check(server)
                     assert received == packets, received

@@ -584,8 +584,8 @@ async def test_pipe_transport_takes_datagrams_from_its_peer_only() -> None:
             rtp: list[bytes] = []
             rtcp: list[bytes] = []
             closed: list[str] = []
-            transport.on_rtp = rtp.append
-            transport.on_rtcp = rtcp.append
+            transport.on_rtp = lambda packet, arrival: rtp.append(packet)
+            transport.on_rtcp = lambda packet, arrival: rtcp.append(packet)
             transport.on_closed = closed.append
             await nursery.start(transport.run)
             assert not transport.send_rtp_nowait(b"\x80" * 12)  # not connected yet

@@ -487,7 +487,7 @@ async def test_a_bug_in_a_callback_closes_only_the_transport(certificate: DtlsCe
             async with open_pair(nursery, certificate) as pair:
                 server, client, received = pair.server, pair.client, pair.server_received
 
-                def broken(packet: bytes) -> None:
+                def broken(packet: bytes, arrival: float) -> None:
                     raise RuntimeError("bug in the owner's callback")
 
                 server.on_rtp = broken
@@ -808,7 +808,7 @@ def test_per_transport_objects_have_no_instance_dict(certificate: DtlsCertificat
     # attributes costs a transport over 1 KiB). What owners assign still works.
     transport = WebRtcTransport(transport_id="t", certificate=certificate)
     assert not hasattr(transport, "__dict__")
-    transport.on_rtp = transport.on_rtcp = lambda packet: None
+    transport.on_rtp = transport.on_rtcp = lambda packet, arrival: None
     transport.on_state = lambda layer, state: None
     transport.on_closed = lambda reason: None
     transport.app_data["peer"] = "p"

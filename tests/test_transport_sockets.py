@@ -183,7 +183,7 @@ async def test_udp_listener_receives_sends_and_closes_at_once() -> None:
         received: list[tuple[bytes, tuple[str, int]]] = []
         got = trio.Event()
 
-        def handler(data: bytes, address: tuple[str, int]) -> None:
+        def handler(data: bytes, address: tuple[str, int], arrival: float) -> None:
             received.append((data, address))
             got.set()
 
@@ -215,7 +215,7 @@ async def test_tcp_listener_frames_both_ways_and_close_ends_connections() -> Non
         frames: list[bytes] = []
         got = trio.Event()
 
-        def handler(data: bytes, address: tuple[str, int]) -> None:
+        def handler(data: bytes, address: tuple[str, int], arrival: float) -> None:
             frames.append(data)
             if len(frames) == 3:
                 got.set()
@@ -255,7 +255,7 @@ async def test_tcp_listener_limits_connections() -> None:
         )
         got = trio.Event()
         async with trio.open_nursery() as nursery:
-            await nursery.start(listener.serve, lambda data, address: got.set())
+            await nursery.start(listener.serve, lambda data, address, arrival: got.set())
             first = await trio.open_tcp_stream(*listener.local_address)
             async with first:
                 await first.send_all(frame(b"hi"))

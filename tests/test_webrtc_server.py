@@ -314,7 +314,7 @@ async def test_a_bug_in_one_transport_closes_only_that_transport(
             ) as pairs:
                 broken, healthy = pairs
 
-                def bug(packet: bytes) -> None:
+                def bug(packet: bytes, arrival: float) -> None:
                     raise RuntimeError("bug in the owner's callback")
 
                 broken.server.on_rtp = bug

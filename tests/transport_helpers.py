@@ -68,11 +68,11 @@ class Received:
     closed: list[str] = attrs.Factory(list)
     changed: trio.Event = attrs.Factory(trio.Event)
 
-    def on_rtp(self, packet: bytes) -> None:
+    def on_rtp(self, packet: bytes, arrival: float) -> None:
         self.rtp.append(packet)
         self._changed()
 
-    def on_rtcp(self, packet: bytes) -> None:
+    def on_rtcp(self, packet: bytes, arrival: float) -> None:
         self.rtcp.append(packet)
         self._changed()
 

@@ -322,7 +322,8 @@ class ClientTransport:
             self.close()
 
     async def _run_tcp(self, connection: TcpConnection) -> None:
-        await connection.run(self._handle)
+        # The client takes no arrival times (it reads its own clock where it needs one).
+        await connection.run(lambda data, address, arrival: self._handle(data, address))
         if not self.closed:
             self._fail("tcp connection closed by the server")
 

@@ -4,7 +4,10 @@ Two halves, one per direction of a transport:
 
 * :class:`TwccRecorder` is the *receiving* side: it notes the arrival time of every packet
   by its transport-wide sequence number (the ``transport-cc`` header extension) and turns
-  them into :class:`~trio_sfu.rtcp.twcc.TransportCcFeedback` packets. The router uses it
+  them into :class:`~trio_sfu.rtcp.twcc.TransportCcFeedback` packets. The sender's
+  delay-based estimator reads every late millisecond in them as a queue on the path, so
+  the router gives it when the datagram reached the host (the kernel's receive
+  timestamp, see :mod:`~trio_sfu.engine.rtc_sockets`), not when it was processed. The router uses it
   toward publishers that negotiated ``transport-cc`` (so that Chromium's send-side
   estimator works through the SFU); test clients and bots use it toward the SFU.
 
@@ -71,8 +74,9 @@ class TwccRecorder:
         #: Packets recorded.
         self.packets = 0
 
-    def record(self, seq: int, now: float) -> None:
-        """A packet with transport-wide sequence number ``seq`` (16 bits) arrived at ``now``."""
+    def record(self, seq: int, arrival: float) -> None:
+        """A packet with transport-wide sequence number ``seq`` (16 bits) arrived at
+        ``arrival`` (seconds, one clock for every packet)."""
         self.packets += 1
         highest = self._highest
         if highest is None:
@@ -89,7 +93,7 @@ class TwccRecorder:
                 base = self._next_base
                 if base is not None and ext < base:
                     return
-        self._arrivals[ext] = now
+        self._arrivals[ext] = arrival
 
     def feedback(self, sender_ssrc: int, media_ssrc: int) -> list[TransportCcFeedback]:
         """Feedback for everything received since the last call (``[]`` if nothing)."""

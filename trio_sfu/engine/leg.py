@@ -153,8 +153,10 @@ class TransportLeg:
 
     # ---- the packet path ---------------------------------------------------------------
 
-    def on_rtp(self, packet: bytes) -> None:
-        """One RTP packet from the transport (decrypted): to the producer of its stream."""
+    def on_rtp(self, packet: bytes, arrival: float) -> None:
+        """One RTP packet from the transport (decrypted): to the producer of its stream.
+        ``arrival``: when its datagram reached the host (transport-cc feedback and the
+        jitter report it); ``now``: when it is forwarded."""
         if len(packet) < 12:
             return
         now = trio.current_time()
@@ -165,7 +167,7 @@ class TransportLeg:
             except BadPacket:
                 return
             if value is not None and len(value) == 2:
-                recorder.record((value[0] << 8) | value[1], now)
+                recorder.record((value[0] << 8) | value[1], arrival)
         ssrc = rtp_ssrc(packet)
         found = self.listener.ssrc_table.get(ssrc)
         if found is None:
@@ -179,10 +181,12 @@ class TransportLeg:
         if is_rtx:
             producer.receive_rtx(stream, packet, now)
         else:
-            producer.receive_rtp(stream, packet, now)
+            producer.receive_rtp(stream, packet, now, arrival=arrival)
 
-    def on_rtcp(self, data: bytes) -> None:
-        """One RTCP compound packet from the transport (decrypted)."""
+    def on_rtcp(self, data: bytes, arrival: float) -> None:
+        """One RTCP compound packet from the transport (decrypted): reports are timed by
+        their ``arrival`` (round-trip times, the delay since the last SR), what they make
+        the router do by ``now``."""
         try:
             packets = parse_rtcp_untrusted(data)
         except BadPacket:
@@ -191,12 +195,12 @@ class TransportLeg:
         for packet in packets:
             if isinstance(packet, (SenderReport, ReceiverReport)):
                 if isinstance(packet, SenderReport):
-                    self._on_sender_report(packet, now)
+                    self._on_sender_report(packet, arrival)
                 for block in packet.reports:
                     consumer = self.consumers_by_ssrc.get(block.ssrc)
                     if consumer is not None:
                         rtt = round_trip_time(
-                            block.lsr, block.dlsr, ntp_to_compact(self.ntp_now(now))
+                            block.lsr, block.dlsr, ntp_to_compact(self.ntp_now(arrival))
                         )
                         consumer.receive_report(
                             block.fraction_lost, block.cumulative_lost, rtt, block.highest_seq
@@ -219,8 +223,10 @@ class TransportLeg:
                     if consumer is not None:
                         consumer.request_keyframe(now, ssrc)
 
-    def _on_sender_report(self, report: SenderReport, now: float) -> None:
+    def _on_sender_report(self, report: SenderReport, arrival: float) -> None:
         found = self.listener.ssrc_table.get(report.ssrc)
         if found is not None and not found[2]:
             producer, stream, _ = found
-            producer.receive_sender_report(stream, report.ntp_timestamp, report.rtp_timestamp, now)
+            producer.receive_sender_report(
+                stream, report.ntp_timestamp, report.rtp_timestamp, arrival
+            )

@@ -29,8 +29,8 @@ Life cycle::
     transport.close()                       # or cancel the owner's scope
 
 The router drives it as it drives a WebRtcTransport: ``on_rtp`` / ``on_rtcp`` callbacks for
-what arrives, :meth:`send_rtp_nowait` / :meth:`send_rtcp_nowait` for what leaves,
-:meth:`stats`, :meth:`close` and ``on_closed``.
+what arrives (with when it arrived), :meth:`send_rtp_nowait` / :meth:`send_rtcp_nowait` for
+what leaves, :meth:`stats`, :meth:`close` and ``on_closed``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SRTP_CRYPTO_SUITE = "AES_CM_128_HMAC_SHA1_80"
 
 
-def _ignore_packet(packet: bytes) -> None:
+def _ignore_packet(packet: bytes, arrival: float) -> None:
     return None
 
 
@@ -171,9 +171,10 @@ class PlainTransport:
         self._started = False
         self.closed = False
         self.close_reason: str | None = None
-        #: What the owner hears: each RTP packet, each RTCP compound packet, the close.
-        self.on_rtp: Callable[[bytes], None] = _ignore_packet
-        self.on_rtcp: Callable[[bytes], None] = _ignore_packet
+        #: What the owner hears: each RTP packet and each RTCP compound packet, with its
+        #: arrival time (trio's clock), and the close.
+        self.on_rtp: Callable[[bytes, float], None] = _ignore_packet
+        self.on_rtcp: Callable[[bytes, float], None] = _ignore_packet
         self.on_closed: Callable[[str], None] = _ignore_closed
         self.packets_in = 0
         self.bytes_in = 0
@@ -468,10 +469,11 @@ class PlainTransport:
 
     # ---- packets in --------------------------------------------------------------------
 
-    def handle_datagram(self, data: bytes, address: Address) -> None:
-        """One datagram on the RTP socket from ``address``: RTP (and with rtcp-mux, RTCP)
-        from the other end goes to ``on_rtp`` / ``on_rtcp``; anything else is counted and
-        dropped. Never raises for bad input."""
+    def handle_datagram(self, data: bytes, address: Address, arrival: float) -> None:
+        """One datagram on the RTP socket from ``address``, arrived at ``arrival`` (trio's
+        clock): RTP (and with rtcp-mux, RTCP) from the other end goes to ``on_rtp`` /
+        ``on_rtcp`` with ``arrival``; anything else is counted and dropped. Never raises
+        for bad input."""
         self.packets_in += 1
         self.bytes_in += len(data)
         remote = self.remote
@@ -503,12 +505,12 @@ class PlainTransport:
             logger.debug("%s transport %s: remote learned, %s", self.kind, self.id, address)
         if rtcp:
             self.rtcp_packets_in += 1
-            self.on_rtcp(data)
+            self.on_rtcp(data, arrival)
         else:
             self.rtp_packets_in += 1
-            self.on_rtp(data)
+            self.on_rtp(data, arrival)
 
-    def handle_rtcp_datagram(self, data: bytes, address: Address) -> None:
+    def handle_rtcp_datagram(self, data: bytes, address: Address, arrival: float) -> None:
         """One datagram on the RTCP socket (without rtcp-mux): RTCP from the other end's
         RTCP address goes to ``on_rtcp``. Never raises for bad input."""
         self.packets_in += 1
@@ -533,4 +535,4 @@ class PlainTransport:
         if remote is None:
             self._rtcp_remote = address
         self.rtcp_packets_in += 1
-        self.on_rtcp(data)
+        self.on_rtcp(data, arrival)

@@ -296,11 +296,20 @@ class Producer:
     # ---- packets ---------------------------------------------------------------------
 
     def receive_rtp(
-        self, stream: ProducerStream, packet: bytes, now: float, retransmitted: bool = False
+        self,
+        stream: ProducerStream,
+        packet: bytes,
+        now: float,
+        retransmitted: bool = False,
+        *,
+        arrival: float | None = None,
     ) -> None:
         """A media packet of ``stream`` (RTX already unwrapped). Never blocks, never raises
         BadPacket: a packet its consumers cannot use is counted and dropped. A consumer
-        that raises is closed (see :meth:`_fan_out_failed`), the others go on."""
+        that raises is closed (see :meth:`_fan_out_failed`), the others go on.
+
+        ``arrival`` is when its datagram reached the host (for the jitter; ``now`` if not
+        given), ``now`` when it is forwarded."""
         size = len(packet)
         stream.packets += 1
         stream.octets += size
@@ -319,7 +328,7 @@ class Producer:
             stream.stats.received += 1
             stream.retransmitted += 1
         else:
-            stream.stats.update(seq, ts, now, stream.clock_rate)
+            stream.stats.update(seq, ts, now if arrival is None else arrival, stream.clock_rate)
             nack = stream.nack
             if nack is not None and nack.on_packet(seq, now):
                 self.request_keyframe(stream.index, now)

@@ -2,11 +2,21 @@
 
 This module owns the I/O that sits *under* a transport and knows nothing of ICE, DTLS or
 SRTP. Each listener reads datagrams (UDP) or frames (TCP) and hands every one to a
-``handler(data, address)`` callback; whoever owns the listener decides what the bytes are.
+``handler(data, address, arrival)`` callback; whoever owns the listener decides what the
+bytes are.
 Today a :class:`~trio_sfu.engine.webrtc_transport.WebRtcTransport` owns one UDP listener
 and one TCP listener; a shared UDP port for many transports only needs a small demuxer
 (by STUN USERNAME, then by validated remote address) calling each transport's
 ``handle_datagram`` instead.
+
+``arrival`` is when the datagram reached the host, on trio's clock: the kernel's receive
+timestamp where it gives one (Linux: ``SO_TIMESTAMPNS``), else the time the datagram was
+read. Transport-wide congestion control reports these times to the sender, whose
+delay-based estimator reads every millisecond in them as a queue: a time taken after the
+datagram waited in the socket buffer for a busy event loop, or after SRTP and the packets
+before it in the same batch were processed, is a queue that is not on the network. See
+:class:`UdpListener` for how kernel time becomes trio time; TCP frames carry the time of
+the read that completed them (the kernel's stamp would be one per read too).
 
 Sending never blocks the caller: :meth:`UdpListener.sendto_nowait` and
 :meth:`TcpConnection.send_nowait` return ``False`` (and count a drop) when the kernel or
@@ -22,9 +32,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import platform
 import random
 import socket as stdlib_socket
 import struct
+import sys
+import time
 from collections.abc import Callable
 from typing import Final, final
 
@@ -35,7 +48,8 @@ logger = logging.getLogger(__name__)
 Address = tuple[str, int]
 """A remote transport address: (ip, port). IPv6 addresses are cut to these two fields."""
 
-DatagramHandler = Callable[[bytes, Address], None]
+DatagramHandler = Callable[[bytes, Address, float], None]
+"""``handler(data, address, arrival)``: ``arrival`` in seconds on trio's clock."""
 
 #: :meth:`UdpListener.try_sendto` results.
 SENT: Final = 0
@@ -220,6 +234,45 @@ def _grow_buffers(sock: stdlib_socket.socket, size: int) -> None:
             logger.debug("could not set socket buffer option %s to %d", option, size)
 
 
+# ---- receive timestamps ----------------------------------------------------------------
+
+#: Linux's SO_TIMESTAMPNS (asm-generic value; the standard library has no name for it):
+#: every datagram then carries, as SOL_SOCKET ancillary data of the same type, the time
+#: the kernel received it: a ``struct timespec`` of CLOCK_REALTIME.
+SO_TIMESTAMPNS: Final = 35
+#: Machines whose kernels use the asm-generic socket option numbers (parisc, sparc, alpha
+#: and mips number theirs differently: there the read time is used).
+_GENERIC_SOCKET_OPTIONS: Final = frozenset(
+    {"x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv8l", "riscv64"}
+    | {"ppc64le", "ppc64", "s390x", "loongarch64"}
+)
+#: The kernel's ``struct timespec`` for this process (two C longs).
+_TIMESPEC: Final = struct.Struct("@ll")
+_TIMESTAMP_ANCILLARY_SIZE: Final = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
+#: A clock offset is measured only from reads of trio's clock at most this far apart (a
+#: process preempted between them would skew it by as long as it waited).
+_OFFSET_BRACKET: Final = 50e-6
+#: A kernel timestamp further than this from the batch's read (a step of the system
+#: clock between the stamp and the offset measured after it) is not believed: the read
+#: time stands in for it.
+_STAMP_TRUST: Final = 1.0
+
+
+def enable_receive_timestamps(sock: stdlib_socket.socket) -> bool:
+    """Ask the kernel to stamp every datagram ``sock`` receives (``SO_TIMESTAMPNS``).
+
+    ``False`` where it cannot (not Linux, a machine with other option numbers, or the
+    kernel refused): the receiver then reads the clock itself.
+    """
+    if not sys.platform.startswith("linux") or platform.machine() not in _GENERIC_SOCKET_OPTIONS:
+        return False
+    try:
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
 # ---- UDP -------------------------------------------------------------------------------
 
 
@@ -228,8 +281,23 @@ class UdpListener:
     """One bound UDP socket: a receive loop calling ``handler`` per datagram, and
     non-blocking sends.
 
-    The receive loop reads with non-blocking ``recvfrom`` until the socket is empty, then
+    The receive loop reads with non-blocking ``recvmsg`` until the socket is empty, then
     waits for readability, yielding to other tasks every ``batch`` datagrams.
+
+    Arrival times: with :attr:`kernel_timestamps` each datagram's kernel receive time
+    (CLOCK_REALTIME) is moved onto trio's clock (CLOCK_MONOTONIC plus a constant) by an
+    offset between the two clocks, measured again at every wakeup and after every yield:
+    Linux keeps REALTIME and MONOTONIC a constant apart (NTP slews both alike; only a
+    step of the system clock moves one against the other), so offsets measured a batch
+    apart agree to within their measurement error (at most 25 µs, see
+    :data:`_OFFSET_BRACKET`) and arrival times do not jump between batches, while a step
+    is followed from the next batch on. A datagram stamped before a step and read after
+    it is off by the step; one that lands further than :data:`_STAMP_TRUST` from the
+    read gets the read time. (SO_TIMESTAMPING offers no monotonic software stamp.)
+    Without kernel timestamps (or for a datagram without one) the arrival time is trio's
+    clock read as ``recvmsg`` returns it. Neither costs a task switch or an allocation
+    beyond ``recvmsg``'s own; reading the kernel's stamp costs under a microsecond per
+    datagram more than a bare ``recvfrom`` (measured: 0.8 µs in bursts of 32).
     """
 
     def __init__(
@@ -246,6 +314,10 @@ class UdpListener:
         self._sock = sock
         self._v6 = sock.family == stdlib_socket.AF_INET6
         self._batch = batch
+        #: The kernel stamps every datagram's arrival (else the read time is used).
+        self.kernel_timestamps = enable_receive_timestamps(sock)
+        #: CLOCK_REALTIME minus trio's clock, as last measured (see the class docstring).
+        self._offset: float | None = None
         self.closed = False
         self.local_address: Address = sock.getsockname()[:2]
         self.send_would_block = 0
@@ -336,22 +408,33 @@ class UdpListener:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Call ``handler(data, address)`` for every datagram until closed or cancelled.
+        """Call ``handler(data, address, arrival)`` for every datagram until closed or
+        cancelled (``arrival``: see the class docstring).
 
         ``handler`` runs synchronously in this task and must not block; exceptions from it
         propagate (and end the loop): it is expected to turn bad input into counters.
         """
         sock = self._sock
-        recvfrom = sock.recvfrom
+        recvmsg = sock.recvmsg
         wait_readable = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
+        current_time = trio.current_time
+        unpack = _TIMESPEC.unpack
+        stamp_size = _TIMESPEC.size
+        stamp_kind = SO_TIMESTAMPNS
+        sol_socket = stdlib_socket.SOL_SOCKET
+        timestamped = self.kernel_timestamps
+        ancillary_size = _TIMESTAMP_ANCILLARY_SIZE if timestamped else 0
         batch = self._batch
         v6 = self._v6
         task_status.started()
         count = 0
+        offset, earliest, latest = 0.0, 0.0, 0.0
+        if timestamped:
+            offset, earliest, latest = self._measure_offset()
         while True:
             try:
-                data, address = recvfrom(65535)
+                data, ancillary, _flags, address = recvmsg(65535, ancillary_size)
             except BlockingIOError:
                 count = 0
                 try:
@@ -360,6 +443,8 @@ class UdpListener:
                     if self.closed:
                         return
                     raise
+                if timestamped:
+                    offset, earliest, latest = self._measure_offset()
                 continue
             except (ConnectionRefusedError, ConnectionResetError):
                 # An ICMP error for an earlier send: not about this socket's health.
@@ -369,11 +454,43 @@ class UdpListener:
                 if self.closed:
                     return
                 raise
-            handler(data, address[:2] if v6 else address)
+            if ancillary:
+                level, kind, value = ancillary[0]
+                if kind == stamp_kind and level == sol_socket and len(value) == stamp_size:
+                    seconds, nanoseconds = unpack(value)
+                    arrival = seconds - offset + nanoseconds * 1e-9
+                    if not earliest <= arrival <= latest:
+                        arrival = current_time()
+                else:
+                    arrival = current_time()
+            else:
+                arrival = current_time()
+            handler(data, address[:2] if v6 else address, arrival)
             count += 1
             if count >= batch:
                 count = 0
                 await checkpoint()
+                if timestamped:
+                    offset, earliest, latest = self._measure_offset()
+
+    def _measure_offset(self) -> tuple[float, float, float]:
+        """CLOCK_REALTIME minus trio's clock, and the span of arrival times believed.
+
+        A measurement whose two reads of trio's clock lie further apart than
+        :data:`_OFFSET_BRACKET` (this process was preempted between them) is not taken:
+        the last one stands (the first is tried three times, then taken anyway)."""
+        offset = self._offset
+        for _ in range(3 if offset is None else 1):
+            before = trio.current_time()
+            realtime = time.time()  # the kernel's stamps are on this clock
+            after = trio.current_time()
+            if after - before <= _OFFSET_BRACKET:
+                offset = realtime - (before + after) / 2
+                break
+        if offset is None:
+            offset = realtime - (before + after) / 2
+        self._offset = offset
+        return offset, before - _STAMP_TRUST, after + _STAMP_TRUST
 
     def close(self) -> None:
         """Close the socket now (idempotent); a task waiting in :meth:`serve` wakes up."""
@@ -437,13 +554,17 @@ class TcpConnection:
         decoder = FrameDecoder()
         address = self.address
         receive_some = self.stream.receive_some
+        current_time = trio.current_time
         try:
             while True:
                 data = await receive_some(65536)
                 if not data:
                     return
+                # One time for every frame this read completed: a stream has no arrival
+                # time per frame (the kernel's stamp would be the last segment's).
+                arrival = current_time()
                 for item in decoder.feed_untrusted(data):
-                    handler(item, address)
+                    handler(item, address, arrival)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 

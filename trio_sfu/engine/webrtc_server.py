@@ -20,13 +20,13 @@ Run it with ``await nursery.start(server.run)`` before creating transports on it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Final, Protocol, final
 
 import trio
 
 from trio_sfu.engine.rtc_sockets import (
     Address,
+    DatagramHandler,
     TcpListener,
     UdpListener,
     check_listen_options,
@@ -51,8 +51,9 @@ class ServedTransport(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def handle_datagram(self, data: bytes, address: Address) -> None:
-        """One datagram or frame from ``address``; never raises for bad input."""
+    def handle_datagram(self, data: bytes, address: Address, arrival: float) -> None:
+        """One datagram or frame from ``address``, which reached the host at ``arrival``
+        (trio's clock); never raises for bad input."""
 
     def is_validated(self, address: Address) -> bool:
         """Whether ICE accepts media from ``address``."""
@@ -240,23 +241,21 @@ class WebRtcServer:
 
     # ---- demultiplexing ----------------------------------------------------------------
 
-    def _demultiplexer(
-        self, owners: dict[Address, ServedTransport]
-    ) -> Callable[[bytes, Address], None]:
+    def _demultiplexer(self, owners: dict[Address, ServedTransport]) -> DatagramHandler:
         """The receive handler of one socket; ``owners`` maps its validated addresses."""
         route = self._route
 
-        def demultiplex(data: bytes, address: Address) -> None:
+        def demultiplex(data: bytes, address: Address, arrival: float) -> None:
             # Runs for every datagram or frame: media from a known address takes the
             # first branch.
             transport = owners.get(address)
             if transport is not None and data and data[0] > 3:
                 try:
-                    transport.handle_datagram(data, address)
+                    transport.handle_datagram(data, address, arrival)
                 except Exception:
                     transport.crashed("receive")
             else:
-                route(data, address, transport, owners)
+                route(data, address, arrival, transport, owners)
 
         return demultiplex
 
@@ -264,6 +263,7 @@ class WebRtcServer:
         self,
         data: bytes,
         address: Address,
+        arrival: float,
         owner: ServedTransport | None,
         owners: dict[Address, ServedTransport],
     ) -> None:
@@ -283,7 +283,7 @@ class WebRtcServer:
                 self.refused_not_validated += 1
             return
         try:
-            transport.handle_datagram(data, address)
+            transport.handle_datagram(data, address, arrival)
         except Exception:
             transport.crashed("receive")
             return

@@ -19,13 +19,15 @@ owner's scope does the same. ``on_closed(reason)`` is called exactly once either
 
 Packets in (:meth:`handle_datagram`, one call per UDP datagram or RFC 4571 frame) are
 demultiplexed per RFC 7983: STUN to ICE, DTLS to the DTLS endpoint, SRTP/SRTCP to the SRTP
-session and then to ``on_rtp`` / ``on_rtcp``. Bad bytes of any kind, and DTLS or media from
-addresses ICE has not validated, are dropped and counted (see :meth:`stats`); they never end
-the transport. A DTLS failure (e.g. a certificate that matches no fingerprint given to
-:meth:`connect`) closes it with the reason ``"dtls_failed: ..."``; an ICE consent timeout
-closes it with ``"consent_timeout"``; a transport whose DTLS is not connected
-``connect_timeout`` seconds after it started (its client never connected it, or vanished
-on the way) closes with ``"connect_timeout"``.
+session and then to ``on_rtp(packet, arrival)`` / ``on_rtcp(packet, arrival)``, where
+``arrival`` is when the datagram reached the host (trio's clock; see
+:mod:`~trio_sfu.engine.rtc_sockets`), not when it was decrypted. Bad bytes of any kind,
+and DTLS or media from addresses ICE has not validated, are dropped and counted (see
+:meth:`stats`); they never end the transport. A DTLS failure (e.g. a certificate that
+matches no fingerprint given to :meth:`connect`) closes it with the reason
+``"dtls_failed: ..."``; an ICE consent timeout closes it with ``"consent_timeout"``; a
+transport whose DTLS is not connected ``connect_timeout`` seconds after it started (its
+client never connected it, or vanished on the way) closes with ``"connect_timeout"``.
 
 Packets out (:meth:`send_rtp_nowait`, :meth:`send_rtcp_nowait`) go into a bounded memory
 channel; an egress task protects them and sends them to the tuple ICE selected. A full
@@ -97,7 +99,7 @@ def _only_cancelled(exc: BaseException) -> bool:
     return False
 
 
-def _ignore_packet(packet: bytes) -> None:
+def _ignore_packet(packet: bytes, arrival: float) -> None:
     return None
 
 
@@ -237,8 +239,8 @@ class WebRtcTransport:
             role="auto",
         )
 
-        self.on_rtp: Callable[[bytes], None] = _ignore_packet
-        self.on_rtcp: Callable[[bytes], None] = _ignore_packet
+        self.on_rtp: Callable[[bytes, float], None] = _ignore_packet
+        self.on_rtcp: Callable[[bytes, float], None] = _ignore_packet
         self.on_state: Callable[[str, str], None] = _ignore_state
         self.on_closed: Callable[[str], None] = _ignore_closed
 
@@ -778,11 +780,13 @@ class WebRtcTransport:
 
     # ---- ingress -----------------------------------------------------------------------
 
-    def handle_datagram(self, data: bytes, address: Address) -> None:
-        """Demultiplex one UDP datagram or TCP frame from ``address`` (RFC 7983).
+    def handle_datagram(self, data: bytes, address: Address, arrival: float) -> None:
+        """Demultiplex one UDP datagram or TCP frame from ``address`` (RFC 7983) that
+        arrived at ``arrival`` (trio's clock).
 
         Reads untrusted bytes: never raises for bad input, it counts it. Runs in the
-        socket's receive task; ``on_rtp`` / ``on_rtcp`` are called synchronously from here.
+        socket's receive task; ``on_rtp`` / ``on_rtcp`` are called synchronously from here,
+        with ``arrival``.
         """
         self.packets_in += 1
         self.bytes_in += len(data)
@@ -810,7 +814,7 @@ class WebRtcTransport:
                 self.rtcp_packets_in += 1
                 if self._dtls_release_at != math.inf:
                     self._release_dtls()
-                self.on_rtcp(packet)
+                self.on_rtcp(packet, arrival)
             else:
                 try:
                     packet = srtp.unprotect_rtp_untrusted(data)
@@ -820,7 +824,7 @@ class WebRtcTransport:
                 self.rtp_packets_in += 1
                 if self._dtls_release_at != math.inf:
                     self._release_dtls()
-                self.on_rtp(packet)
+                self.on_rtp(packet, arrival)
         elif first <= 3:
             self._handle_stun(data, address)
         elif 20 <= first <= 63:

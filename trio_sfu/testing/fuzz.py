@@ -117,7 +117,7 @@ async def fuzz_router(*, seconds: float | None = None, cases: int | None = None,
                 kind: Literal["audio", "video"] = "audio" if obj.get("kind") == "audio" else "video"
                 producer_id = await worker.produce(send, kind, params)
                 await worker.consume(recv, producer_id, caps, paused=False)
-                send_entry.on_rtp(rng.choice(rtp_seeds))
+                send_entry.on_rtp(rng.choice(rtp_seeds), trio.current_time())
                 await worker.close_producer(producer_id)
             elif "rtpCapabilities" in obj:
                 theirs = structure_untrusted(obj["rtpCapabilities"], RtpCapabilities)
@@ -135,9 +135,11 @@ async def fuzz_router(*, seconds: float | None = None, cases: int | None = None,
                 data, kind = mutate_json_bytes(rng.choice(api_seeds), rng, api_seeds), "api"
             try:
                 if kind == "rtp":
-                    send_entry.on_rtp(data)
+                    send_entry.on_rtp(data, trio.current_time())
                 elif kind == "rtcp":
-                    (recv_entry if rng.random() < 0.7 else send_entry).on_rtcp(data)
+                    (recv_entry if rng.random() < 0.7 else send_entry).on_rtcp(
+                        data, trio.current_time()
+                    )
                 else:
                     with contextlib.suppress(SfuError, ValueError):
                         await api_case(data)
