@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, final
 
 import trio
@@ -45,6 +45,7 @@ from trio_sfu.engine.api import (
 from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
 from trio_sfu.engine.consumer import Consumer, PipeConsumer
 from trio_sfu.engine.layers import (
+    LEVEL_PAUSED,
     LossPolicy,
     PolicySettings,
     Quality,
@@ -56,6 +57,7 @@ from trio_sfu.engine.layers import (
 from trio_sfu.engine.pipe_transport import PipeTransport
 from trio_sfu.engine.plain_transport import PlainTransport
 from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer, ProducerStream
+from trio_sfu.engine.recovery import RecoveryProber
 from trio_sfu.engine.rtc_sockets import is_unspecified
 from trio_sfu.engine.speaker import ActiveSpeakerDetector
 from trio_sfu.engine.webrtc_transport import WebRtcTransport
@@ -237,9 +239,11 @@ class _TransportEntry:
         "policies",
         "probe_backoff",
         "probe_results_seen",
+        "probe_to_peak",
         "probing",
         "producers",
         "quality",
+        "recovery",
         "remb_at",
         "remb_bitrate",
         "transport",
@@ -266,7 +270,12 @@ class _TransportEntry:
         self.next_probe_at = 0.0
         self.probe_backoff = PROBE_BACKOFF
         self.probe_results_seen = 0
+        #: The next bandwidth probe may go straight to what the path carried before a
+        #: loss episode (set when the loss policy takes video up a level).
+        self.probe_to_peak = False
         self.probing = False
+        #: Probes for video the loss policy paused (trio_sfu.engine.recovery).
+        self.recovery = RecoveryProber()
         # Uplink (what the router receives): transport-cc toward the publisher.
         self.twcc_id: int | None = None
         self.twcc_recorder: TwccRecorder | None = None
@@ -1125,6 +1134,7 @@ class Router:
             ):
                 self._plan(entry, now)
             self._maybe_probe(entry, now)
+            self._maybe_recover(entry, now)
 
     def _plan(self, entry: _TransportEntry, now: float) -> None:
         """Share the transport's estimated bandwidth among its video consumers."""
@@ -1187,9 +1197,14 @@ class Router:
         ):
             return
         # Step up at most to twice what arrives (or 1.5 times the estimate): a probe into a
-        # bottleneck costs the media behind it in the queue.
+        # bottleneck costs the media behind it in the queue. Once the loss policy took
+        # video up again, the path likely carries what it carried before the loss.
         acked = estimator.acked_bitrate() or 0.0
-        rate = min(entry.desired_bitrate * 1.2, max(2 * acked, 1.5 * estimate, 300_000.0))
+        step = max(2 * acked, 1.5 * estimate, 300_000.0)
+        if entry.probe_to_peak:
+            entry.probe_to_peak = False
+            step = max(step, 1.25 * (estimator.recent_peak(now) or 0.0))
+        rate = min(entry.desired_bitrate * 1.2, step)
         entry.probing = True
         entry.next_probe_at = now + entry.probe_backoff
         self._nursery_or_fail().start_soon(self._probe, entry, rate)
@@ -1227,6 +1242,70 @@ class Router:
             estimator.end_probe(trio.current_time())
             entry.probing = False
 
+    def _maybe_recover(self, entry: _TransportEntry, now: float) -> None:
+        """While the loss policy holds video of this transport paused: probe the link
+        with padding at the first layer's bitrate, and bring video back when the probe
+        arrives clean (:class:`~trio_sfu.engine.recovery.RecoveryProber`)."""
+        recovery = entry.recovery
+        audio = _nacked_audio(entry) if recovery.paused else None
+        action = recovery.tick(now, entry.estimator, audio, can_probe=not entry.probing)
+        if action == "probe":
+            rate = sum(
+                _first_layer_bitrate(c.producer)
+                for c in _paused_for_network(entry)
+                if c.rtx_ssrc is not None
+            )
+            if rate <= 0:
+                recovery.probe_failed(now)
+                return
+            entry.probing = True
+            self._nursery_or_fail().start_soon(self._recovery_probe, entry, rate)
+        elif action == "resume":
+            for consumer_id, policy in entry.policies.items():
+                consumer = entry.consumers.get(consumer_id)
+                if consumer is not None and policy.level <= LEVEL_PAUSED:
+                    consumer.set_network_level(policy.resume(), now)
+            entry.planned = False
+            _probe_soon(entry, now)
+
+    async def _recovery_probe(self, entry: _TransportEntry, rate: float) -> None:
+        """Padding-only RTX packets on the paused video consumers' RTX streams at
+        ``rate`` for the prober's ``probe_duration``, counted as one probe cluster."""
+        estimator = entry.estimator
+        recovery = entry.recovery
+        size = recovery.settings.padding_size
+        start = trio.current_time()
+        recovery.probe_started(estimator.start_probe(start))
+        sent = 0
+        try:
+            now = start
+            stalled = False
+            while (
+                now - start < recovery.settings.probe_duration
+                and not stalled
+                and not entry.transport.closed
+            ):
+                due = rate * (now - start + 0.01) / 8
+                candidates = [c for c in _paused_for_network(entry) if c.rtx_ssrc is not None]
+                stalled = not candidates
+                while sent < due and not stalled:
+                    stalled = True  # unless some consumer has padding to send
+                    for consumer in candidates:
+                        packet = consumer.padding_packet(now, size)
+                        if packet is not None:
+                            stalled = False
+                            entry.transport.send_rtp_nowait(packet)
+                            sent += len(packet)
+                            if sent >= due:
+                                break
+                await trio.sleep(0.01)
+                now = trio.current_time()
+        finally:
+            now = trio.current_time()
+            estimator.end_probe(now)
+            recovery.probe_sent(now)
+            entry.probing = False
+
     # ---- the weak-network policy -------------------------------------------------------
 
     async def _policy_loop(self) -> None:
@@ -1250,8 +1329,11 @@ class Router:
                 continue
             level = policy.update(down_loss)
             if level != consumer.network_level:
+                if level > consumer.network_level:
+                    _probe_soon(entry, now)
                 consumer.set_network_level(level, now)
                 entry.planned = False
+        entry.recovery.set_paused(next(_paused_for_network(entry), None) is not None, now)
         if not entry.planned:
             self._plan(entry, now)
         up_loss = self._uplink_loss(entry)
@@ -1274,14 +1356,19 @@ class Router:
 
     def _downlink_loss(self, entry: _TransportEntry) -> tuple[float | None, float | None]:
         """Loss of what the router sent on this transport over the last interval, from
-        the subscriber's receiver reports and NACKs of every stream
-        (:func:`~trio_sfu.engine.layers.interval_loss`); and the mean RTT."""
+        the subscriber's receiver reports and NACKs of every stream and the feedback
+        about recovery probes (:func:`~trio_sfu.engine.layers.interval_loss`); and the
+        mean RTT."""
         samples = []
         rtts = []
         for consumer in entry.consumers.values():
             samples.append(consumer.loss_sample())
             if consumer.rtt is not None:
                 rtts.append(consumer.rtt)
+        # While video is paused, the recovery probes are the timely part: the feedback
+        # reports each of their packets (it reports nothing of the audio).
+        reported, lost = entry.recovery.loss_sample()
+        samples.append((reported, lost, 0, 0))
         loss = interval_loss(samples, MIN_LOSS_PACKETS)
         rtt = sum(rtts) / len(rtts) if rtts else None
         return loss, rtt
@@ -1407,6 +1494,43 @@ def _layer_rates(producer: Producer) -> list[list[float] | None]:
             fallback = encoding.max_bitrate or _DEFAULT_LAYER_BITRATES[min(index, 2)]
             rates[index] = [float(fallback)]
     return rates
+
+
+def _probe_soon(entry: _TransportEntry, now: float) -> None:
+    """The loss policy took video up a level: the bandwidth probes start over (those that
+    failed in the loss backed off for up to 30 s), and the next may go straight back to
+    what the path carried before the loss (the estimate may have fallen meanwhile)."""
+    entry.probe_backoff = PROBE_BACKOFF
+    entry.next_probe_at = now
+    entry.probe_to_peak = True
+
+
+def _first_layer_bitrate(producer: Producer) -> float:
+    """What the lowest stream received of a producer costs, every temporal layer."""
+    rates = _layer_rates(producer)
+    return next((sum(r) for r in rates if r is not None), 0.0) or float(
+        producer.rtp_parameters.encodings[0].max_bitrate or _DEFAULT_LAYER_BITRATES[0]
+    )
+
+
+def _paused_for_network(entry: _TransportEntry) -> Iterator[Consumer]:
+    """The transport's video consumers the loss policy pauses (and nothing else does)."""
+    for consumer_id, policy in entry.policies.items():
+        if policy.level <= LEVEL_PAUSED:
+            consumer = entry.consumers.get(consumer_id)
+            if consumer is not None and consumer.active:
+                yield consumer
+
+
+def _nacked_audio(entry: _TransportEntry) -> tuple[int, int] | None:
+    """``(sent, NACKed)`` so far of the transport's audio consumers whose receiver has
+    NACKed them (one that NACKs at all); ``None`` when there is none."""
+    sent = nacked = 0
+    for consumer in entry.consumers.values():
+        if consumer.kind == "audio" and consumer.nacks_total and consumer.active:
+            sent += consumer.packets_sent
+            nacked += consumer.nacks_total
+    return (sent, nacked) if sent else None
 
 
 def _producer_demand(producer: Producer) -> float:
