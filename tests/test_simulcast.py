@@ -236,6 +236,8 @@ class Subscriber:
         self.video_rtx_ssrc = rtx.ssrc if rtx is not None else None
         self.video: list[Received] = []
         self.audio_at: list[float] = []
+        #: (arrival, sequence number, timestamp) of each audio packet.
+        self.audio: list[tuple[float, int, int]] = []
         #: Arrival times of padding-only packets (the SFU's probes).
         self.padding_at: list[float] = []
         self.strays = 0
@@ -266,6 +268,7 @@ class Subscriber:
                 packet = RtpPacket.parse_untrusted(media)
                 if packet.ssrc == self.audio_ssrc:
                     self.audio_at.append(now)
+                    self.audio.append((now, packet.sequence_number, packet.timestamp))
                     continue
                 info = vp8.summarize_untrusted(packet.payload)
                 layer = capture = None

@@ -23,7 +23,7 @@ two intervals: the router probes the link (:mod:`trio_sfu.engine.recovery`) and 
 layer a producer with fewer (or more) streams may send.
 
 :func:`interval_loss` reads one interval's loss of a downlink from what its streams'
-receiver reports and NACKs say (and the recovery probes' transport-cc feedback).
+receiver reports and NACKs say.
 
 :func:`network_quality` grades a link from its loss and RTT with the thresholds of the
 project brief (RTT < 100 / 200 / 500 ms, loss < 2 / 5 / 20 %).

@@ -1356,19 +1356,14 @@ class Router:
 
     def _downlink_loss(self, entry: _TransportEntry) -> tuple[float | None, float | None]:
         """Loss of what the router sent on this transport over the last interval, from
-        the subscriber's receiver reports and NACKs of every stream and the feedback
-        about recovery probes (:func:`~trio_sfu.engine.layers.interval_loss`); and the
-        mean RTT."""
+        the subscriber's receiver reports and NACKs of every stream
+        (:func:`~trio_sfu.engine.layers.interval_loss`); and the mean RTT."""
         samples = []
         rtts = []
         for consumer in entry.consumers.values():
             samples.append(consumer.loss_sample())
             if consumer.rtt is not None:
                 rtts.append(consumer.rtt)
-        # While video is paused, the recovery probes are the timely part: the feedback
-        # reports each of their packets (it reports nothing of the audio).
-        reported, lost = entry.recovery.loss_sample()
-        samples.append((reported, lost, 0, 0))
         loss = interval_loss(samples, MIN_LOSS_PACKETS)
         rtt = sum(rtts) / len(rtts) if rtts else None
         return loss, rtt
