@@ -1188,9 +1188,11 @@ class Router:
         if entry.probing or estimator.probing or not estimator.expect_feedback:
             return
         estimate = estimator.estimate(now)
+        if estimate is not None and entry.desired_bitrate <= estimate * BUDGET_SHARE:
+            entry.probe_to_peak = False  # the estimate covers the climb: nothing to catch up
+            return
         if (
             estimate is None
-            or entry.desired_bitrate <= estimate * BUDGET_SHARE
             or now < entry.next_probe_at
             or now - estimator.last_overuse < 1.0
             or estimator.feedback_packets == 0
