@@ -281,3 +281,44 @@ def test_the_newest_sixteen_probe_results_are_kept() -> None:
     assert len(estimator.probe_results) == 16
     assert estimator.probe_results[-1].cluster == cluster
     assert [r.cluster for r in estimator.probe_results] == list(range(cluster - 15, cluster + 1))
+
+
+def test_a_probe_whose_last_packets_were_lost_counts_once_nothing_more_is_reported() -> None:
+    """While video is paused nothing but the probe carries transport-wide numbers: the
+    feedback never reports the probe's last packets lost (no later packet arrived), so
+    its result waits, and ``expire_probes`` finishes it a second after it ended."""
+    estimator = SendSideEstimator()
+    recorder = TwccRecorder()
+    now = 0.0
+    cluster = estimator.start_probe(now)
+    for index in range(40):
+        seq = estimator.on_sent(130, now)
+        if index % 10 != 3 and index < 36:  # 4 lost in the middle, the last 4 lost
+            recorder.record(seq, now + 0.02)
+        now += 0.0125
+    estimator.end_probe(now)
+    for feedback in recorder.feedback(1, 2):
+        estimator.on_feedback(feedback, now + 0.05)
+    assert estimator.probe_results == []
+    estimator.expire_probes(now + 0.5)
+    assert estimator.probe_results == []
+    estimator.expire_probes(now + 1.0)
+    (result,) = estimator.probe_results
+    assert result.cluster == cluster
+    assert (result.reported, result.lost) == (36, 4)
+
+
+def test_recent_peak_remembers_what_the_path_carried_for_a_minute() -> None:
+    estimator = SendSideEstimator(initial_bitrate=300_000)
+    path = Path(estimator, capacity=None)
+    assert estimator.recent_peak(0.0) is None
+    path.send(2.0, 1_200_000)
+    peak = estimator.recent_peak(path.now)
+    assert peak is not None and 1_100_000 < peak < 1_300_000
+    # Loss came, the layers went down: the peak stays while the rate is lower ...
+    path.send(30.0, 150_000)
+    assert estimator.recent_peak(path.now) == peak
+    # ... for about a minute; then it is what the path carries now.
+    path.send(35.0, 150_000)
+    later = estimator.recent_peak(path.now)
+    assert later is not None and later < 200_000

@@ -31,6 +31,7 @@ from trio_sfu.ortc.types import (
 from trio_sfu.rtcp import Fir, GenericNack, Pli, parse_rtcp_untrusted
 from trio_sfu.rtp import h264, vp8
 from trio_sfu.rtp.packet import RtpPacket
+from trio_sfu.rtp.rtx import rtx_unwrap_untrusted
 from trio_sfu.wire import structure_untrusted
 
 ROUTER_CAPS = negotiation.generate_router_rtp_capabilities(list(negotiation.DEFAULT_MEDIA_CODECS))
@@ -405,3 +406,38 @@ def test_any_bytes_from_a_publisher_are_dropped_or_forwarded_never_raise(
         pair.producer.receive_rtp(stream, packet, 1.0)
     for data in pair.sent:
         RtpPacket.parse_untrusted(data)  # whatever went out is a well-formed packet
+
+
+def test_padding_on_the_rtx_stream_probes_without_retransmitting_anything() -> None:
+    pair = make_pair(vp8_simulcast_rtp_parameters())
+    consumer = pair.consumer
+    assert consumer.rtx_ssrc is not None and consumer.rtx_payload_type is not None
+    assert consumer.padding_packet(0.0, 100) is None  # nothing sent yet: no header to use
+    pair.feed(2, pair.streams[2].vp8_frame(keyframe=True), 0.0)
+    last = pair.out()[-1]
+    consumer.set_network_level(LEVEL_PAUSED, 0.1)
+    first, second = consumer.padding_packet(0.2, 100), consumer.padding_packet(0.2, 100)
+    assert first is not None and second is not None
+    for raw in (first, second):
+        packet = RtpPacket.parse_untrusted(bytes(raw))
+        assert (packet.ssrc, packet.payload_type) == (consumer.rtx_ssrc, consumer.rtx_payload_type)
+        assert packet.payload == b"" and len(packet.padding) == 100
+        assert not packet.marker and packet.timestamp == last.timestamp
+        # An RTX packet without a payload retransmits nothing: a receiver drops it.
+        assert rtx_unwrap_untrusted(raw, payload_type=last.payload_type, ssrc=consumer.ssrc) is None
+    numbers = [RtpPacket.parse_untrusted(bytes(p)).sequence_number for p in (first, second)]
+    assert numbers[1] == (numbers[0] + 1) & 0xFFFF
+    assert len(pair.sent) == len(pair.out())  # nothing went out on the media stream
+
+
+def test_nacks_are_counted_once_per_sequence_number_and_interval() -> None:
+    pair = make_pair(vp8_simulcast_rtp_parameters())
+    consumer = pair.consumer
+    pair.feed(2, pair.streams[2].vp8_frame(keyframe=True), 0.0)
+    seq = pair.out()[-1].sequence_number
+    consumer.retransmit([seq, seq], 0.1)
+    consumer.retransmit([seq, (seq - 1) & 0xFFFF], 0.2)
+    assert consumer.nacks_total == 2
+    assert consumer.loss_sample()[3] == 2
+    consumer.retransmit([seq], 0.3)  # asked again in the next interval: counted again
+    assert consumer.nacks_total == 3

@@ -25,6 +25,8 @@ SANS_IO_MODULES = (
     "trio_sfu.engine.layers",
     "trio_sfu.engine.bandwidth",
     "trio_sfu.engine.speaker",
+    "trio_sfu.engine.recovery",
+    "trio_sfu.engine.verbs",
 )
 
 

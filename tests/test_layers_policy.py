@@ -59,46 +59,100 @@ def test_policy_goes_down_at_once() -> None:
     assert policy.update(0.15) == LEVEL_R0
 
 
-def test_policy_goes_up_one_step_after_two_good_intervals() -> None:
+def test_policy_comes_back_after_two_good_intervals_and_climbs_one_step_per_interval() -> None:
     policy = LossPolicy(level=LEVEL_PAUSED)
-    levels = [policy.update(0.0) for _ in range(7)]
-    # Paused -> r0 -> r1 -> r2, each after two intervals below the lower threshold.
-    assert levels == [
-        LEVEL_PAUSED,
-        LEVEL_R0,
-        LEVEL_R0,
-        LEVEL_R1,
-        LEVEL_R1,
-        LEVEL_R2,
-        LEVEL_R2,
-    ]
+    levels = [policy.update(0.0) for _ in range(5)]
+    # Paused -> r0 after two intervals below the lower threshold (a probe may be sooner),
+    # then r1 and r2 after one each: 3 s at the default interval.
+    assert levels == [LEVEL_PAUSED, LEVEL_R0, LEVEL_R1, LEVEL_R2, LEVEL_R2]
 
 
 def test_policy_up_needs_consecutive_good_intervals() -> None:
-    policy = LossPolicy(level=LEVEL_R1)
+    settings = PolicySettings(up_intervals=2)
+    policy = LossPolicy(settings, level=LEVEL_R1)
     assert policy.update(0.01) == LEVEL_R1  # one good interval
     assert policy.update(0.06) == LEVEL_R1  # r1's own band: the count starts again
     assert policy.update(0.01) == LEVEL_R1
     assert policy.update(0.01) == LEVEL_R2
     # "Under the lower threshold": at r0, 6 % is good enough to go up to r1 ...
-    policy = LossPolicy(level=LEVEL_R0)
+    policy = LossPolicy(settings, level=LEVEL_R0)
     assert [policy.update(0.06) for _ in range(3)] == [LEVEL_R0, LEVEL_R1, LEVEL_R1]
     # ... but never beyond what the loss allows.
     assert [policy.update(0.06) for _ in range(4)] == [LEVEL_R1] * 4
+    # Coming back from paused takes two good intervals in a row.
+    policy = LossPolicy(level=LEVEL_PAUSED)
+    assert [policy.update(x) for x in (0.15, 0.25, 0.15, 0.15)] == [
+        LEVEL_PAUSED,
+        LEVEL_PAUSED,
+        LEVEL_PAUSED,
+        LEVEL_R0,
+    ]
 
 
 def test_policy_keeps_its_level_without_a_measurement() -> None:
-    policy = LossPolicy(level=LEVEL_R0)
+    policy = LossPolicy(level=LEVEL_PAUSED)
+    assert policy.update(0.0) == LEVEL_PAUSED
+    assert policy.update(None) == LEVEL_PAUSED  # no data: neither up nor down, count kept
     assert policy.update(0.0) == LEVEL_R0
-    assert policy.update(None) == LEVEL_R0  # no data: neither up nor down, count kept
-    assert policy.update(0.0) == LEVEL_R1
 
 
 def test_up_intervals_is_configurable() -> None:
-    policy = LossPolicy(PolicySettings(up_intervals=1), level=LEVEL_PAUSED)
+    policy = LossPolicy(PolicySettings(resume_intervals=1), level=LEVEL_PAUSED)
     assert [policy.update(0.0) for _ in range(3)] == [LEVEL_R0, LEVEL_R1, LEVEL_R2]
     policy = LossPolicy(PolicySettings(up_intervals=3), level=LEVEL_R1)
     assert [policy.update(0.0) for _ in range(3)] == [LEVEL_R1, LEVEL_R1, LEVEL_R2]
+
+
+def test_a_level_lost_right_after_the_climb_makes_the_next_climb_wait_longer() -> None:
+    """A link hovering at 5 %: one interval reads 4 %, the next 6 %. Each climb to r2 that
+    is lost at once doubles the good intervals the next one needs (1, 2, 4, 8): over a
+    minute and a half the level changes twice, not 30 times."""
+    policy = LossPolicy(level=LEVEL_R1)
+    levels = [policy.update(0.04 if i % 2 == 0 else 0.06) for i in range(30)]
+    changes = sum(1 for a, b in zip([LEVEL_R1, *levels], levels, strict=False) if a != b)
+    assert levels[:4] == [LEVEL_R2, LEVEL_R1, LEVEL_R1, LEVEL_R1]  # r2 at once, then not
+    assert changes == 2  # one climb, lost; alternating readings never make two in a row
+    assert policy.up_needed == 2
+    # Good intervals in a row: the wait doubled with every failed climb, up to 8.
+    needed = []
+    for _ in range(5):
+        count = 0
+        while policy.update(0.0) != LEVEL_R2:
+            count += 1
+        needed.append(count + 1)
+        assert policy.update(0.06) == LEVEL_R1  # lost at once again
+    assert needed == [2, 4, 8, 8, 8]
+    # A climb that holds for settle_intervals brings the wait back to one interval.
+    for _ in range(8):
+        policy.update(0.0)
+    assert policy.level == LEVEL_R2
+    for _ in range(PolicySettings().settle_intervals):
+        assert policy.update(0.0) == LEVEL_R2
+    assert policy.update(0.06) == LEVEL_R1
+    assert policy.up_needed == 1
+    # Going down after the probation is no failed climb.
+    assert policy.update(0.0) == LEVEL_R2
+    assert [policy.update(0.0) for _ in range(2)] == [LEVEL_R2, LEVEL_R2]
+    assert policy.update(0.06) == LEVEL_R1
+    assert policy.up_needed == 1
+
+
+def test_resume_brings_r0_back_and_the_interval_under_way_cannot_undo_it() -> None:
+    policy = LossPolicy(level=LEVEL_PAUSED)
+    assert policy.update(0.30) == LEVEL_PAUSED
+    assert policy.resume() == LEVEL_R0
+    # The interval under way began in the loss (before the probe): it does not count down.
+    assert policy.update(0.25) == LEVEL_R0
+    # The next one does; r0 lost within the probation makes the next climb slower.
+    assert policy.update(0.25) == LEVEL_PAUSED
+    assert policy.up_needed == 4
+    # resume() does nothing where video is not paused.
+    policy = LossPolicy(level=LEVEL_R1)
+    assert policy.resume() == LEVEL_R1
+    # A clean interval after a resume climbs as usual.
+    policy = LossPolicy(level=LEVEL_PAUSED)
+    policy.resume()
+    assert [policy.update(0.0) for _ in range(3)] == [LEVEL_R1, LEVEL_R2, LEVEL_R2]
 
 
 def test_policy_settings_are_checked() -> None:
@@ -106,6 +160,12 @@ def test_policy_settings_are_checked() -> None:
         PolicySettings(interval=0)
     with pytest.raises(ValueError):
         PolicySettings(up_intervals=0)
+    with pytest.raises(ValueError):
+        PolicySettings(resume_intervals=0)
+    with pytest.raises(ValueError):
+        PolicySettings(up_intervals=9)
+    with pytest.raises(ValueError):
+        PolicySettings(settle_intervals=0)
     with pytest.raises(ValueError):
         PolicySettings(r1_loss=0.2, r0_loss=0.1)
 

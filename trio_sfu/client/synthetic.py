@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Iterable
 from typing import final
 
 from trio_sfu.engine.bandwidth import TwccRecorder
@@ -455,14 +456,16 @@ class SyntheticReceiver:
                     stream.last_sr_arrival = now
         return packets
 
-    def reports(self, now: float) -> bytes | None:
-        """A Receiver Report with a block per stream that got packets (``None``: none)."""
+    def reports(self, now: float, ssrcs: Iterable[int] | None = None) -> bytes | None:
+        """A Receiver Report with a block per stream that got packets, of the streams
+        ``ssrcs`` (default: all); ``None`` when none."""
+        wanted = None if ssrcs is None else set(ssrcs)
         blocks = [
             stream.stats.make_report_block(
                 stream.ssrc, now, stream.last_sr_compact, stream.last_sr_arrival
             )
             for stream in self.streams.values()
-            if stream.stats.received
+            if stream.stats.received and (wanted is None or stream.ssrc in wanted)
         ]
         if not blocks:
             return None

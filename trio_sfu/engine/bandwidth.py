@@ -53,6 +53,8 @@ _MAX_DELTA_US: Final = 8_000_000
 _INITIAL_HISTORY: Final = 64
 #: Finished probes kept in :attr:`SendSideEstimator.probe_results`.
 _PROBE_RESULTS: Final = 16
+#: How long :meth:`SendSideEstimator.recent_peak` remembers the most the path delivered.
+_PEAK_MEMORY: Final = 60.0
 
 
 @final
@@ -144,18 +146,30 @@ class TwccRecorder:
 class ProbeResult:
     """What one probe cluster achieved (for logs and tests)."""
 
-    __slots__ = ("cluster", "delivered_bps", "sent_bps", "success")
+    __slots__ = ("cluster", "delivered_bps", "lost", "reported", "sent_bps", "success")
 
-    def __init__(self, cluster: int, sent_bps: float, delivered_bps: float, success: bool) -> None:
+    def __init__(
+        self,
+        cluster: int,
+        sent_bps: float,
+        delivered_bps: float,
+        success: bool,
+        reported: int = 0,
+        lost: int = 0,
+    ) -> None:
         self.cluster = cluster
         self.sent_bps = sent_bps
         self.delivered_bps = delivered_bps
         self.success = success
+        #: The cluster's packets the feedback reported (received or lost), and lost.
+        self.reported = reported
+        self.lost = lost
 
     def __repr__(self) -> str:
         return (
             f"<ProbeResult {self.cluster} sent={self.sent_bps:.0f} "
-            f"delivered={self.delivered_bps:.0f} success={self.success}>"
+            f"delivered={self.delivered_bps:.0f} lost={self.lost}/{self.reported} "
+            f"success={self.success}>"
         )
 
 
@@ -216,6 +230,8 @@ class SendSideEstimator:
         "_min_owd",
         "_next_cluster",
         "_overuse_count",
+        "_peak",
+        "_peak_at",
         "_queue_delay",
         "_remb",
         "_remb_at",
@@ -293,6 +309,8 @@ class SendSideEstimator:
         self._last_decrease = -1e9
         self._overuse_count = 0
         self._last_update: float | None = None
+        self._peak = 0.0
+        self._peak_at = -1e9
         self._remb: float | None = None
         self._remb_at = -1e9
         self._clusters: dict[int, _Cluster] = {}
@@ -481,6 +499,10 @@ class SendSideEstimator:
         acked = self.acked_bitrate(0.05 if overuse else 0.25)
         if acked is None:
             return
+        carried = self.acked_bitrate(0.75)
+        if carried is not None and (carried >= self._peak or now - self._peak_at > _PEAK_MEMORY):
+            self._peak = carried
+            self._peak_at = now
         estimate = self._estimate
         if overuse:
             self.last_overuse = now
@@ -497,6 +519,16 @@ class SendSideEstimator:
                 estimate = min(limit, estimate * 1.08**dt)
             estimate = max(estimate, 1.25 * acked)
         self._estimate = min(self.max_bitrate, max(self.min_bitrate, estimate))
+
+    def recent_peak(self, now: float) -> float | None:
+        """The most the subscriber received in a second (measured over at least 0.75 s)
+        within about the last minute; ``None`` if nothing that recent.
+        What the path carried before a loss episode cut the estimate: a probe may go
+        straight back there once the loss is gone (libwebrtc probes after a large drop
+        the same way)."""
+        if now - self._peak_at > _PEAK_MEMORY:
+            return None
+        return self._peak
 
     def allow_retransmission(self, size: int, now: float) -> bool:
         """Whether a retransmission of ``size`` bytes fits the budget now (always, while
@@ -535,6 +567,12 @@ class SendSideEstimator:
             cluster.ended_at = now
         self.active_cluster = 0
 
+    def expire_probes(self, now: float) -> None:
+        """Finish the probes whose feedback is as complete as it gets: the feedback never
+        reports lost packets after the last one that arrived, and while nothing else is
+        sent it reports nothing more, so a probe ended a second ago counts as it is."""
+        self._finish_clusters(now)
+
     @property
     def probing(self) -> bool:
         return self.active_cluster != 0 or bool(self._clusters)
@@ -565,7 +603,9 @@ class SendSideEstimator:
                 and loss < 0.1
                 and self._queue_delay <= self.overuse_delay
             )
-            self.probe_results.append(ProbeResult(cluster_id, sent_bps, delivered, success))
+            self.probe_results.append(
+                ProbeResult(cluster_id, sent_bps, delivered, success, reported, cluster.lost)
+            )
             if len(self.probe_results) > _PROBE_RESULTS:
                 del self.probe_results[0]
             self.probes_finished += 1

@@ -54,7 +54,11 @@ from trio_sfu.rtp.egress import (
     write_header,
 )
 from trio_sfu.rtp.extensions import MID_URI, REPAIRED_RID_URI, RID_URI, TRANSPORT_WIDE_CC_URI
-from trio_sfu.rtp.packet import find_extension_span_untrusted, rtp_layout_untrusted
+from trio_sfu.rtp.packet import (
+    find_extension_span_untrusted,
+    padding_bytes,
+    rtp_layout_untrusted,
+)
 from trio_sfu.rtp.rewriter import SeqTsRewriter
 from trio_sfu.rtp.rtx import rtx_wrap
 
@@ -138,6 +142,7 @@ class Consumer:
         "layer_switches",
         "mime_type",
         "nacked",
+        "nacks_total",
         "network_level",
         "octets_sent",
         "packets_sent",
@@ -287,6 +292,8 @@ class Consumer:
         self._sample_sent = 0
         #: Distinct sequence numbers NACKed since the last loss_sample() (None: none).
         self.nacked: set[int] | None = None
+        #: Those summed over every loss_sample() interval so far.
+        self.nacks_total = 0
 
         self.send_rtp: Callable[
             [ProducerStream, bytes, int, int, int, vp8.Vp8Info | None, bool, float], None
@@ -610,6 +617,7 @@ class Consumer:
         nacked = self.nacked
         if nacked is None:
             nacked = self.nacked = set()
+        before = len(nacked)
         estimator = self._estimator
         for seq in seqs:
             nacked.add(seq)
@@ -620,6 +628,7 @@ class Consumer:
                 continue
             self._send(self._rtx_copy(packet, now))
             sent += 1
+        self.nacks_total += len(nacked) - before
         self.retransmitted += sent
         return sent
 
@@ -678,6 +687,36 @@ class Consumer:
             if packet is None:
                 return None
         return self._rtx_copy(packet, now)
+
+    def padding_packet(self, now: float, size: int = 255) -> bytearray | None:
+        """A padding-only packet of ``size`` bytes of padding (1-255) on the RTX stream,
+        numbered for transport-cc, to probe the path while nothing else is sent: the
+        receiver counts it in its feedback and drops it (an RTX packet without a payload
+        retransmits nothing). ``None`` without RTX or before anything was sent."""
+        rtx_ssrc = self.rtx_ssrc
+        rtx_payload_type = self.rtx_payload_type
+        last = self._rewriter.next_seq
+        if rtx_ssrc is None or rtx_payload_type is None or last is None:
+            return None
+        packet = self._rebuild((last - 1) & 0xFFFF)
+        if packet is None:
+            return None
+        try:
+            _, start, _ = rtp_layout_untrusted(packet)
+        except BadPacket:
+            return None
+        # Our last packet's header (its extensions: MID, the transport-wide number) with
+        # P set, the marker cleared, and the RTX payload type, sequence number and SSRC.
+        out = packet[:start]
+        out[0] |= 0x20
+        out[1] = rtx_payload_type & 0x7F
+        out[2] = self._rtx_seq >> 8
+        out[3] = self._rtx_seq & 0xFF
+        out[8:12] = rtx_ssrc.to_bytes(4, "big")
+        out += padding_bytes(size)
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        self._stamp(out, now)
+        return out
 
     def receive_report(
         self,

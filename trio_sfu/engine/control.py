@@ -30,12 +30,13 @@ their :class:`~trio_sfu.engine.consumer.SendMeter`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, final
 
 from trio_sfu.engine.bandwidth import SendSideEstimator, TwccRecorder
 from trio_sfu.engine.consumer import Consumer
 from trio_sfu.engine.layers import (
+    LEVEL_PAUSED,
     LossPolicy,
     PolicySettings,
     Quality,
@@ -46,6 +47,7 @@ from trio_sfu.engine.layers import (
 )
 from trio_sfu.engine.pipe_consumer import PipeConsumer
 from trio_sfu.engine.producer import ROUTER_RTCP_SSRC, Producer
+from trio_sfu.engine.recovery import RecoveryProber
 from trio_sfu.rtcp import (
     ReceiverReport,
     Remb,
@@ -96,6 +98,8 @@ class TransportControl:
         "_on_streams_changed",
         "_policy",
         "_probe_sent_at_start",
+        "_recovery_sent",
+        "_recovery_stalled",
         "allocated_at",
         "consumers",
         "desired_bitrate",
@@ -106,9 +110,11 @@ class TransportControl:
         "policies",
         "probe_backoff",
         "probe_results_seen",
+        "probe_to_peak",
         "probing",
         "producers",
         "quality",
+        "recovery",
         "remb_at",
         "remb_bitrate",
         "twcc_recorder",
@@ -138,8 +144,15 @@ class TransportControl:
         self.next_probe_at = 0.0
         self.probe_backoff = PROBE_BACKOFF
         self.probe_results_seen = 0
+        #: The next bandwidth probe may go straight to what the path carried before a
+        #: loss episode (set when the loss policy takes video up a level).
+        self.probe_to_peak = False
         self.probing = False
         self._probe_sent_at_start = 0
+        #: Probes for video the loss policy paused (trio_sfu.engine.recovery).
+        self.recovery = RecoveryProber()
+        self._recovery_sent = 0
+        self._recovery_stalled = False
         self.quality: Quality | None = None
         # Uplink (what the router receives): transport-cc toward the publisher.
         #: Arrivals of the publisher's transport-wide sequence numbers (the leg records
@@ -244,11 +257,12 @@ class TransportControl:
 
     # ---- feedback, bandwidth -----------------------------------------------------------
 
-    def feedback(self, now: float) -> tuple[list[bytes], float | None]:
+    def feedback(self, now: float) -> tuple[list[bytes], float | None, float | None]:
         """NACKs and transport-cc feedback to a publisher; rates; bandwidth plan; probes.
 
-        Returns the compound packets to send, and the rate of a probe to run now (None:
-        none; see :meth:`probe_burst`)."""
+        Returns the compound packets to send, the rate of a bandwidth probe to run now
+        (None: none; see :meth:`probe_burst`), and the rate of a recovery probe for
+        paused video to run now (None: none; see :meth:`recovery_burst`)."""
         packets: list[RtcpPacket] = []
         for producer in self.producers.values():
             if producer.update_rates(now):
@@ -264,7 +278,7 @@ class TransportControl:
             packets += recorder.feedback(ROUTER_RTCP_SSRC, media_ssrc)
         out = [build_rtcp(packets[start : start + 8]) for start in range(0, len(packets), 8)]
         if not self.consumers:
-            return out, None
+            return out, None, None
         estimate = self.estimator.estimate(now)
         last = self.last_estimate
         if (
@@ -274,7 +288,8 @@ class TransportControl:
             or now - self.allocated_at >= 1.0
         ):
             self.plan(now)
-        return out, self._maybe_probe(now)
+        probe = self._maybe_probe(now)
+        return out, probe, self._maybe_recover(now)
 
     def plan(self, now: float) -> None:
         """Share the transport's estimated bandwidth among its video consumers."""
@@ -330,18 +345,25 @@ class TransportControl:
         if self.probing or estimator.probing or not estimator.expect_feedback:
             return None
         estimate = estimator.estimate(now)
+        if estimate is not None and self.desired_bitrate <= estimate * BUDGET_SHARE:
+            self.probe_to_peak = False  # the estimate covers the climb: nothing to catch up
+            return None
         if (
             estimate is None
-            or self.desired_bitrate <= estimate * BUDGET_SHARE
             or now < self.next_probe_at
             or now - estimator.last_overuse < 1.0
             or estimator.feedback_packets == 0
         ):
             return None
         # Step up at most to twice what arrives (or 1.5 times the estimate): a probe into a
-        # bottleneck costs the media behind it in the queue.
+        # bottleneck costs the media behind it in the queue. Once the loss policy took
+        # video up again, the path likely carries what it carried before the loss.
         acked = estimator.acked_bitrate() or 0.0
-        rate = min(self.desired_bitrate * 1.2, max(2 * acked, 1.5 * estimate, 300_000.0))
+        step = max(2 * acked, 1.5 * estimate, 300_000.0)
+        if self.probe_to_peak:
+            self.probe_to_peak = False
+            step = max(step, 1.25 * (estimator.recent_peak(now) or 0.0))
+        rate = min(self.desired_bitrate * 1.2, step)
         self.probing = True
         self.next_probe_at = now + self.probe_backoff
         return rate
@@ -388,6 +410,105 @@ class TransportControl:
         self.estimator.end_probe(now)
         self.probing = False
 
+    # ---- recovery from audio-only --------------------------------------------------------
+    #
+    # While the loss policy holds video of this transport paused, :class:`RecoveryProber`
+    # decides when to probe the link with padding at the first layer's bitrate, and brings
+    # video back when the probe arrives clean. The router's recovery task calls
+    # start_recovery_probe(), then recovery_burst() every 10 ms until it returns None,
+    # then end_recovery_probe().
+
+    def _maybe_recover(self, now: float) -> float | None:
+        """The rate of a recovery probe to run now (None: none); or video resumed at once
+        when the prober says the link has healed."""
+        recovery = self.recovery
+        audio = self._nacked_audio() if recovery.paused else None
+        action = recovery.tick(now, self.estimator, audio, can_probe=not self.probing)
+        if action == "probe":
+            rate = sum(
+                _first_layer_bitrate(c.producer)
+                for c in self._paused_for_network()
+                if c.rtx_ssrc is not None
+            )
+            if rate <= 0:
+                recovery.probe_failed(now)
+                return None
+            self.probing = True
+            return rate
+        if action == "resume":
+            for consumer_id, policy in self.policies.items():
+                consumer = self.consumers.get(consumer_id)
+                if consumer is not None and policy.level <= LEVEL_PAUSED:
+                    consumer.set_network_level(policy.resume(), now)
+            self.planned = False
+            self._probe_soon(now)
+        return None
+
+    def start_recovery_probe(self, now: float) -> None:
+        self.recovery.probe_started(self.estimator.start_probe(now))
+        self._recovery_sent = 0
+        self._recovery_stalled = False
+
+    def recovery_burst(self, rate: float, start: float, now: float) -> list[bytearray] | None:
+        """Padding-only RTX packets on the paused video consumers' RTX streams that bring
+        what the probe sent since ``start`` up to ``rate``; None when the probe is over
+        (its time is up, or no paused consumer has padding to send)."""
+        recovery = self.recovery
+        if self._recovery_stalled or now - start >= recovery.settings.probe_duration:
+            return None
+        candidates = [c for c in self._paused_for_network() if c.rtx_ssrc is not None]
+        if not candidates:
+            return None
+        due = rate * (now - start + 0.01) / 8
+        size = recovery.settings.padding_size
+        out: list[bytearray] = []
+        while self._recovery_sent < due:
+            stalled = True  # unless some consumer has padding to send
+            for consumer in candidates:
+                packet = consumer.padding_packet(now, size)
+                if packet is not None:
+                    stalled = False
+                    out.append(packet)
+                    self._recovery_sent += len(packet)
+                    if self._recovery_sent >= due:
+                        break
+            if stalled:
+                self._recovery_stalled = True
+                break
+        return out
+
+    def end_recovery_probe(self, now: float) -> None:
+        self.estimator.end_probe(now)
+        self.recovery.probe_sent(now)
+        self.probing = False
+
+    def _probe_soon(self, now: float) -> None:
+        """The loss policy took video up a level: the bandwidth probes start over (those
+        that failed in the loss backed off for up to 30 s), and the next may go straight
+        back to what the path carried before the loss (the estimate may have fallen
+        meanwhile)."""
+        self.probe_backoff = PROBE_BACKOFF
+        self.next_probe_at = now
+        self.probe_to_peak = True
+
+    def _paused_for_network(self) -> Iterator[Consumer]:
+        """The transport's video consumers the loss policy pauses (and nothing else does)."""
+        for consumer_id, policy in self.policies.items():
+            if policy.level <= LEVEL_PAUSED:
+                consumer = self.consumers.get(consumer_id)
+                if consumer is not None and consumer.active:
+                    yield consumer
+
+    def _nacked_audio(self) -> tuple[int, int] | None:
+        """``(sent, NACKed)`` so far of the transport's audio consumers whose receiver has
+        NACKed them (one that NACKs at all); ``None`` when there is none."""
+        sent = nacked = 0
+        for consumer in self.consumers.values():
+            if consumer.kind == "audio" and consumer.nacks_total and consumer.active:
+                sent += consumer.packets_sent
+                nacked += consumer.nacks_total
+        return (sent, nacked) if sent else None
+
     # ---- the weak-network policy -------------------------------------------------------
 
     def policy(self, now: float) -> QualityChange | None:
@@ -405,8 +526,11 @@ class TransportControl:
                 continue
             level = policy.update(down_loss)
             if level != consumer.network_level:
+                if level > consumer.network_level:
+                    self._probe_soon(now)
                 consumer.set_network_level(level, now)
                 self.planned = False
+        self.recovery.set_paused(next(self._paused_for_network(), None) is not None, now)
         if not self.planned:
             self.plan(now)
         up_loss = self._uplink_loss()
@@ -464,6 +588,14 @@ def _layer_rates(producer: Producer) -> list[list[float] | None]:
             fallback = encoding.max_bitrate or _DEFAULT_LAYER_BITRATES[min(index, 2)]
             rates[index] = [float(fallback)]
     return rates
+
+
+def _first_layer_bitrate(producer: Producer) -> float:
+    """What the lowest stream received of a producer costs, every temporal layer."""
+    rates = _layer_rates(producer)
+    return next((sum(r) for r in rates if r is not None), 0.0) or float(
+        producer.rtp_parameters.encodings[0].max_bitrate or _DEFAULT_LAYER_BITRATES[0]
+    )
 
 
 def _producer_demand(producer: Producer) -> float:

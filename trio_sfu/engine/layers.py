@@ -12,9 +12,15 @@ The weak-network policy (ARCHITECTURE.md, "Weak networks") works in *levels*::
     level 0   loss > 20 %        video paused, audio kept
 
 :class:`LossPolicy` goes down to the level of a bad interval at once, and up one level
-only after the loss stayed below the current level's lower threshold for
-``up_intervals`` intervals in a row. :func:`spatial_cap` turns a level into the highest
-spatial layer a producer with fewer (or more) streams may send.
+only after the loss stayed below the current level's lower threshold for a while:
+``up_intervals`` intervals in a row (one: 3 s), ``resume_intervals`` (two) to come back
+from paused. A level lost again right after it was reached (within
+``probation_intervals``) makes the next climb wait twice as long, up to
+``max_up_intervals``, so that a link hovering at a threshold does not flip between two
+levels every few seconds. Video paused for the network usually comes back sooner than
+two intervals: the router probes the link (:mod:`trio_sfu.engine.recovery`) and calls
+:meth:`LossPolicy.resume`. :func:`spatial_cap` turns a level into the highest spatial
+layer a producer with fewer (or more) streams may send.
 
 :func:`interval_loss` reads one interval's loss of a downlink from what its streams'
 receiver reports and NACKs say.
@@ -68,8 +74,17 @@ class PolicySettings:
 
     #: Seconds between two policy decisions for a consumer.
     interval: float = 3.0
-    #: Good intervals in a row before going up one level.
-    up_intervals: int = 2
+    #: Good intervals in a row before going up one level from r0 or r1.
+    up_intervals: int = 1
+    #: Good intervals in a row before video paused for the network comes back (at r0);
+    #: a clean probe brings it back sooner (:meth:`LossPolicy.resume`).
+    resume_intervals: int = 2
+    #: A level lost again within this many intervals of reaching it was reached too
+    #: early: the next climb needs twice as many good intervals (up to
+    #: ``max_up_intervals``) until a climb holds for ``settle_intervals``.
+    probation_intervals: int = 2
+    max_up_intervals: int = 8
+    settle_intervals: int = 10
     #: Loss at or above this caps video at r1.
     r1_loss: float = 0.05
     #: Loss at or above this caps video at r0.
@@ -80,8 +95,12 @@ class PolicySettings:
     def __attrs_post_init__(self) -> None:
         if not self.interval > 0:
             raise ValueError("interval must be positive")
-        if self.up_intervals < 1:
-            raise ValueError("up_intervals must be at least 1")
+        if not 1 <= self.up_intervals <= self.max_up_intervals:
+            raise ValueError("up_intervals must be at least 1 and at most max_up_intervals")
+        if not 1 <= self.resume_intervals <= self.max_up_intervals:
+            raise ValueError("resume_intervals must be at least 1 and at most max_up_intervals")
+        if self.probation_intervals < 0 or self.settle_intervals < 1:
+            raise ValueError("probation_intervals must be >= 0, settle_intervals >= 1")
         if not 0 < self.r1_loss <= self.r0_loss <= self.pause_loss < 1:
             raise ValueError("loss thresholds must rise: 0 < r1 <= r0 <= pause < 1")
 
@@ -104,35 +123,80 @@ class LossPolicy:
     Call :meth:`update` once per policy interval with the loss measured over it, or with
     ``None`` when nothing was measured (the level stays, and so does the count of good
     intervals).
+
+    Going up takes ``up_intervals`` good intervals in a row (``resume_intervals`` from
+    paused), times a factor that doubles whenever a level is lost within
+    ``probation_intervals`` of reaching it (at most ``max_up_intervals`` in all), and
+    is back to one once a climb held for ``settle_intervals``.
     """
 
-    __slots__ = ("_good", "level", "settings")
+    __slots__ = ("_climbed", "_factor", "_good", "_held", "_stale", "level", "settings")
 
     def __init__(self, settings: PolicySettings | None = None, level: int = LEVEL_R2) -> None:
         self.settings = settings or PolicySettings()
         self.level = level
         self._good = 0
+        #: Measured intervals since the level last changed, and whether it went up then.
+        self._held = 0
+        self._climbed = False
+        self._factor = 1
+        #: The next interval began before :meth:`resume`: it may not take video down.
+        self._stale = False
+
+    @property
+    def up_needed(self) -> int:
+        """Good intervals in a row the next step up takes now."""
+        settings = self.settings
+        base = settings.resume_intervals if self.level <= LEVEL_PAUSED else settings.up_intervals
+        return min(settings.max_up_intervals, base * self._factor)
 
     def update(self, loss: float | None) -> int:
         """The level after one more interval with ``loss``."""
         if loss is None:
             return self.level
-        wanted = level_for_loss(loss, self.settings)
+        settings = self.settings
+        stale, self._stale = self._stale, False
+        self._held += 1
+        wanted = level_for_loss(loss, settings)
         if wanted < self.level:
-            self.level = wanted
-            self._good = 0
+            if stale:
+                return self.level
+            if self._climbed and self._held <= settings.probation_intervals:
+                self._factor = min(self._factor * 2, settings.max_up_intervals)
+            self._move(wanted, climbed=False)
         elif wanted > self.level:
             self._good += 1
-            if self._good >= self.settings.up_intervals:
-                self.level += 1
-                self._good = 0
+            if self._good >= self.up_needed:
+                self._move(self.level + 1, climbed=True)
         else:
             self._good = 0
+        if self._climbed and self._held >= settings.settle_intervals:
+            self._factor = 1
         return self.level
+
+    def resume(self) -> int:
+        """Video paused for the network comes back at r0 now: a probe found the link
+        clean. The interval under way began before that and may not take it down again
+        (the next one may); losing r0 within ``probation_intervals`` counts against the
+        next climb as usual."""
+        if self.level <= LEVEL_PAUSED:
+            self._move(LEVEL_R0, climbed=True)
+            self._stale = True
+        return self.level
+
+    def _move(self, level: int, *, climbed: bool) -> None:
+        self.level = level
+        self._good = 0
+        self._held = 0
+        self._climbed = climbed
 
     def reset(self, level: int = LEVEL_R2) -> None:
         self.level = level
         self._good = 0
+        self._held = 0
+        self._climbed = False
+        self._factor = 1
+        self._stale = False
 
 
 def interval_loss(

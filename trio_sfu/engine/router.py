@@ -741,11 +741,13 @@ class Router:
     def _feedback_to(self, leg: TransportLeg, now: float) -> None:
         """NACKs and transport-cc feedback to a publisher; rates; bandwidth plan; a probe
         when the control wants one (see :meth:`TransportControl.feedback`)."""
-        packets, probe_rate = leg.control.feedback(now)
+        packets, probe_rate, recovery_rate = leg.control.feedback(now)
         for packet in packets:
             leg.transport.send_rtcp_nowait(packet)
         if probe_rate is not None:
             self._nursery_or_fail().start_soon(self._probe, leg, probe_rate)
+        if recovery_rate is not None:
+            self._nursery_or_fail().start_soon(self._recovery_probe, leg, recovery_rate)
 
     async def _probe(self, leg: TransportLeg, rate: float) -> None:
         """One probe cluster at ``rate``: a burst of packets every 10 ms, for as long as
@@ -766,6 +768,26 @@ class Router:
                 now = trio.current_time()
         finally:
             control.end_probe(trio.current_time())
+
+    async def _recovery_probe(self, leg: TransportLeg, rate: float) -> None:
+        """A recovery probe for paused video at ``rate``: padding every 10 ms, for as long
+        as the control asks for it (see :meth:`TransportControl.recovery_burst`)."""
+        control = leg.control
+        transport = leg.transport
+        start = trio.current_time()
+        control.start_recovery_probe(start)
+        try:
+            now = start
+            while not transport.closed:
+                packets = control.recovery_burst(rate, start, now)
+                if packets is None:
+                    break
+                for packet in packets:
+                    transport.send_rtp_nowait(packet)
+                await trio.sleep(0.01)
+                now = trio.current_time()
+        finally:
+            control.end_recovery_probe(trio.current_time())
 
     # ---- the weak-network policy -------------------------------------------------------
 

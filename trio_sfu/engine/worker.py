@@ -86,8 +86,9 @@ class WorkerSettings:
     rtcp_interval: float = 1.0
     #: Seconds between two weak-network policy decisions (per video consumer).
     layer_policy_interval: float = 3.0
-    #: Good policy intervals in a row before a consumer goes up one layer.
-    layer_policy_up_intervals: int = 2
+    #: Good policy intervals in a row before a consumer goes up one layer (from r0 up;
+    #: video paused for the network comes back after two, or sooner on a clean probe).
+    layer_policy_up_intervals: int = 1
     #: Seconds between NACK / transport-cc feedback rounds and bandwidth re-planning.
     feedback_interval: float = 0.05
     media_codecs: Sequence[RtpCodecCapability] | None = None
