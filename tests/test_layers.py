@@ -27,6 +27,8 @@ SANS_IO_MODULES = (
     "trio_sfu.engine.speaker",
     "trio_sfu.engine.recovery",
     "trio_sfu.engine.verbs",
+    "trio_sfu.engine.egress_batch",
+    "trio_sfu.engine.dtls_parameters",
 )
 
 

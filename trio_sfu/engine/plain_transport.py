@@ -45,7 +45,13 @@ from typing import Any
 
 import trio
 
-from trio_sfu.engine.rtc_sockets import Address, UdpListener, address_family, is_unspecified
+from trio_sfu.engine.rtc_sockets import (
+    Address,
+    UdpListener,
+    address_family,
+    is_unspecified,
+    no_callback,
+)
 from trio_sfu.errors import BadPacket, InvalidMessageError, InvalidStateError, UnsupportedError
 from trio_sfu.ortc.types import SrtpParameters, TransportTuple
 from trio_sfu.srtp import SRTP_CRYPTO_SUITES, SRTP_PROFILE_PARAMETERS, SrtpKeys, SrtpSession
@@ -54,14 +60,6 @@ logger = logging.getLogger(__name__)
 
 #: mediasoup's default ``srtpCryptoSuite``.
 DEFAULT_SRTP_CRYPTO_SUITE = "AES_CM_128_HMAC_SHA1_80"
-
-
-def _ignore_packet(packet: bytes, arrival: float) -> None:
-    return None
-
-
-def _ignore_closed(reason: str) -> None:
-    return None
 
 
 def srtp_key_length(crypto_suite: str) -> int:
@@ -173,9 +171,9 @@ class PlainTransport:
         self.close_reason: str | None = None
         #: What the owner hears: each RTP packet and each RTCP compound packet, with its
         #: arrival time (trio's clock), and the close.
-        self.on_rtp: Callable[[bytes, float], None] = _ignore_packet
-        self.on_rtcp: Callable[[bytes, float], None] = _ignore_packet
-        self.on_closed: Callable[[str], None] = _ignore_closed
+        self.on_rtp: Callable[[bytes, float], None] = no_callback
+        self.on_rtcp: Callable[[bytes, float], None] = no_callback
+        self.on_closed: Callable[[str], None] = no_callback
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0

@@ -65,6 +65,11 @@ KIND_RTCP: Final = 3
 KIND_OTHER: Final = 4
 
 
+def no_callback(*args: object) -> None:
+    """What a transport calls (``on_rtp``, ``on_state``, ...) until its owner sets it."""
+    return None
+
+
 def classify_untrusted(data: bytes) -> int:
     """Classify one datagram or frame by its first byte (RFC 7983 §7, RFC 5761 §4).
 

@@ -29,9 +29,10 @@ matches no fingerprint given to :meth:`connect`) closes it with the reason
 transport whose DTLS is not connected ``connect_timeout`` seconds after it started (its
 client never connected it, or vanished on the way) closes with ``"connect_timeout"``.
 
-Packets out (:meth:`send_rtp_nowait`, :meth:`send_rtcp_nowait`) go into a bounded memory
-channel; an egress task protects them and sends them to the tuple ICE selected. A full
-channel drops and counts: the sender (a Router fanning out) is never blocked.
+Packets out (:meth:`send_rtp_nowait`, :meth:`send_rtcp_nowait`) are protected and sent at
+once; only while the socket would block (or over TCP) do they wait in a bounded queue for
+an egress task (:mod:`~trio_sfu.engine.egress_batch`). A full queue drops and counts: the
+sender (a Router fanning out) is never blocked.
 """
 
 from __future__ import annotations
@@ -39,21 +40,30 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Final, Literal, cast, final
+from typing import Any, Final, Literal, final
 
 import trio
 
-from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, DtlsError, Fingerprint
+from trio_sfu.dtls import DtlsCertificate, DtlsEndpoint, DtlsError
 from trio_sfu.engine import memory
+from trio_sfu.engine.dtls_parameters import local_dtls_parameters, remote_fingerprints
+from trio_sfu.engine.egress_batch import (
+    EGRESS_BATCH,
+    KIND_PROTECTED,
+    KIND_RTCP,
+    KIND_RTP,
+    protect_batch,
+)
 from trio_sfu.engine.rtc_sockets import (
     SEND_WOULD_BLOCK,
     Address,
     TcpListener,
     UdpListener,
     check_listen_options,
+    no_callback,
 )
 from trio_sfu.engine.webrtc_server import WebRtcServer
-from trio_sfu.errors import BadPacket, InvalidStateError, UnsupportedError
+from trio_sfu.errors import BadPacket, InvalidStateError
 from trio_sfu.ice import (
     IceLiteServer,
     IceSelectedAddressChanged,
@@ -62,9 +72,7 @@ from trio_sfu.ice import (
     host_candidates,
 )
 from trio_sfu.ortc.types import (
-    DtlsFingerprint,
     DtlsParameters,
-    FingerprintAlgorithm,
     IceCandidate,
     IceParameters,
 )
@@ -73,10 +81,7 @@ from trio_sfu.timers import DeadlineTimer, TimerQueue
 
 logger = logging.getLogger(__name__)
 
-SERVER_FINGERPRINT_ALGORITHMS: Final = ("sha-256", "sha-384", "sha-512")
-FINGERPRINT_ALGORITHMS: Final = frozenset({"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"})
 MAX_EARLY_DTLS: Final = 8
-EGRESS_BATCH: Final = 64
 #: The DTLS connection (OpenSSL's, some 60 KiB) is released this long after SRTP starts,
 #: or at the peer's first SRTP/SRTCP packet if sooner; a DTLS alert from the peer (its
 #: close_notify) is read only until then: the end of a transport comes from signaling or
@@ -85,11 +90,6 @@ DTLS_RELEASE_AFTER: Final = 5.0
 #: About what a connected OpenSSL DTLS connection holds (measured: 92 KiB of heap).
 DTLS_CONNECTION_BYTES: Final = 90 << 10
 
-# What an egress queue entry holds: RTP or RTCP to protect, or either protected already.
-_KIND_RTP: Final = 0
-_KIND_RTCP: Final = 1
-_KIND_PROTECTED: Final = 2
-
 
 def _only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, trio.Cancelled):
@@ -97,18 +97,6 @@ def _only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None
     return False
-
-
-def _ignore_packet(packet: bytes, arrival: float) -> None:
-    return None
-
-
-def _ignore_state(layer: str, state: str) -> None:
-    return None
-
-
-def _ignore_closed(reason: str) -> None:
-    return None
 
 
 @final
@@ -230,19 +218,12 @@ class WebRtcTransport:
             username_fragment=self._ice.ufrag, password=self._ice.password, ice_lite=True
         )
         self.ice_candidates: list[IceCandidate] = []
-        self.dtls_parameters = DtlsParameters(
-            fingerprints=[
-                DtlsFingerprint(algorithm=cast(FingerprintAlgorithm, fp.algorithm), value=fp.value)
-                for fp in certificate.fingerprints()
-                if fp.algorithm in SERVER_FINGERPRINT_ALGORITHMS
-            ],
-            role="auto",
-        )
+        self.dtls_parameters = local_dtls_parameters(certificate)
 
-        self.on_rtp: Callable[[bytes, float], None] = _ignore_packet
-        self.on_rtcp: Callable[[bytes, float], None] = _ignore_packet
-        self.on_state: Callable[[str, str], None] = _ignore_state
-        self.on_closed: Callable[[str], None] = _ignore_closed
+        self.on_rtp: Callable[[bytes, float], None] = no_callback
+        self.on_rtcp: Callable[[bytes, float], None] = no_callback
+        self.on_state: Callable[[str, str], None] = no_callback
+        self.on_closed: Callable[[str], None] = no_callback
 
         self.closed = False
         self.close_reason: str | None = None
@@ -566,9 +547,7 @@ class WebRtcTransport:
         role: Literal["client", "server"] = (
             "client" if dtls_parameters.role == "server" else "server"
         )
-        fingerprints = [Fingerprint(fp.algorithm, fp.value) for fp in dtls_parameters.fingerprints]
-        if not any(fp.algorithm.lower() in FINGERPRINT_ALGORITHMS for fp in fingerprints):
-            raise UnsupportedError("no DTLS fingerprint with a supported hash algorithm")
+        fingerprints = remote_fingerprints(dtls_parameters)
         dtls = DtlsEndpoint(certificate=self._certificate, role=role)
         dtls.set_remote_fingerprints(fingerprints)
         self._dtls = dtls
@@ -613,7 +592,7 @@ class WebRtcTransport:
         srtp = self._srtp
         address = self._direct_address
         if srtp is None or address is None or self._queued:
-            return self._send_media(packet, _KIND_RTP)
+            return self._send_media(packet, KIND_RTP)
         try:
             data = srtp.protect_rtp(packet)
         except BadPacket:
@@ -622,7 +601,7 @@ class WebRtcTransport:
         udp = self._udp
         assert udp is not None
         if udp.try_sendto(data, address) == SEND_WOULD_BLOCK:
-            return self._enqueue(data, _KIND_PROTECTED + _KIND_RTP)
+            return self._enqueue(data, KIND_PROTECTED + KIND_RTP)
         self.rtp_packets_out += 1
         self.packets_out += 1
         self.bytes_out += len(data)
@@ -630,7 +609,7 @@ class WebRtcTransport:
 
     def send_rtcp_nowait(self, packet: bytes) -> bool:
         """Protect and send (or queue) one RTCP compound packet; as :meth:`send_rtp_nowait`."""
-        return self._send_media(packet, _KIND_RTCP)
+        return self._send_media(packet, KIND_RTCP)
 
     def _send_media(self, packet: bytes | bytearray, kind: int) -> bool:
         srtp = self._srtp
@@ -640,7 +619,7 @@ class WebRtcTransport:
         address = self._direct_address
         if address is not None and not self._queued:
             try:
-                data = srtp.protect_rtp(packet) if kind == _KIND_RTP else srtp.protect_rtcp(packet)
+                data = srtp.protect_rtp(packet) if kind == KIND_RTP else srtp.protect_rtcp(packet)
             except BadPacket:
                 self.dropped_egress_protect += 1
                 return False
@@ -648,8 +627,8 @@ class WebRtcTransport:
             assert udp is not None
             result = udp.try_sendto(data, address)
             if result == SEND_WOULD_BLOCK:
-                return self._enqueue(data, _KIND_PROTECTED + kind)
-            if kind == _KIND_RTP:
+                return self._enqueue(data, KIND_PROTECTED + kind)
+            if kind == KIND_RTP:
                 self.rtp_packets_out += 1
             else:
                 self.rtcp_packets_out += 1
@@ -746,22 +725,8 @@ class WebRtcTransport:
             if connection is None:  # the selected TCP connection is gone
                 self.dropped_send += len(batch)
                 return
-        protect_rtp = srtp.protect_rtp
-        protect_rtcp = srtp.protect_rtcp
-        out: list[bytes] = []
-        rtcp = 0
-        for packet, kind in batch:
-            try:
-                if kind == _KIND_RTP:
-                    out.append(protect_rtp(packet))
-                elif kind == _KIND_RTCP:
-                    out.append(protect_rtcp(packet))
-                    rtcp += 1
-                else:  # protected already (bytes), when the socket would have blocked
-                    out.append(packet if isinstance(packet, bytes) else bytes(packet))
-                    rtcp += kind == _KIND_PROTECTED + _KIND_RTCP
-            except BadPacket:
-                self.dropped_egress_protect += 1
+        out, rtcp, refused = protect_batch(srtp, batch)
+        self.dropped_egress_protect += refused
         if not out:
             return
         # Packets handed to the socket / TCP queue; what the kernel or a full TCP queue
