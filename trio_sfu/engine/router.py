@@ -747,19 +747,29 @@ class Router:
         if probe_rate is not None:
             self._nursery_or_fail().start_soon(self._probe, leg, probe_rate)
         if recovery_rate is not None:
-            self._nursery_or_fail().start_soon(self._recovery_probe, leg, recovery_rate)
+            self._nursery_or_fail().start_soon(self._probe, leg, recovery_rate, True)
 
-    async def _probe(self, leg: TransportLeg, rate: float) -> None:
+    async def _probe(self, leg: TransportLeg, rate: float, recovery: bool = False) -> None:
         """One probe cluster at ``rate``: a burst of packets every 10 ms, for as long as
-        the control asks for them (see :meth:`TransportControl.probe_burst`)."""
+        the control asks for them: RTX copies to find more bandwidth
+        (:meth:`TransportControl.probe_burst`), or with ``recovery`` padding for video the
+        loss policy paused (:meth:`TransportControl.recovery_burst`)."""
         control = leg.control
         transport = leg.transport
+        if recovery:
+            begin, burst, end = (
+                control.start_recovery_probe,
+                control.recovery_burst,
+                control.end_recovery_probe,
+            )
+        else:
+            begin, burst, end = control.start_probe, control.probe_burst, control.end_probe
         start = trio.current_time()
-        control.start_probe(start)
+        begin(start)
         try:
             now = start
             while not transport.closed:
-                packets = control.probe_burst(rate, start, now)
+                packets = burst(rate, start, now)
                 if packets is None:
                     break
                 for packet in packets:
@@ -767,27 +777,7 @@ class Router:
                 await trio.sleep(0.01)
                 now = trio.current_time()
         finally:
-            control.end_probe(trio.current_time())
-
-    async def _recovery_probe(self, leg: TransportLeg, rate: float) -> None:
-        """A recovery probe for paused video at ``rate``: padding every 10 ms, for as long
-        as the control asks for it (see :meth:`TransportControl.recovery_burst`)."""
-        control = leg.control
-        transport = leg.transport
-        start = trio.current_time()
-        control.start_recovery_probe(start)
-        try:
-            now = start
-            while not transport.closed:
-                packets = control.recovery_burst(rate, start, now)
-                if packets is None:
-                    break
-                for packet in packets:
-                    transport.send_rtp_nowait(packet)
-                await trio.sleep(0.01)
-                now = trio.current_time()
-        finally:
-            control.end_recovery_probe(trio.current_time())
+            end(trio.current_time())
 
     # ---- the weak-network policy -------------------------------------------------------
 
